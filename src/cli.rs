@@ -1,0 +1,167 @@
+//! The command-line definition (clap derive): subcommands, options, help texts with
+//! examples, and the exit codes they document.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success; for diff and apply --dry-run: everything is in sync
+  1  error (bad inventory, invalid config, unreachable host, failed apply)
+  2  changes pending (diff, apply --dry-run)";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "foobar-infra",
+    version,
+    about = "Provision the www.foobar.com stack (HAProxy, Nginx, application, MariaDB primary-replica) over SSH",
+    long_about = "Provision the www.foobar.com stack over SSH.\n\n\
+        Reads one inventory, renders the HAProxy, Nginx and MySQL/MariaDB configs from Tera \
+        templates, and pushes them to the hosts, validating before anything is replaced and \
+        reloading only what changed.",
+    after_help = EXIT_CODES,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Print machine-readable JSON on stdout (see README for the schemas)
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only errors and results
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more: -v shows every remote command
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// When to use colors (NO_COLOR in the environment means never)
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Render every host's config files into a directory, without any server
+    #[command(after_help = "Examples:
+  foobar-infra render inventory/inventory.yaml --out out/
+  foobar-infra render inventory/inventory.yaml --out out/ --templates my-templates/
+
+Files land at their install paths under DIR/HOST/, e.g. out/lb-01/etc/haproxy/haproxy.cfg.
+Secrets appear as {{secret:NAME}} placeholders; no secret value is needed.
+
+Exit codes: 0 rendered, 1 error.")]
+    Render(RenderArgs),
+
+    /// Validate the inventory, render everything and check the configs with the real tools
+    #[command(after_help = "Examples:
+  foobar-infra check inventory/inventory.yaml
+  foobar-infra check inventory/inventory.yaml --strict --json
+
+Runs `haproxy -c`, `nginx -t` and the database server's option parsing on the rendered
+files when those programs are installed here; otherwise the file is reported as not
+validated (an error with --strict).
+
+Exit codes: 0 all valid, 1 an error or an invalid config.")]
+    Check(CheckArgs),
+
+    /// Show what apply would change on the hosts (unified diffs), changing nothing
+    #[command(after_help = "Examples:
+  foobar-infra diff lab/inventory.yaml
+  foobar-infra diff inventory/inventory.yaml --limit web --json
+
+Exit codes: 0 in sync, 2 changes pending, 1 error.")]
+    Diff(RemoteArgs),
+
+    /// Push the rendered configs to the hosts and reload only what changed
+    #[command(after_help = "Examples:
+  foobar-infra apply lab/inventory.yaml
+  foobar-infra apply inventory/inventory.yaml --dry-run
+  foobar-infra apply inventory/inventory.yaml --limit web-02
+
+A run is all-or-nothing: every host stages and validates its new files first; only when
+all succeed are files swapped in and services reloaded. A failed reload restores the old
+files on every host touched in the run.
+
+Exit codes: 0 applied (or nothing to do), 2 changes pending (--dry-run), 1 error.")]
+    Apply(ApplyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TemplateArgs {
+    /// Directory whose files replace built-in templates of the same name
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RenderArgs {
+    /// The inventory file
+    pub inventory: PathBuf,
+    /// Output directory (created if missing)
+    #[arg(long, short, value_name = "DIR")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub templates: TemplateArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// The inventory file
+    pub inventory: PathBuf,
+    /// Treat a validator that is not installed here as an error
+    #[arg(long)]
+    pub strict: bool,
+    #[command(flatten)]
+    pub templates: TemplateArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RemoteArgs {
+    /// The inventory file
+    pub inventory: PathBuf,
+    /// Only these hosts or roles (comma-separated or repeated): web-02, web, lb
+    #[arg(long, value_name = "HOST|ROLE", value_delimiter = ',')]
+    pub limit: Vec<String>,
+    /// How many hosts to work on at once
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub parallel: usize,
+    #[command(flatten)]
+    pub templates: TemplateArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Show the diff of what would change and stop (exit 2 when something would)
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Seconds after which another run's lock on a host counts as stale
+    #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+    pub lock_timeout: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,32 @@
+//! One file per subcommand; each reads as a short script of calls into the core.
+
+pub mod apply;
+pub mod check;
+pub mod diff;
+pub mod render;
+
+use anyhow::Result;
+
+use crate::inventory::Inventory;
+use crate::plan::Plan;
+use crate::templates::Templates;
+
+/// What a successful command has to say to the shell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done, or in sync.
+    Success,
+    /// diff / dry-run found changes.
+    ChangesPending,
+}
+
+/// Loads the inventory and templates and renders the plan: the start of every command.
+pub fn load_and_render(
+    inventory: &std::path::Path,
+    templates: Option<&std::path::Path>,
+) -> Result<(Inventory, Plan)> {
+    let inv = Inventory::load(inventory)?;
+    let templates = Templates::load(templates)?;
+    let plan = crate::render::render(&inv, &templates)?;
+    Ok((inv, plan))
+}

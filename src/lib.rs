@@ -1,0 +1,38 @@
+//! foobar-infra: provision the www.foobar.com stack over SSH.
+//!
+//! The pipeline is inventory -> render -> plan -> observe -> diff -> apply; see
+//! docs/DESIGN.md. Rendering and diffing are pure; I/O is at the edges.
+
+pub mod cli;
+pub mod commands;
+pub mod inventory;
+pub mod output;
+pub mod plan;
+pub mod render;
+pub mod templates;
+pub mod validate;
+
+use anyhow::Result;
+
+use cli::{Cli, Command};
+use commands::Outcome;
+use output::Printer;
+
+/// Runs one parsed command line.
+pub fn run(cli: &Cli, p: &Printer) -> Result<Outcome> {
+    match &cli.command {
+        Command::Render(a) => commands::render::run(a, p),
+        Command::Check(a) => commands::check::run(a, p),
+        Command::Diff(a) => commands::diff::run(a, p),
+        Command::Apply(a) => commands::apply::run(a, p),
+    }
+}
+
+/// The process exit code for a result (documented in `--help` and README).
+pub fn exit_code(r: &Result<Outcome>) -> i32 {
+    match r {
+        Ok(Outcome::Success) => 0,
+        Ok(Outcome::ChangesPending) => 2,
+        Err(_) => 1,
+    }
+}

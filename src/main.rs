@@ -1,0 +1,14 @@
+//! Entry point: parse arguments, run, map the result to an exit code.
+
+use clap::Parser;
+use foobar_infra::{cli::Cli, exit_code, output::Printer, run};
+
+fn main() {
+    let cli = Cli::parse();
+    let printer = Printer::new(&cli.global);
+    let result = run(&cli, &printer);
+    if let Err(e) = &result {
+        printer.error(format!("{e:#}"));
+    }
+    std::process::exit(exit_code(&result));
+}

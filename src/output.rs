@@ -1,0 +1,153 @@
+//! The one owner of the terminal: status lines on stderr (colored verbs on a TTY, plain
+//! lines otherwise), results on stdout, JSON when asked, and progress bars on a TTY.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::cli::{ColorChoice, GlobalArgs};
+
+/// How a run reports to the user.
+pub struct Printer {
+    pub json: bool,
+    pub quiet: bool,
+    pub verbose: u8,
+    pub color: bool,
+    /// stderr is a terminal: progress bars are drawn.
+    pub tty: bool,
+    multi: MultiProgress,
+    lock: Mutex<()>,
+}
+
+const GREEN: &str = "\x1b[1;32m";
+const YELLOW: &str = "\x1b[1;33m";
+const RED: &str = "\x1b[1;31m";
+const CYAN: &str = "\x1b[36m";
+const RESET: &str = "\x1b[0m";
+
+impl Printer {
+    pub fn new(g: &GlobalArgs) -> Printer {
+        let tty = std::io::stderr().is_terminal();
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let color = !no_color
+            && match g.color {
+                ColorChoice::Always => true,
+                ColorChoice::Never => false,
+                ColorChoice::Auto => tty,
+            };
+        let multi = MultiProgress::new();
+        if !tty || g.quiet || g.json {
+            multi.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        Printer {
+            json: g.json,
+            quiet: g.quiet,
+            verbose: g.verbose,
+            color,
+            tty,
+            multi,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// A printer for tests and library use: plain, quiet.
+    pub fn plain() -> Printer {
+        Printer::new(&GlobalArgs {
+            json: false,
+            quiet: true,
+            verbose: 0,
+            color: ColorChoice::Never,
+        })
+    }
+
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.color {
+            format!("{code}{s}{RESET}")
+        } else {
+            s.to_string()
+        }
+    }
+
+    fn line(&self, code: &str, verb: &str, msg: &str) {
+        let verb = format!("{verb:>12}");
+        let text = format!("{} {msg}", self.paint(code, &verb));
+        let _g = self.lock.lock();
+        // Printing through MultiProgress keeps bars intact on a TTY.
+        if self.multi.is_hidden() {
+            eprintln!("{text}");
+        } else {
+            let _ = self.multi.println(text);
+        }
+    }
+
+    /// A step that is happening: `   Rendering lb-01`.
+    pub fn status(&self, verb: &str, msg: impl AsRef<str>) {
+        if !self.quiet && !self.json {
+            self.line(GREEN, verb, msg.as_ref());
+        }
+    }
+
+    pub fn warn(&self, msg: impl AsRef<str>) {
+        if !self.json {
+            self.line(YELLOW, "warning", msg.as_ref());
+        }
+    }
+
+    /// Shown with -v: each remote command and other details.
+    pub fn detail(&self, verb: &str, msg: impl AsRef<str>) {
+        if self.verbose > 0 {
+            self.line(CYAN, verb, msg.as_ref());
+        }
+    }
+
+    pub fn error(&self, msg: impl AsRef<str>) {
+        let _g = self.lock.lock();
+        eprintln!("{} {}", self.paint(RED, "error:"), msg.as_ref());
+    }
+
+    /// A result line on stdout (tables, diffs).
+    pub fn out(&self, text: impl AsRef<str>) {
+        let _g = self.lock.lock();
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{}", text.as_ref());
+    }
+
+    /// A JSON document (or one JSON Lines record) on stdout.
+    pub fn json_line(&self, value: &serde_json::Value) {
+        let _g = self.lock.lock();
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{value}");
+        let _ = stdout.flush();
+    }
+
+    pub fn paint_diff_line(&self, line: &str) -> String {
+        if !self.color {
+            return line.to_string();
+        }
+        match line.chars().next() {
+            Some('+') if !line.starts_with("+++") => self.paint("\x1b[32m", line),
+            Some('-') if !line.starts_with("---") => self.paint("\x1b[31m", line),
+            Some('@') => self.paint(CYAN, line),
+            _ => line.to_string(),
+        }
+    }
+
+    pub fn bold(&self, s: &str) -> String {
+        self.paint("\x1b[1m", s)
+    }
+
+    /// A spinner for one host, drawn only on a TTY.
+    pub fn host_bar(&self, host: &str) -> ProgressBar {
+        let bar = self.multi.add(ProgressBar::new_spinner());
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {prefix:>12} {wide_msg} {elapsed:>4}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.set_prefix(host.to_string());
+        if !self.multi.is_hidden() {
+            bar.enable_steady_tick(std::time::Duration::from_millis(100));
+        }
+        bar
+    }
+}

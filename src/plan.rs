@@ -1,0 +1,144 @@
+//! The rendered plan: for each host, the files it must have (content with secret
+//! placeholders, owner, mode) and the service each file belongs to. Pure data, no I/O.
+
+use serde::{Deserialize, Serialize};
+
+use crate::inventory::{Flavor, Host};
+
+/// A service the tool manages on a host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Service {
+    Haproxy,
+    Nginx,
+    Mariadb,
+    Mysql,
+}
+
+/// What a changed file asks of its service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceAction {
+    /// The service rereads its config without dropping connections.
+    Reload,
+    /// The service must be restarted to see the change.
+    Restart,
+    /// The service is not running; it is started.
+    Start,
+}
+
+impl ServiceAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceAction::Reload => "reload",
+            ServiceAction::Restart => "restart",
+            ServiceAction::Start => "start",
+        }
+    }
+}
+
+impl Service {
+    /// The init script / systemd unit name.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Service::Haproxy => "haproxy",
+            Service::Nginx => "nginx",
+            Service::Mariadb => "mariadb",
+            Service::Mysql => "mysql",
+        }
+    }
+
+    /// Whether a reload rereads this service's config.
+    pub fn on_change(self) -> ServiceAction {
+        match self {
+            Service::Haproxy | Service::Nginx => ServiceAction::Reload,
+            // A .cnf change is only read at start.
+            Service::Mariadb | Service::Mysql => ServiceAction::Restart,
+        }
+    }
+
+    /// The Debian package that provides the service.
+    pub fn package(self) -> &'static str {
+        match self {
+            Service::Haproxy => "haproxy",
+            Service::Nginx => "nginx",
+            Service::Mariadb => "mariadb-server",
+            Service::Mysql => "mysql-server",
+        }
+    }
+
+    pub fn for_flavor(flavor: Flavor) -> Service {
+        match flavor {
+            Flavor::Mariadb => Service::Mariadb,
+            Flavor::Mysql8 => Service::Mysql,
+        }
+    }
+
+    pub fn is_database(self) -> bool {
+        matches!(self, Service::Mariadb | Service::Mysql)
+    }
+}
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.unit())
+    }
+}
+
+/// One file the tool manages on a host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagedFile {
+    /// Absolute path on the host.
+    pub path: String,
+    /// Rendered text; secrets appear as `{{secret:NAME}}` placeholders.
+    pub content: String,
+    /// Octal mode such as 0o644.
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+    pub service: Service,
+    /// The template it came from.
+    pub template: String,
+}
+
+impl ManagedFile {
+    pub fn mode_string(&self) -> String {
+        format!("{:04o}", self.mode)
+    }
+}
+
+/// Everything one host must look like.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostPlan {
+    pub host: Host,
+    pub files: Vec<ManagedFile>,
+    /// Services this host runs, in the order they are acted on.
+    pub services: Vec<Service>,
+}
+
+impl HostPlan {
+    pub fn name(&self) -> &str {
+        &self.host.name
+    }
+
+    pub fn file(&self, path: &str) -> Option<&ManagedFile> {
+        self.files.iter().find(|f| f.path == path)
+    }
+
+    pub fn packages(&self) -> Vec<&'static str> {
+        self.services.iter().map(|s| s.package()).collect()
+    }
+}
+
+/// The rendered plan for the whole inventory, hosts in inventory order.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub domain: String,
+    pub hosts: Vec<HostPlan>,
+}
+
+impl Plan {
+    pub fn host(&self, name: &str) -> Option<&HostPlan> {
+        self.hosts.iter().find(|h| h.host.name == name)
+    }
+}

@@ -1,0 +1,243 @@
+//! Rendering: from the inventory to a [`Plan`]. Everything a template needs (backend
+//! lists, server ids, which host is primary) is computed here in a typed context, so
+//! templates stay data-only. Pure: no network, no files written.
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::inventory::{Flavor, Host, Inventory, PoolMode, Role};
+use crate::plan::{HostPlan, ManagedFile, Plan, Service};
+use crate::templates::Templates;
+
+/// Where the tool installs each managed file.
+pub mod paths {
+    pub const HAPROXY_CFG: &str = "/etc/haproxy/haproxy.cfg";
+    pub const NGINX_ROOT: &str = "/etc/nginx";
+    pub const NGINX_CONF: &str = "/etc/nginx/nginx.conf";
+    pub const NGINX_SITES: &str = "/etc/nginx/sites-foobar";
+    pub const MARIADB_CNF: &str = "/etc/mysql/mariadb.conf.d/60-foobar.cnf";
+    pub const MYSQL8_CNF: &str = "/etc/mysql/mysql.conf.d/60-foobar.cnf";
+}
+
+#[derive(Serialize)]
+struct HostCtx<'a> {
+    name: &'a str,
+    address: String,
+    roles: Vec<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Backend {
+    name: String,
+    address: String,
+    port: u16,
+    backup: bool,
+}
+
+#[derive(Serialize)]
+struct HealthCtx<'a> {
+    path: &'a str,
+    interval: &'a str,
+    rise: u32,
+    fall: u32,
+}
+
+#[derive(Serialize)]
+struct TimeoutsCtx<'a> {
+    connect: &'a str,
+    client: &'a str,
+    server: &'a str,
+}
+
+#[derive(Serialize)]
+struct LbCtx<'a> {
+    bind: &'static str,
+    balance: &'static str,
+    mode: &'static str,
+    maxconn: u32,
+    stats_port: u16,
+    health_check: HealthCtx<'a>,
+    timeouts: TimeoutsCtx<'a>,
+    backends: Vec<Backend>,
+}
+
+#[derive(Serialize)]
+struct WebCtx<'a> {
+    app_port: u16,
+    app_root: &'a str,
+    public_root: String,
+    health_path: &'a str,
+    client_max_body_size: &'a str,
+    worker_connections: u32,
+}
+
+#[derive(Serialize)]
+struct DbCtx<'a> {
+    flavor: &'static str,
+    server_id: u32,
+    bind_address: String,
+    port: u16,
+    primary: &'a str,
+    log_bin: &'static str,
+    relay_log: &'static str,
+    innodb_buffer_pool_size: &'a str,
+}
+
+#[derive(Serialize)]
+struct Ctx<'a> {
+    domain: &'a str,
+    server_names: Vec<&'a str>,
+    host: HostCtx<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lb: Option<LbCtx<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    web: Option<WebCtx<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db: Option<DbCtx<'a>>,
+}
+
+fn lb_ctx(inv: &Inventory) -> LbCtx<'_> {
+    let h = &inv.haproxy;
+    let backends = inv
+        .with_role(Role::Web)
+        .map(|w| Backend {
+            name: w.name.clone(),
+            address: w.address.to_string(),
+            port: 80,
+            backup: h.mode == PoolMode::ActivePassive && h.passive.contains(&w.name),
+        })
+        .collect();
+    LbCtx {
+        bind: "*",
+        balance: match h.balance {
+            crate::inventory::Balance::Roundrobin => "roundrobin",
+            crate::inventory::Balance::Leastconn => "leastconn",
+            crate::inventory::Balance::Source => "source",
+        },
+        mode: match h.mode {
+            PoolMode::ActiveActive => "active-active",
+            PoolMode::ActivePassive => "active-passive",
+        },
+        maxconn: h.maxconn,
+        stats_port: h.stats_port,
+        health_check: HealthCtx {
+            path: &h.health_check.path,
+            interval: &h.health_check.interval,
+            rise: h.health_check.rise,
+            fall: h.health_check.fall,
+        },
+        timeouts: TimeoutsCtx {
+            connect: &h.timeouts.connect,
+            client: &h.timeouts.client,
+            server: &h.timeouts.server,
+        },
+        backends,
+    }
+}
+
+fn web_ctx(inv: &Inventory) -> WebCtx<'_> {
+    WebCtx {
+        app_port: inv.app.port,
+        app_root: &inv.app.root,
+        public_root: format!("{}/current/public", inv.app.root),
+        health_path: &inv.haproxy.health_check.path,
+        client_max_body_size: &inv.nginx.client_max_body_size,
+        worker_connections: inv.nginx.worker_connections,
+    }
+}
+
+fn db_ctx<'a>(inv: &'a Inventory, host: &Host) -> DbCtx<'a> {
+    DbCtx {
+        flavor: match inv.mysql.flavor {
+            Flavor::Mariadb => "mariadb",
+            Flavor::Mysql8 => "mysql8",
+        },
+        server_id: host.server_id,
+        bind_address: host.address.to_string(),
+        port: inv.mysql.port,
+        primary: inv.db_primary().map(|p| p.name.as_str()).unwrap_or(""),
+        log_bin: "mysql-bin",
+        relay_log: "relay-bin",
+        innodb_buffer_pool_size: &inv.mysql.innodb_buffer_pool_size,
+    }
+}
+
+/// Renders every host's files.
+pub fn render(inv: &Inventory, templates: &Templates) -> Result<Plan> {
+    let hosts = inv
+        .hosts
+        .iter()
+        .map(|h| render_host(inv, h, templates).with_context(|| format!("rendering host {}", h.name)))
+        .collect::<Result<_>>()?;
+    Ok(Plan {
+        domain: inv.domain.clone(),
+        hosts,
+    })
+}
+
+fn render_host(inv: &Inventory, host: &Host, templates: &Templates) -> Result<HostPlan> {
+    let mut server_names = vec![inv.domain.as_str()];
+    server_names.extend(inv.aliases.iter().map(String::as_str));
+    let ctx = Ctx {
+        domain: &inv.domain,
+        server_names,
+        host: HostCtx {
+            name: &host.name,
+            address: host.address.to_string(),
+            roles: host.roles.iter().map(|r| r.as_str()).collect(),
+        },
+        lb: host.has(Role::Lb).then(|| lb_ctx(inv)),
+        web: host.has(Role::Web).then(|| web_ctx(inv)),
+        db: host.is_db().then(|| db_ctx(inv, host)),
+    };
+    let ctx = tera::Context::from_serialize(&ctx).context("building the template context")?;
+
+    let mut files = Vec::new();
+    let mut services = Vec::new();
+    let mut file = |template: &str, path: String, service: Service| -> Result<()> {
+        files.push(ManagedFile {
+            content: templates.render(template, &ctx)?,
+            path,
+            mode: 0o644,
+            owner: "root".into(),
+            group: "root".into(),
+            service,
+            template: template.into(),
+        });
+        Ok(())
+    };
+
+    // Databases first: their restarts are the slowest and are ordered separately.
+    if host.is_db() {
+        let service = Service::for_flavor(inv.mysql.flavor);
+        let template = if host.has(Role::DbPrimary) {
+            "mysql-primary.cnf"
+        } else {
+            "mysql-replica.cnf"
+        };
+        let path = match inv.mysql.flavor {
+            Flavor::Mariadb => paths::MARIADB_CNF,
+            Flavor::Mysql8 => paths::MYSQL8_CNF,
+        };
+        file(template, path.into(), service)?;
+        services.push(service);
+    }
+    if host.has(Role::Web) {
+        file("nginx.conf", paths::NGINX_CONF.into(), Service::Nginx)?;
+        file(
+            "nginx-site.conf",
+            format!("{}/{}.conf", paths::NGINX_SITES, inv.domain),
+            Service::Nginx,
+        )?;
+        services.push(Service::Nginx);
+    }
+    if host.has(Role::Lb) {
+        file("haproxy.cfg", paths::HAPROXY_CFG.into(), Service::Haproxy)?;
+        services.push(Service::Haproxy);
+    }
+    Ok(HostPlan {
+        host: host.clone(),
+        files,
+        services,
+    })
+}

@@ -1,0 +1,233 @@
+//! Local validation of rendered files for `check`: each file is run through its
+//! service's own checker (haproxy -c, nginx -t on a temporary prefix, the database
+//! server's option parsing) when that program is installed on this machine.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::plan::{HostPlan, ManagedFile, Plan, Service};
+use crate::render::paths;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Valid,
+    /// The validator's own output, with temporary paths replaced by install paths.
+    Invalid(String),
+    /// Why no validator ran (e.g. "haproxy not found").
+    NotValidated(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct FileResult {
+    pub host: String,
+    pub path: String,
+    pub template: String,
+    pub validator: String,
+    pub verdict: Verdict,
+}
+
+/// Finds a program in PATH or the sbin directories (validators live in /usr/sbin).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Validates every host's files, hosts in parallel.
+pub fn validate_plan(plan: &Plan) -> Result<Vec<FileResult>> {
+    let per_host: Vec<Result<Vec<FileResult>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = plan
+            .hosts
+            .iter()
+            .map(|h| s.spawn(move || validate_host(h)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("validator thread panicked"))))
+            .collect()
+    });
+    let mut all = Vec::new();
+    for r in per_host {
+        all.extend(r?);
+    }
+    Ok(all)
+}
+
+fn validate_host(h: &HostPlan) -> Result<Vec<FileResult>> {
+    let mut results = Vec::new();
+    let nginx: Vec<&ManagedFile> = h.files.iter().filter(|f| f.service == Service::Nginx).collect();
+    if !nginx.is_empty() {
+        results.extend(validate_nginx(h.name(), &nginx)?);
+    }
+    for f in &h.files {
+        let r = match f.service {
+            Service::Nginx => continue,
+            Service::Haproxy => run_file_validator(f, "haproxy", |prog, file| {
+                let mut c = Command::new(prog);
+                c.arg("-c").arg("-f").arg(file);
+                c
+            })?,
+            Service::Mariadb => validate_mariadb_cnf(f)?,
+            Service::Mysql => validate_mysql8_cnf(f)?,
+        };
+        results.push(FileResult {
+            host: h.name().to_string(),
+            path: f.path.clone(),
+            template: f.template.clone(),
+            validator: r.0,
+            verdict: r.1,
+        });
+    }
+    Ok(results)
+}
+
+/// Writes `f` to a temporary file and runs `make(program, file)`; exit 0 means valid.
+fn run_file_validator(
+    f: &ManagedFile,
+    program: &str,
+    make: impl Fn(&Path, &Path) -> Command,
+) -> Result<(String, Verdict)> {
+    let Some(prog) = find_program(program) else {
+        return Ok((program.into(), Verdict::NotValidated(format!("{program} not found"))));
+    };
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let file = dir.path().join(Path::new(&f.path).file_name().unwrap_or_default());
+    std::fs::write(&file, &f.content).with_context(|| format!("writing {}", file.display()))?;
+    let out = make(&prog, &file)
+        .output()
+        .with_context(|| format!("running {}", prog.display()))?;
+    let text = combined(&out).replace(&file.display().to_string(), &f.path);
+    let verdict = if out.status.success() {
+        Verdict::Valid
+    } else {
+        Verdict::Invalid(text)
+    };
+    Ok((format!("{program} -c"), verdict))
+}
+
+fn combined(out: &std::process::Output) -> String {
+    let mut s = String::from_utf8_lossy(&out.stdout).to_string();
+    s.push_str(&String::from_utf8_lossy(&out.stderr));
+    s.trim_end().to_string()
+}
+
+/// nginx -t on a temporary copy of the host's /etc/nginx tree (nginx.conf includes the
+/// sites relative to its own directory).
+fn validate_nginx(host: &str, files: &[&ManagedFile]) -> Result<Vec<FileResult>> {
+    let row = |f: &ManagedFile, v: Verdict| FileResult {
+        host: host.to_string(),
+        path: f.path.clone(),
+        template: f.template.clone(),
+        validator: "nginx -t".into(),
+        verdict: v,
+    };
+    let Some(prog) = find_program("nginx") else {
+        return Ok(files
+            .iter()
+            .map(|f| row(f, Verdict::NotValidated("nginx not found".into())))
+            .collect());
+    };
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    for f in files {
+        let rel = f.path.strip_prefix(paths::NGINX_ROOT).unwrap_or(&f.path);
+        let dest = dir.path().join(rel.trim_start_matches('/'));
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&dest, &f.content).with_context(|| format!("writing {}", dest.display()))?;
+    }
+    let conf = dir.path().join("nginx.conf");
+    let out = Command::new(&prog)
+        .arg("-t")
+        .arg("-q")
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .with_context(|| format!("running {}", prog.display()))?;
+    let text = combined(&out).replace(&dir.path().display().to_string(), paths::NGINX_ROOT);
+    if out.status.success() {
+        return Ok(files.iter().map(|f| row(f, Verdict::Valid)).collect());
+    }
+    // Blame the file nginx names; if it names none of ours, all of them.
+    let named: Vec<bool> = files
+        .iter()
+        .map(|f| text.contains(&format!(" in {}:", f.path)))
+        .collect();
+    let any = named.iter().any(|n| *n);
+    Ok(files
+        .iter()
+        .zip(named)
+        .map(|(f, n)| {
+            if n || !any {
+                row(f, Verdict::Invalid(text.clone()))
+            } else {
+                row(f, Verdict::Valid)
+            }
+        })
+        .collect())
+}
+
+/// MariaDB parses a .cnf without starting with `--help --verbose`: exit 7 for an unknown
+/// variable, 13 for a bad value; an out-of-range number only warns "adjusted", so the
+/// warnings count too.
+fn validate_mariadb_cnf(f: &ManagedFile) -> Result<(String, Verdict)> {
+    let name = "mariadbd --help --verbose".to_string();
+    let Some(prog) = find_program("mariadbd") else {
+        return Ok((name, Verdict::NotValidated("mariadbd not found".into())));
+    };
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let file = dir.path().join("60-foobar.cnf");
+    std::fs::write(&file, &f.content).with_context(|| format!("writing {}", file.display()))?;
+    let out = Command::new(&prog)
+        .arg(format!("--defaults-file={}", file.display()))
+        .arg("--help")
+        .arg("--verbose")
+        .output()
+        .with_context(|| format!("running {}", prog.display()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(&file.display().to_string(), &f.path);
+    let bad: Vec<&str> = stderr
+        .lines()
+        .filter(|l| {
+            l.contains("[ERROR]") || l.contains("adjusted") || l.contains("unknown variable")
+        })
+        .collect();
+    let verdict = if out.status.success() && bad.is_empty() {
+        Verdict::Valid
+    } else if bad.is_empty() {
+        Verdict::Invalid(format!("exit status {}: {}", out.status, stderr.trim()))
+    } else {
+        Verdict::Invalid(bad.join("\n"))
+    };
+    Ok((name, verdict))
+}
+
+/// MySQL 8 has `--validate-config`; MariaDB's server does not speak the MySQL 8 form.
+fn validate_mysql8_cnf(f: &ManagedFile) -> Result<(String, Verdict)> {
+    let is_mysql8 = find_program("mysqld").is_some_and(|p| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .map(|o| {
+                let v = String::from_utf8_lossy(&o.stdout);
+                !v.contains("MariaDB") && v.contains(" 8.")
+            })
+            .unwrap_or(false)
+    });
+    if !is_mysql8 {
+        return Ok((
+            "mysqld --validate-config".into(),
+            Verdict::NotValidated("MySQL 8 server (mysqld) not found".into()),
+        ));
+    }
+    run_file_validator(f, "mysqld", |prog, file| {
+        let mut c = Command::new(prog);
+        c.arg(format!("--defaults-file={}", file.display()))
+            .arg("--validate-config");
+        c
+    })
+}
