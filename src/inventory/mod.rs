@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use indexmap::IndexMap;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use source_map::Pos;
@@ -355,8 +355,14 @@ impl Inventory {
 /// Formats a serde_yaml error as `file:line:col: path: message`.
 fn yaml_error(file: &str, e: &serde_yaml::Error) -> String {
     let mut msg = e.to_string();
-    if let Some(i) = msg.rfind(" at line ") {
+    if let Some(i) = msg.find(" at line ") {
         msg.truncate(i);
+    }
+    // "hosts.web-02: unknown field `adress`, ..." names the field in the path too.
+    if let Some((path, rest)) = msg.split_once(": unknown field `") {
+        if let Some(field) = rest.split('`').next() {
+            msg = format!("{path}.{field}: unknown field `{rest}");
+        }
     }
     match e.location() {
         Some(loc) => format!("{file}:{}:{}: {msg}", loc.line(), loc.column()),
@@ -401,8 +407,7 @@ struct RawSsh {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHost {
-    #[serde(deserialize_with = "ip_address")]
-    address: IpAddr,
+    address: String,
     roles: Vec<Role>,
     #[serde(default)]
     ssh: RawSsh,
@@ -416,11 +421,6 @@ struct RawSecret {
     file: Option<PathBuf>,
 }
 
-fn ip_address<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<IpAddr, D::Error> {
-    let s = String::deserialize(d)?;
-    s.parse()
-        .map_err(|_| serde::de::Error::custom(format!("invalid IP address {s:?}")))
-}
 
 // ---- validation ---------------------------------------------------------------------
 
@@ -521,10 +521,26 @@ impl Validator {
             self.check(is_name(name), &hp, || {
                 format!("invalid host name {name:?} (lowercase letters, digits and '-')")
             });
-            if let Some(other) = by_address.insert(h.address, name.clone()) {
+            let mut address_taken = false;
+            let address: IpAddr = match h.address.trim().parse() {
+                Ok(a) => a,
+                Err(_) => {
+                    // Checks that derive from the address are skipped.
+                    address_taken = true;
+                    self.err(
+                        &format!("{hp}.address"),
+                        format!("invalid IP address {:?}", h.address),
+                    );
+                    IpAddr::from([0, 0, 0, 0])
+                }
+            };
+            if address_taken {
+                // Already reported.
+            } else if let Some(other) = by_address.insert(address, name.clone()) {
+                address_taken = true;
                 self.err(
                     &format!("{hp}.address"),
-                    format!("duplicate address {} (already used by {other})", h.address),
+                    format!("duplicate address {address} (already used by {other})"),
                 );
             }
             if h.roles.is_empty() {
@@ -567,12 +583,12 @@ impl Validator {
             if ssh.user.is_empty() || ssh.user.starts_with('-') {
                 self.err(&format!("{hp}.ssh.user"), "invalid SSH user");
             }
-            let server_id = h.server_id.unwrap_or_else(|| derived_server_id(h.address));
-            if server_id == 0 {
+            let server_id = h.server_id.unwrap_or_else(|| derived_server_id(address));
+            if server_id == 0 && !address_taken {
                 self.err(&format!("{hp}.server_id"), "server_id must be between 1 and 4294967295");
             }
             let is_db = h.roles.contains(&Role::DbPrimary) || h.roles.contains(&Role::DbReplica);
-            if is_db {
+            if is_db && !address_taken {
                 if let Some(other) = by_server_id.insert(server_id, name.clone()) {
                     self.err(
                         &format!("{hp}.server_id"),
@@ -582,7 +598,7 @@ impl Validator {
             }
             hosts.push(Host {
                 name: name.clone(),
-                address: h.address,
+                address,
                 roles: h.roles.clone(),
                 ssh,
                 server_id,

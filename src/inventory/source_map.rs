@@ -14,10 +14,9 @@ pub struct Pos {
     pub col: usize,
 }
 
-/// Positions of keys and values by path (`hosts.web-01.address`, `hosts.web-01.roles[1]`).
+/// Positions of values by path (`hosts.web-01.address`, `hosts.web-01.roles[1]`).
 #[derive(Debug, Default)]
 pub struct SourceMap {
-    keys: HashMap<String, Pos>,
     values: HashMap<String, Pos>,
 }
 
@@ -38,7 +37,6 @@ impl SourceMap {
         let _ = parser.load(&mut walker, false);
         (
             SourceMap {
-                keys: walker.keys,
                 values: walker.values,
             },
             walker.duplicates,
@@ -47,18 +45,9 @@ impl SourceMap {
 
     /// The position of the value at `path`, or of the nearest parent that has one.
     pub fn value(&self, path: &str) -> Option<Pos> {
-        self.lookup(&self.values, path)
-    }
-
-    /// The position of the key that names `path` (falls back like [`Self::value`]).
-    pub fn key(&self, path: &str) -> Option<Pos> {
-        self.lookup(&self.keys, path)
-    }
-
-    fn lookup(&self, table: &HashMap<String, Pos>, path: &str) -> Option<Pos> {
         let mut p = path.to_string();
         loop {
-            if let Some(pos) = table.get(&p).or_else(|| self.values.get(&p)) {
+            if let Some(pos) = self.values.get(&p) {
                 return Some(*pos);
             }
             match p.rfind(['.', '[']) {
@@ -85,7 +74,6 @@ enum Frame {
 #[derive(Default)]
 struct Walker {
     stack: Vec<Frame>,
-    keys: HashMap<String, Pos>,
     values: HashMap<String, Pos>,
     duplicates: Vec<DuplicateKey>,
 }
@@ -135,7 +123,6 @@ impl Walker {
                     } else {
                         seen.insert(key.clone(), pos(mark));
                     }
-                    self.keys.insert(full, pos(mark));
                     *pending_key = Some(key);
                     None
                 }
@@ -188,7 +175,6 @@ mod tests {
         let text = "domain: x\nhosts:\n  a:\n    address: 1.2.3.4\n    roles: [lb, web]\n  a:\n    address: 5.6.7.8\n";
         let (map, dups) = SourceMap::build(text);
         assert_eq!(map.value("hosts.a.address"), Some(Pos { line: 4, col: 14 }));
-        assert_eq!(map.key("hosts.a.address"), Some(Pos { line: 4, col: 5 }));
         assert_eq!(map.value("hosts.a.roles[1]"), Some(Pos { line: 5, col: 17 }));
         assert_eq!(dups.len(), 1);
         assert_eq!(dups[0].path, "hosts.a");

@@ -1,0 +1,1114 @@
+"""foobar-infra remote agent.
+
+Run on a managed host as ONE ssh exec: `python3 -c <this script>` (or
+`sudo -n python3 -c <this script>`). Reads one JSON request on stdin, writes one
+JSON answer on stdout, exits 0 whenever an answer was written (non-zero with a
+traceback on stderr only when the agent itself crashed).
+
+This script owns, on the host:
+  * /var/lib/foobar-infra/ (0700): lock.json, manifest.json, history.jsonl,
+    runs/RUNID/{staged.json, backup.json, backup/..., manifest.prev.json};
+  * staged files `TARGET.foobar-new-RUNID` beside their targets, nginx test trees
+    `ROOT/.foobar-stage-RUNID/`, and the target files the tool manages;
+  * the service actions (reload/restart/start) and their health checks.
+
+Operations: observe, stage, abort, commit, rollback (see docs/DESIGN.md, "Remote
+agent protocol"). Python 3.9+ stdlib only. No secret ever goes into a child
+process's argv or environment: file contents arrive base64 in the request and
+are written to files; subprocess output never goes to our own stdout.
+"""
+
+import base64
+import datetime
+import fcntl
+import grp
+import hashlib
+import json
+import os
+import pwd
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+STATE_DIR = "/var/lib/foobar-infra"
+LOCK = os.path.join(STATE_DIR, "lock.json")
+GUARD = os.path.join(STATE_DIR, ".lock-guard")
+MANIFEST = os.path.join(STATE_DIR, "manifest.json")
+HISTORY = os.path.join(STATE_DIR, "history.jsonl")
+RUNS = os.path.join(STATE_DIR, "runs")
+KEEP_RUNS = 10
+DEFAULT_STALE_S = 1800.0
+PIDFILES = {
+    "nginx": "/run/nginx.pid",
+    "haproxy": "/run/haproxy.pid",
+    "mariadb": "/run/mysqld/mysqld.pid",
+    "mysql": "/run/mysqld/mysqld.pid",
+    "keepalived": "/run/keepalived.pid",
+}
+ERROR_LOGS = {
+    "nginx": ("/var/log/nginx/error.log", 5),
+    "mariadb": ("/var/log/mysql/error.log", 10),
+    "mysql": ("/var/log/mysql/error.log", 10),
+}
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # no dots: a staged name must never end in .conf/.cnf
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@_.+:-]{0,127}$")  # services and packages
+OUTPUT_TAIL = 8000
+
+
+class AgentError(Exception):
+    def __init__(self, kind, message, path=None, service=None, output=None, **extra):
+        Exception.__init__(self, message)
+        self.kind, self.message = kind, message
+        self.path, self.service, self.output, self.extra = path, service, output, extra
+
+    def answer(self):
+        err = {"kind": self.kind, "message": self.message}
+        for key in ("path", "service", "output"):
+            if getattr(self, key) is not None:
+                err[key] = getattr(self, key)
+        err.update(self.extra)
+        return {"ok": False, "error": err}
+
+
+# ---------------------------------------------------------------- helpers
+
+def now():
+    return time.time()
+
+
+def iso(ts):
+    try:
+        return datetime.datetime.fromtimestamp(float(ts), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return str(ts)
+
+
+def tail(text, limit=OUTPUT_TAIL):
+    return text if len(text) <= limit else "...\n" + text[-limit:]
+
+
+def child_env():
+    env = dict(os.environ)
+    path = env.get("PATH", "")
+    for extra in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+        if extra not in path.split(":"):
+            path = (path + ":" + extra) if path else extra
+    env.update(PATH=path, LC_ALL="C", LANG="C")
+    return env
+
+
+def run(argv, timeout=120, env_extra=None, detach=False):
+    """Run argv, return (exit code, combined output). Output goes through a temp
+    file, never a pipe: daemons started by init scripts inherit the child's fds and
+    would hold a pipe (and the ssh channel) open forever."""
+    env = child_env()
+    if env_extra:
+        env.update(env_extra)
+    with tempfile.TemporaryFile() as out:
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                  env=env, timeout=timeout, start_new_session=detach)
+            code = proc.returncode
+        except FileNotFoundError:
+            return 127, "%s: command not found" % argv[0]
+        except subprocess.TimeoutExpired:
+            code = -1
+        out.seek(0)
+        text = out.read().decode("utf-8", "replace")
+    if code == -1:
+        text += "\n(timed out after %ss)" % timeout
+    return code, text
+
+
+def run_split(argv, timeout=120):
+    """Like run() but returns (code, stdout, stderr) separately."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            code = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                  env=child_env(), timeout=timeout).returncode
+        except FileNotFoundError:
+            return 127, "", "%s: command not found" % argv[0]
+        except subprocess.TimeoutExpired:
+            code = -1
+        out.seek(0)
+        err.seek(0)
+        return code, out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace")
+
+
+def quiet(argv, timeout=30):
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=child_env(), timeout=timeout).returncode
+    except (OSError, subprocess.TimeoutExpired):
+        return 1
+
+
+def safe_path(p, what="path"):
+    if not isinstance(p, str) or not p.startswith("/") or "\0" in p or p == "/":
+        raise AgentError("request", "%s must be an absolute file path: %r" % (what, p), path=str(p))
+    parts = p.split("/")
+    if ".." in parts or "." in parts or "" in parts[1:]:
+        raise AgentError("request", "%s must be a normalised path without '..': %r" % (what, p), path=p)
+    if p == STATE_DIR or p.startswith(STATE_DIR + "/"):
+        raise AgentError("request", "%s is inside the agent's state directory: %s" % (what, p), path=p)
+    return p
+
+
+def safe_name(n, what):
+    if not isinstance(n, str) or not NAME_RE.match(n):
+        raise AgentError("request", "invalid %s name: %r" % (what, n))
+    return n
+
+
+def run_id_of(req):
+    rid = req.get("run_id")
+    if not isinstance(rid, str) or not RUN_ID_RE.match(rid):
+        raise AgentError("request", "run_id must match %s: %r" % (RUN_ID_RE.pattern, rid))
+    return rid
+
+
+def parse_mode(m, default=0o644):
+    if m is None:
+        return default
+    try:
+        v = int(m, 8) if isinstance(m, str) else int(m)
+    except ValueError:
+        raise AgentError("request", "invalid mode %r (want an octal string like \"0644\")" % (m,))
+    if not 0 <= v <= 0o7777:
+        raise AgentError("request", "mode out of range: %r" % (m,))
+    return v
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def live_sha(path):
+    """sha256 of the file's bytes (following a symlink); None if absent or not a regular file."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return "(not a regular file)"
+        return sha256_file(path)
+    except FileNotFoundError:
+        return "(dangling symlink)" if os.path.islink(path) else None
+
+
+def user_name(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def group_name(gid):
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def file_info(path, desired=None, max_content=0, want_content=False):
+    try:
+        lst = os.lstat(path)
+    except FileNotFoundError:
+        return {"exists": False}
+    info = {"exists": True}
+    st = lst
+    if stat.S_ISLNK(lst.st_mode):
+        info["link"] = os.readlink(path)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            info["dangling"] = True
+            return info
+    info.update(mode="%04o" % stat.S_IMODE(st.st_mode), owner=user_name(st.st_uid),
+                group=group_name(st.st_gid), size=st.st_size)
+    if not stat.S_ISREG(st.st_mode):
+        info.update(sha256=None, type="directory" if stat.S_ISDIR(st.st_mode) else "other")
+        return info
+    with open(path, "rb") as f:
+        data = f.read(max_content + 1) if want_content else b""
+        h = hashlib.sha256(data)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    info["sha256"] = h.hexdigest()
+    if want_content and info["sha256"] != desired:
+        if len(data) <= max_content:
+            info["content_b64"] = base64.b64encode(data).decode("ascii")
+        else:
+            info["content_too_large"] = True
+    return info
+
+
+def read_json(path, default=None):
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return default
+
+
+def write_json_atomic(path, obj, mode=0o600):
+    d = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(d)
+
+
+def fsync_dir(d):
+    try:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def ensure_state_dir():
+    os.makedirs(RUNS, mode=0o700, exist_ok=True)
+    for d in (STATE_DIR, RUNS):
+        if stat.S_IMODE(os.stat(d).st_mode) != 0o700:
+            os.chmod(d, 0o700)
+
+
+def run_dir(rid):
+    return os.path.join(RUNS, rid)
+
+
+def last_history():
+    try:
+        with open(HISTORY, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 65536))
+            lines = [l for l in f.read().splitlines() if l.strip()]
+    except FileNotFoundError:
+        return None
+    if not lines:
+        return None
+    try:
+        return json.loads(lines[-1].decode("utf-8"))
+    except ValueError:
+        return None
+
+
+def append_history(record, result, error=None):
+    if not isinstance(record, dict):
+        return
+    rec = dict(record)
+    rec.update(result=result, finished=now(), host=socket.gethostname())
+    if error is not None:
+        rec["error"] = error
+    line = (json.dumps(rec, sort_keys=True) + "\n").encode("utf-8")
+    ensure_state_dir()
+    fd = os.open(HISTORY, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def copy_preserving(src, dst):
+    """Copy src to dst (a symlink stays a symlink) with mode and ownership."""
+    os.makedirs(os.path.dirname(dst), mode=0o700, exist_ok=True)
+    if os.path.lexists(dst):
+        os.unlink(dst)
+    shutil.copy2(src, dst, follow_symlinks=False)
+    st = os.lstat(src)
+    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(dst, stat.S_IMODE(st.st_mode))
+
+
+def restore_file(backup, target, tag):
+    """Put a backed-up file back over target atomically (copy beside it, then rename)."""
+    tmp = "%s.foobar-restore-%s" % (target, tag)
+    copy_preserving(backup, tmp)
+    os.replace(tmp, target)
+
+
+def remove_quiet(path):
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+# ---------------------------------------------------------------- lock
+
+class Guard:
+    """flock on a side file while the lock file is inspected or changed."""
+
+    def __enter__(self):
+        ensure_state_dir()
+        self.fd = os.open(GUARD, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+def lock_holder_text(lk):
+    return "%s (pid %s, started %s, run %s, host %s)" % (
+        lk.get("owner", "?"), lk.get("pid", "?"), iso(lk.get("started")), lk.get("run_id", "?"), lk.get("host", "?"))
+
+
+def take_lock(req, rid):
+    info = req.get("lock") or {}
+    stale_after = float(req.get("stale_after_s") or DEFAULT_STALE_S)
+    mine = {"owner": info.get("owner"), "pid": info.get("pid"), "started": float(info.get("started") or now()),
+            "tool_version": info.get("tool_version"), "run_id": rid, "host": socket.gethostname()}
+    with Guard():
+        for _ in range(2):
+            try:
+                fd = os.open(LOCK, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                try:
+                    held = read_json(LOCK, {}) or {}
+                except ValueError:
+                    held = {}
+                if not isinstance(held, dict):
+                    held = {}
+                if held.get("run_id") == rid:
+                    return held
+                try:
+                    started = float(held.get("started"))
+                except (TypeError, ValueError):
+                    started = os.stat(LOCK).st_mtime
+                if now() - started > stale_after:
+                    os.replace(LOCK, LOCK + ".stale")
+                    continue
+                raise AgentError("locked", "host is locked by %s" % lock_holder_text(held), lock=held)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(mine, f, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            return mine
+    raise AgentError("locked", "could not take the lock (it keeps changing)")
+
+
+def release_lock(rid):
+    """Remove lock.json only if run `rid` holds it. Returns True if removed."""
+    if not os.path.isdir(STATE_DIR):
+        return False
+    with Guard():
+        try:
+            held = read_json(LOCK)
+        except ValueError:
+            return False
+        if isinstance(held, dict) and held.get("run_id") == rid:
+            os.unlink(LOCK)
+            return True
+    return False
+
+
+def require_lock(rid):
+    try:
+        held = read_json(LOCK)
+    except ValueError:
+        held = None
+    if not isinstance(held, dict) or held.get("run_id") != rid:
+        who = lock_holder_text(held) if isinstance(held, dict) else "nobody"
+        raise AgentError("locked", "run %s does not hold the lock (held by %s)" % (rid, who), lock=held)
+
+
+# ---------------------------------------------------------------- services
+
+def init_system():
+    return "systemd" if os.path.isdir("/run/systemd/system") else "sysv"
+
+
+def service_running(name, init):
+    if init == "systemd":
+        return quiet(["systemctl", "is-active", "--quiet", name]) == 0
+    return quiet(["service", name, "status"]) == 0
+
+
+def service_pid(name):
+    pf = PIDFILES.get(name)
+    if not pf:
+        return None
+    try:
+        with open(pf) as f:
+            pid = int(f.read().split()[0])
+        os.kill(pid, 0)  # a hard kill leaves stale pid files behind
+        return pid
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def service_action(name, action, init):
+    """Run reload/restart/start; returns (code, output, action actually run)."""
+    if action not in ("reload", "restart", "start"):
+        raise AgentError("request", "unknown action %r for %s" % (action, name), service=name)
+    if action == "reload" and not service_running(name, init):
+        action = "start"
+    argv = ["systemctl", action, name] if init == "systemd" else ["service", name, action]
+    code, out = run(argv, timeout=300, detach=True)
+    return code, out, action
+
+
+def run_check(name, check, init):
+    """Poll a health check. Returns None on success, else a failure description."""
+    if not check:
+        return None
+    deadline = None
+    if "tcp" in check:
+        deadline = now() + float(check.get("timeout_s", 10))
+        host, _, port = str(check["tcp"]).rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        last = ""
+        while True:
+            try:
+                with socket.create_connection((host, int(port)), timeout=max(0.2, min(2.0, deadline - now()))):
+                    return None
+            except (OSError, ValueError) as e:
+                last = str(e)
+            if now() >= deadline:
+                return "no TCP connection to %s within %ss: %s" % (check["tcp"], check.get("timeout_s", 10), last)
+            time.sleep(0.2)
+    if "command" in check:
+        argv = check["command"]
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise AgentError("request", "check.command must be a non-empty list of strings", service=name)
+        deadline = now() + float(check.get("timeout_s", 30))
+        while True:
+            code, out = run(argv, timeout=max(1.0, min(10.0, deadline - now())))
+            if code == 0:
+                return None
+            if now() >= deadline:
+                return "check %s exited %s within %ss:\n%s" % (" ".join(argv), code, check.get("timeout_s", 30), tail(out, 2000))
+            time.sleep(0.2)
+    if check.get("running"):
+        deadline = now() + float(check.get("timeout_s", 10))
+        while not service_running(name, init):
+            if now() >= deadline:
+                return "%s is not running after %ss" % (name, check.get("timeout_s", 10))
+            time.sleep(0.2)
+        return None
+    raise AgentError("request", "unknown check %r" % (check,), service=name)
+
+
+def log_tail(name):
+    path, n = ERROR_LOGS.get(name, (None, 0))
+    if not path or not os.path.isfile(path):
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            lines = f.read().decode("utf-8", "replace").splitlines()[-n:]
+    except OSError:
+        return ""
+    return ("\n--- last lines of %s ---\n%s" % (path, "\n".join(lines))) if lines else ""
+
+
+# ---------------------------------------------------------------- observe
+
+def dpkg_installed(pkgs):
+    if not pkgs:
+        return {}
+    code, out, _ = run_split(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\n"] + list(pkgs))
+    status = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            status[parts[0]] = status.get(parts[0], False) or parts[1] == "installed"
+    return {p: status.get(p.split(":")[0], False) for p in pkgs}
+
+
+def op_observe(req):
+    paths = req.get("paths") or {}
+    if not isinstance(paths, dict):
+        raise AgentError("request", "paths must be an object {PATH: SHA256|null}")
+    for p in paths:
+        safe_path(p)
+    services = [safe_name(s, "service") for s in req.get("services") or []]
+    packages = [safe_name(p, "package") for p in req.get("packages") or []]
+    max_content = int(req.get("max_content", 1 << 20))
+    init = init_system()
+
+    try:
+        manifest = read_json(MANIFEST, []) or []
+    except ValueError:
+        manifest = []
+    try:
+        lock = read_json(LOCK)
+    except ValueError:
+        lock = {"unreadable": True}
+
+    files = {}
+    for p, desired in paths.items():
+        files[p] = file_info(p, desired, max_content, want_content=True)
+    for entry in manifest:
+        p = entry.get("path") if isinstance(entry, dict) else None
+        if isinstance(p, str) and p not in files:
+            files[p] = file_info(p)
+
+    return {
+        "ok": True, "init": init, "hostname": socket.gethostname(), "files": files,
+        "services": {s: {"running": service_running(s, init), "pid": service_pid(s)} for s in services},
+        "packages": dpkg_installed(packages), "lock": lock, "manifest": manifest,
+        "last_history": last_history(),
+    }
+
+
+# ---------------------------------------------------------------- stage
+
+def staged_name(path, rid):
+    return "%s.foobar-new-%s" % (path, rid)
+
+
+def make_parents(path, created):
+    """Create missing parent directories (0755, root), recording them outermost first."""
+    missing = []
+    d = os.path.dirname(path)
+    while not os.path.isdir(d):
+        missing.append(d)
+        d = os.path.dirname(d)
+    for d in reversed(missing):
+        os.mkdir(d, 0o755)
+        os.chmod(d, 0o755)
+        created.append(d)
+
+
+def write_staged(entry, rid, record, save):
+    path = entry["path"]
+    try:
+        data = base64.b64decode(entry.get("content_b64", ""), validate=True)
+    except (ValueError, TypeError):
+        raise AgentError("request", "content_b64 of %s is not valid base64" % path, path=path)
+    mode = parse_mode(entry.get("mode"))
+    try:
+        uid = pwd.getpwnam(entry.get("owner") or "root").pw_uid
+        gid = grp.getgrnam(entry.get("group") or "root").gr_gid
+    except KeyError as e:
+        raise AgentError("io", "unknown owner/group for %s: %s" % (path, e), path=path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise AgentError("request", "%s is a directory on the host" % path, path=path)
+    make_parents(path, record["dirs"])
+    new = staged_name(path, rid)
+    record["files"].append({"path": path, "staged": new, "service": entry.get("service"),
+                            "sha256": hashlib.sha256(data).hexdigest()})
+    save()  # recorded before it exists, so a crash can always be cleaned up
+    if os.path.lexists(new):
+        os.unlink(new)
+    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def cleanup_stage(rid, record):
+    for f in record.get("files", []):
+        remove_quiet(f["staged"])
+    for d in record.get("stage_dirs", []):
+        remove_quiet(d)
+    for d in reversed(record.get("dirs", [])):
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+    remove_quiet(run_dir(rid))
+
+
+def validator_argv(kind, f):
+    return {
+        # not -q: HAProxy 2.6's -q also hides the [ALERT] lines that say what is wrong
+        "haproxy": ["haproxy", "-c", "-f", f],
+        "mariadb": ["mariadbd", "--defaults-file=" + f, "--help", "--verbose"],
+        "mysql8": ["mysqld", "--defaults-file=" + f, "--validate-config"],
+        "nft": ["nft", "-c", "-f", f],
+        "keepalived": ["keepalived", "-t", "-f", f],
+    }[kind]
+
+
+SERVICE_OF_KIND = {"nginx": "nginx", "haproxy": "haproxy", "mariadb": "mariadb", "mysql8": "mysql",
+                   "nft": "nftables", "keepalived": "keepalived"}
+
+
+def validate_one(v, rid, staged, record, save):
+    kind = v.get("kind")
+    service = v.get("service") or SERVICE_OF_KIND.get(kind, kind)
+    if kind == "nginx":
+        root = safe_path(v.get("root", "/etc/nginx"), "validate.root")
+        conf = safe_path(v.get("conf", root + "/nginx.conf"), "validate.conf")
+        files = [safe_path(p, "validate.files") for p in v.get("files") or []]
+        if conf not in files:
+            files.append(conf)
+        files = [p for p in files if p not in record.get("deletes", [])]
+        for p in files:
+            if not p.startswith(root + "/"):
+                raise AgentError("request", "%s is not under the nginx root %s" % (p, root), path=p)
+        stage = os.path.join(root, ".foobar-stage-%s" % rid)
+        record["stage_dirs"].append(stage)
+        save()
+        try:
+            remove_quiet(stage)
+            os.mkdir(stage, 0o700)
+            for p in files:
+                src = staged.get(p, p)
+                if not os.path.exists(src):
+                    continue  # a listed file that is neither staged nor live: nginx reports it if needed
+                dst = os.path.join(stage, os.path.relpath(p, root))
+                os.makedirs(os.path.dirname(dst), mode=0o700, exist_ok=True)
+                shutil.copyfile(src, dst)
+            code, out = run(["nginx", "-t", "-q", "-c", os.path.join(stage, os.path.relpath(conf, root))], timeout=60)
+        finally:
+            remove_quiet(stage)
+        out = out.replace(stage + "/", root + "/").replace(stage, root)
+        ok, target = code == 0, conf
+    elif kind in ("haproxy", "mariadb", "mysql8", "nft", "keepalived"):
+        target = safe_path(v.get("path"), "validate.path")
+        f = staged.get(target, target)
+        if not os.path.exists(f):
+            raise AgentError("validation", "%s: nothing to validate, %s does not exist" % (kind, target),
+                             path=target, service=service)
+        if kind == "mariadb":
+            code, _stdout, err = run_split(validator_argv(kind, f), timeout=60)
+            bad = [l for l in err.splitlines() if "[ERROR]" in l or "adjusted" in l]
+            ok, out = code == 0 and not bad, err
+            if code == 0 and bad:
+                out = "\n".join(bad)
+        else:
+            code, out = run(validator_argv(kind, f), timeout=60)
+            ok = code == 0
+            if kind == "haproxy":
+                out = "\n".join(l for l in out.splitlines()
+                                if not l.startswith("[NOTICE]") and l.strip() != "Configuration file is valid")
+    else:
+        raise AgentError("request", "unknown validate kind %r" % (kind,))
+    for p, s in staged.items():
+        out = out.replace(s, p)
+    if not ok:
+        line = headline(out) or "exit status %s" % code
+        if kind == "nginx":  # name the file nginx complains about when it is one of ours
+            m = re.search(r" in (/\S+?):\d+", line)
+            if m and m.group(1) in files:
+                target = m.group(1)
+        raise AgentError("validation", "%s rejected %s: %s" % (kind, target, line),
+                         path=target, service=service, output=tail(out.strip()))
+    return {"kind": kind, "path": target}
+
+
+LOG_PREFIX = re.compile(r"^(\d{4}[/-]\d\d[/-]\d\d \d\d:\d\d:\d\d (\d+#\d+: |\d+ )?)|^\[(ALERT|WARNING)\] +\(\d+\) : ")
+SEVERE = re.compile(r"\[(emerg|crit|alert|error|ERROR|ALERT)\]|adjusted|error", re.I)
+
+
+def headline(out):
+    """The most telling line of a validator's output, without timestamp/pid prefixes."""
+    lines = [l.strip() for l in out.splitlines() if l.strip()]
+    best = next((l for l in lines if SEVERE.search(l)), lines[0] if lines else "")
+    return LOG_PREFIX.sub("", best)
+
+
+def install_packages(pkgs):
+    missing = [p for p, ok in dpkg_installed(pkgs).items() if not ok]
+    if not missing:
+        return []
+    argv = ["apt-get", "install", "-y", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=120",
+            "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"] + missing
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    code, out = run(argv, timeout=1800, env_extra=env)
+    if code != 0 and ("Unable to locate package" in out or "has no installation candidate" in out):
+        ucode, uout = run(["apt-get", "update", "-o", "DPkg::Lock::Timeout=120"], timeout=600, env_extra=env)
+        code, out2 = run(argv, timeout=1800, env_extra=env)
+        out = out + "\n--- apt-get update (exit %s) ---\n%s\n--- retry ---\n%s" % (ucode, tail(uout, 2000), out2)
+    if code != 0:
+        raise AgentError("install", "apt-get install %s failed (exit %s)" % (" ".join(missing), code),
+                         output=tail(out, 4000))
+    return missing
+
+
+def op_stage(req):
+    rid = run_id_of(req)
+    files = req.get("files") or []
+    for f in files:
+        if not isinstance(f, dict):
+            raise AgentError("request", "files entries must be objects")
+        safe_path(f.get("path"))
+        parse_mode(f.get("mode"))
+    targets = [f["path"] for f in files]
+    if len(set(targets)) != len(targets):
+        raise AgentError("request", "a path is listed twice in files")
+    deletes = [safe_path(p, "deletes") for p in req.get("deletes") or []]
+    expect = req.get("expect") or {}
+    for p in expect:
+        safe_path(p, "expect")
+    install = [safe_name(p, "package") for p in req.get("install") or []]
+    validate = req.get("validate") or []
+    history = req.get("history")
+
+    if os.path.exists(os.path.join(run_dir(rid), "backup.json")):
+        raise AgentError("request", "run %s was already committed on this host" % rid)
+    ensure_state_dir()
+    try:
+        take_lock(req, rid)
+    except AgentError as e:
+        append_history(history, "failed", e.message)
+        raise
+    record = {"run_id": rid, "files": [], "dirs": [], "stage_dirs": [], "deletes": deletes}
+    rdir = run_dir(rid)
+
+    def save():
+        write_json_atomic(os.path.join(rdir, "staged.json"), record)
+
+    try:
+        old = load_staged(rid)
+        if old:  # a retried stage of the same run: start from scratch
+            cleanup_stage(rid, old)
+        os.makedirs(rdir, mode=0o700, exist_ok=True)
+        save()
+        for p, want in expect.items():
+            got = live_sha(p)
+            if got != want:
+                raise AgentError("conflict", "%s changed on the host since it was observed: expected %s, found %s"
+                                 % (p, want or "no file", got or "no file"), path=p, expected=want, actual=got)
+        installed = install_packages(install)
+        for f in files:
+            write_staged(f, rid, record, save)
+        staged = {f["path"]: f["staged"] for f in record["files"]}
+        checked = [validate_one(v, rid, staged, record, save) for v in validate]
+    except BaseException as e:
+        try:
+            cleanup_stage(rid, record)
+            msg = e.message if isinstance(e, AgentError) else "%s: %s" % (type(e).__name__, e)
+            append_history(history, "failed", msg)
+        finally:
+            release_lock(rid)
+        raise
+    return {"ok": True, "staged": [{"path": f["path"], "staged": f["staged"]} for f in record["files"]],
+            "installed": installed, "validated": checked}
+
+
+# ---------------------------------------------------------------- abort
+
+def op_abort(req):
+    rid = run_id_of(req)
+    rdir = run_dir(rid)
+    removed = []
+    try:
+        record = read_json(os.path.join(rdir, "staged.json"))
+    except ValueError:
+        record = None
+    committed = os.path.exists(os.path.join(rdir, "backup.json"))
+    if record and not committed:
+        removed = [f["path"] for f in record.get("files", []) if os.path.lexists(f["staged"])]
+        cleanup_stage(rid, record)
+    elif not committed:
+        remove_quiet(rdir)
+    released = release_lock(rid)
+    return {"ok": True, "removed": removed, "released": released, "committed": committed}
+
+
+# ---------------------------------------------------------------- commit / rollback
+
+def backup_path(rid, target):
+    return os.path.join(run_dir(rid), "backup", target.lstrip("/"))
+
+
+def restore_backups(rid, entries, dirs):
+    """Undo a commit: put back files that existed, remove those that did not. Best effort."""
+    problems = []
+    for e in reversed(entries):
+        try:
+            if e["existed"]:
+                restore_file(backup_path(rid, e["path"]), e["path"], rid)
+            elif e["kind"] == "replace" and e.get("replaced", True):
+                remove_quiet(e["path"])
+        except OSError as err:
+            problems.append("%s: %s" % (e["path"], err))
+    for d in reversed(dirs):
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+    return problems
+
+
+def check_actions(actions):
+    """Validate actions and checks before anything changes."""
+    if not isinstance(actions, list):
+        raise AgentError("request", "actions must be a list")
+    for a in actions:
+        name = safe_name(a.get("service") if isinstance(a, dict) else None, "service")
+        if a.get("action") not in ("reload", "restart", "start"):
+            raise AgentError("request", "unknown action %r for %s" % (a.get("action"), name), service=name)
+        c = a.get("check")
+        if not c:
+            continue
+        if not isinstance(c, dict):
+            raise AgentError("request", "check of %s must be an object" % name, service=name)
+        try:
+            float(c.get("timeout_s", 0))
+            if "tcp" in c:
+                int(str(c["tcp"]).rpartition(":")[2])
+            elif "command" in c:
+                if not isinstance(c["command"], list) or not c["command"] or \
+                        not all(isinstance(x, str) for x in c["command"]):
+                    raise ValueError("command must be a non-empty list of strings")
+            elif not c.get("running"):
+                raise ValueError("want one of tcp, command, running")
+        except (TypeError, ValueError) as e:
+            raise AgentError("request", "invalid check for %s: %s" % (name, e), service=name)
+    return actions
+
+
+def run_actions(actions, init):
+    """Run actions and their checks in order; raise AgentError(service) at the first failure."""
+    done = []
+    for a in actions:
+        name = a["service"]
+        t0 = now()
+        code, out, ran = service_action(name, a["action"], init)
+        if code != 0:
+            raise AgentError("service", "%s %s failed (exit %s)" % (name, ran, code), service=name,
+                             action=ran, output=tail(out.strip() + log_tail(name)))
+        problem = run_check(name, a.get("check"), init)
+        if problem:
+            raise AgentError("service", "%s %s: check failed: %s" % (name, ran, problem.splitlines()[0]),
+                             service=name, action=ran,
+                             output=tail((out.strip() + "\n" + problem).strip() + log_tail(name)))
+        done.append({"service": name, "action": ran, "seconds": round(now() - t0, 3)})
+    return done
+
+
+def reload_again(actions, init):
+    """After restoring files: reload/restart each service once more, best effort."""
+    seen = set()
+    for a in actions:
+        if a["service"] in seen:
+            continue
+        seen.add(a["service"])
+        service_action(a["service"], "restart" if a["action"] == "restart" else "reload", init)
+
+
+def prune_runs(keep_rid):
+    try:
+        names = [n for n in os.listdir(RUNS) if os.path.isdir(os.path.join(RUNS, n))]
+    except FileNotFoundError:
+        return
+    names.sort(key=lambda n: os.stat(os.path.join(RUNS, n)).st_mtime, reverse=True)
+    for n in names[KEEP_RUNS:]:
+        if n != keep_rid:
+            remove_quiet(os.path.join(RUNS, n))
+
+
+def load_staged(rid):
+    try:
+        return read_json(os.path.join(run_dir(rid), "staged.json"))
+    except ValueError:
+        return None
+
+
+def op_commit(req):
+    rid = run_id_of(req)
+    rdir = run_dir(rid)
+    actions = check_actions(req.get("actions") or [])
+    history = req.get("history")
+    require_lock(rid)
+    bj = os.path.join(rdir, "backup.json")
+    if os.path.exists(bj):
+        raise AgentError("request", "run %s is already committed on this host" % rid)
+    record = load_staged(rid)
+    if not record:
+        raise AgentError("request", "run %s has nothing staged on this host" % rid)
+    staged = {f["path"]: f for f in record["files"]}
+    wanted = req.get("files")
+    wanted = list(staged) if wanted is None else [safe_path(p) for p in wanted]
+    for p in wanted:
+        if p not in staged:
+            raise AgentError("request", "%s was not staged in run %s" % (p, rid), path=p)
+        if not os.path.isfile(staged[p]["staged"]):
+            raise AgentError("io", "staged file %s has disappeared" % staged[p]["staged"], path=p)
+    deletes = req.get("deletes")
+    deletes = record.get("deletes", []) if deletes is None else [safe_path(p, "deletes") for p in deletes]
+    init = init_system()
+
+    entries = []
+    state = {"run_id": rid, "state": "committing", "entries": entries, "actions": actions,
+             "had_manifest": os.path.exists(MANIFEST), "dirs": record.get("dirs", [])}
+    changed = False
+    try:
+        # 1. back up everything first, and record it, before touching any target
+        if state["had_manifest"]:
+            shutil.copy2(MANIFEST, os.path.join(rdir, "manifest.prev.json"))
+        for p in wanted:
+            existed = os.path.lexists(p)
+            if existed:
+                copy_preserving(p, backup_path(rid, p))
+            entries.append({"path": p, "existed": existed, "kind": "replace", "replaced": False,
+                            "new_sha256": staged[p]["sha256"]})
+        for p in deletes:
+            existed = os.path.lexists(p)
+            if existed:
+                copy_preserving(p, backup_path(rid, p))
+            entries.append({"path": p, "existed": existed, "kind": "delete"})
+        write_json_atomic(bj, state)
+        # 2. swap files in
+        for e in entries:
+            changed = True
+            if e["kind"] == "replace":
+                os.replace(staged[e["path"]]["staged"], e["path"])
+                e["replaced"] = True
+            elif e["existed"]:
+                os.unlink(e["path"])
+        for d in sorted({os.path.dirname(e["path"]) for e in entries}):
+            fsync_dir(d)
+        # 3. services
+        done = run_actions(actions, init)
+    except BaseException as e:
+        problems = restore_backups(rid, entries, state["dirs"]) if changed else []
+        for f in record["files"]:
+            remove_quiet(f["staged"])
+        if changed:
+            try:
+                reload_again(actions, init)
+            except Exception:
+                pass
+        msg = e.message if isinstance(e, AgentError) else "%s: %s" % (type(e).__name__, e)
+        if problems:
+            msg += "; RESTORING FAILED for: " + "; ".join(problems)
+        elif changed:
+            msg += "; the previous files were restored"
+        state["state"] = "restored"
+        try:
+            write_json_atomic(bj, state)
+            append_history(history, "failed", msg)
+        finally:
+            release_lock(rid)
+        if isinstance(e, AgentError):
+            e.message = msg
+            raise
+        if isinstance(e, OSError):
+            raise AgentError("io", msg, path=e.filename)
+        raise
+    if req.get("manifest") is not None:
+        write_json_atomic(MANIFEST, req["manifest"])
+    state.update(state="committed", committed=now())
+    write_json_atomic(bj, state)
+    append_history(history, "applied")
+    prune_runs(rid)
+    release_lock(rid)
+    return {"ok": True, "actions": done}
+
+
+def op_rollback(req):
+    rid = run_id_of(req)
+    rdir = run_dir(rid)
+    actions = check_actions(req.get("actions") or [])
+    history = req.get("history")
+    bj = os.path.join(rdir, "backup.json")
+    try:
+        state = read_json(bj)
+    except ValueError:
+        state = None
+    if not state:
+        raise AgentError("request", "run %s has no committed changes on this host" % rid)
+    if state.get("state") in ("restored", "rolled-back"):
+        return {"ok": True, "restored": [], "actions": [], "already": state["state"]}
+    take_lock(req, rid)
+    entries = state.get("entries", [])
+    try:
+        if not req.get("force"):
+            for e in entries:
+                if e["kind"] == "replace" and e.get("replaced", True) and live_sha(e["path"]) != e.get("new_sha256"):
+                    raise AgentError("conflict", "%s changed after run %s committed it: not rolling back"
+                                     % (e["path"], rid), path=e["path"])
+        problems = restore_backups(rid, entries, state.get("dirs", []))
+        if problems:
+            raise AgentError("io", "rollback could not restore: " + "; ".join(problems))
+        prev = os.path.join(rdir, "manifest.prev.json")
+        if os.path.exists(prev):
+            write_json_atomic(MANIFEST, read_json(prev))
+        elif not state.get("had_manifest", True):
+            remove_quiet(MANIFEST)
+        state["state"] = "rolled-back"
+        write_json_atomic(bj, state)
+        done = run_actions(actions, init_system())
+    except AgentError as e:
+        try:
+            append_history(history, "failed", "rollback: " + e.message)
+        finally:
+            release_lock(rid)
+        raise
+    append_history(history, "rolled-back")
+    release_lock(rid)
+    return {"ok": True, "restored": [e["path"] for e in entries], "actions": done}
+
+
+# ---------------------------------------------------------------- main
+
+OPS = {"observe": op_observe, "stage": op_stage, "abort": op_abort, "commit": op_commit, "rollback": op_rollback}
+
+
+def handle(raw):
+    try:
+        req = json.loads(raw)
+    except ValueError as e:
+        raise AgentError("request", "request is not valid JSON: %s" % e)
+    if not isinstance(req, dict) or req.get("op") not in OPS:
+        raise AgentError("request", "unknown op %r (expected one of %s)"
+                         % (req.get("op") if isinstance(req, dict) else None, ", ".join(sorted(OPS))))
+    try:
+        return OPS[req["op"]](req)
+    except OSError as e:
+        raise AgentError("io", "%s: %s" % (e.filename or "", e.strerror or e), path=e.filename)
+
+
+def main():
+    os.umask(0o022)
+    raw = sys.stdin.buffer.read()
+    try:
+        answer = handle(raw)
+    except AgentError as e:
+        answer = e.answer()
+    sys.stdout.write(json.dumps(answer, sort_keys=True) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except SystemExit:
+        raise
+    except BaseException:
+        traceback.print_exc(file=sys.stderr)
+        sys.exit(2)
