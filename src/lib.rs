@@ -5,10 +5,14 @@
 
 pub mod cli;
 pub mod commands;
+pub mod diff;
+pub mod engine;
 pub mod inventory;
 pub mod output;
 pub mod plan;
+pub mod remote;
 pub mod render;
+pub mod secrets;
 pub mod templates;
 pub mod validate;
 
@@ -19,7 +23,7 @@ use commands::Outcome;
 use output::Printer;
 
 /// Runs one parsed command line.
-pub fn run(cli: &Cli, p: &Printer) -> Result<Outcome> {
+pub fn run(cli: &Cli, p: &std::sync::Arc<Printer>) -> Result<Outcome> {
     match &cli.command {
         Command::Render(a) => commands::render::run(a, p),
         Command::Check(a) => commands::check::run(a, p),

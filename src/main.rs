@@ -5,7 +5,7 @@ use foobar_infra::{cli::Cli, exit_code, output::Printer, run};
 
 fn main() {
     let cli = Cli::parse();
-    let printer = Printer::new(&cli.global);
+    let printer = std::sync::Arc::new(Printer::new(&cli.global));
     let result = run(&cli, &printer);
     if let Err(e) = &result {
         printer.error(format!("{e:#}"));

@@ -121,6 +121,14 @@ impl Printer {
         let _ = stdout.flush();
     }
 
+    /// One JSON Lines event of a running apply (only with --json).
+    pub fn event(&self, mut value: serde_json::Value) {
+        if self.json {
+            value["schema"] = serde_json::json!(1);
+            self.json_line(&value);
+        }
+    }
+
     pub fn paint_diff_line(&self, line: &str) -> String {
         if !self.color {
             return line.to_string();

@@ -167,7 +167,9 @@ pub fn render(inv: &Inventory, templates: &Templates) -> Result<Plan> {
     let hosts = inv
         .hosts
         .iter()
-        .map(|h| render_host(inv, h, templates).with_context(|| format!("rendering host {}", h.name)))
+        .map(|h| {
+            render_host(inv, h, templates).with_context(|| format!("rendering host {}", h.name))
+        })
         .collect::<Result<_>>()?;
     Ok(Plan {
         domain: inv.domain.clone(),

@@ -10,9 +10,18 @@ use tera::Tera;
 pub const BUILTIN: &[(&str, &str)] = &[
     ("haproxy.cfg", include_str!("../templates/haproxy.cfg")),
     ("nginx.conf", include_str!("../templates/nginx.conf")),
-    ("nginx-site.conf", include_str!("../templates/nginx-site.conf")),
-    ("mysql-primary.cnf", include_str!("../templates/mysql-primary.cnf")),
-    ("mysql-replica.cnf", include_str!("../templates/mysql-replica.cnf")),
+    (
+        "nginx-site.conf",
+        include_str!("../templates/nginx-site.conf"),
+    ),
+    (
+        "mysql-primary.cnf",
+        include_str!("../templates/mysql-primary.cnf"),
+    ),
+    (
+        "mysql-replica.cnf",
+        include_str!("../templates/mysql-replica.cnf"),
+    ),
 ];
 
 /// The set of templates a run renders with.
@@ -153,9 +162,16 @@ mod tests {
     #[test]
     fn missing_variable_names_template_and_line() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("haproxy.cfg"), "global\n  maxconn {{ lb.nope }}\n").unwrap();
+        std::fs::write(
+            dir.path().join("haproxy.cfg"),
+            "global\n  maxconn {{ lb.nope }}\n",
+        )
+        .unwrap();
         let t = Templates::load(Some(dir.path())).unwrap();
-        let err = t.render("haproxy.cfg", &tera::Context::new()).unwrap_err().to_string();
+        let err = t
+            .render("haproxy.cfg", &tera::Context::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("haproxy.cfg:2:"), "{err}");
         assert!(err.contains("lb.nope"), "{err}");
     }

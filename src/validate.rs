@@ -47,7 +47,10 @@ pub fn validate_plan(plan: &Plan) -> Result<Vec<FileResult>> {
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("validator thread panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("validator thread panicked")))
+            })
             .collect()
     });
     let mut all = Vec::new();
@@ -59,7 +62,11 @@ pub fn validate_plan(plan: &Plan) -> Result<Vec<FileResult>> {
 
 fn validate_host(h: &HostPlan) -> Result<Vec<FileResult>> {
     let mut results = Vec::new();
-    let nginx: Vec<&ManagedFile> = h.files.iter().filter(|f| f.service == Service::Nginx).collect();
+    let nginx: Vec<&ManagedFile> = h
+        .files
+        .iter()
+        .filter(|f| f.service == Service::Nginx)
+        .collect();
     if !nginx.is_empty() {
         results.extend(validate_nginx(h.name(), &nginx)?);
     }
@@ -92,10 +99,15 @@ fn run_file_validator(
     make: impl Fn(&Path, &Path) -> Command,
 ) -> Result<(String, Verdict)> {
     let Some(prog) = find_program(program) else {
-        return Ok((program.into(), Verdict::NotValidated(format!("{program} not found"))));
+        return Ok((
+            program.into(),
+            Verdict::NotValidated(format!("{program} not found")),
+        ));
     };
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let file = dir.path().join(Path::new(&f.path).file_name().unwrap_or_default());
+    let file = dir
+        .path()
+        .join(Path::new(&f.path).file_name().unwrap_or_default());
     std::fs::write(&file, &f.content).with_context(|| format!("writing {}", file.display()))?;
     let out = make(&prog, &file)
         .output()

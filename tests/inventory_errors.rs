@@ -34,15 +34,21 @@ fn every_invalid_fixture_fails_with_its_message() {
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .collect();
     present.sort();
-    assert_eq!(listed, present, "every fixture has a case and every case a fixture");
+    assert_eq!(
+        listed, present,
+        "every fixture has a case and every case a fixture"
+    );
 
     for (fixture, expected) in CASES {
         let path = format!("tests/fixtures/invalid/{fixture}.yaml");
         for command in ["check", "render"] {
             let mut cmd = Command::cargo_bin("foobar-infra").unwrap();
-            cmd.current_dir(env!("CARGO_MANIFEST_DIR")).arg(command).arg(&path);
+            cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+                .arg(command)
+                .arg(&path);
             if command == "render" {
-                cmd.arg("--out").arg(std::env::temp_dir().join("foobar-never-written"));
+                cmd.arg("--out")
+                    .arg(std::env::temp_dir().join("foobar-never-written"));
             }
             let out = cmd.env("NO_COLOR", "1").output().unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);

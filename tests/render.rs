@@ -60,7 +60,11 @@ fn snapshot_inventory(inventory: &str, prefix: &str) {
     let plan = render(&inv, &Templates::load(None).unwrap()).unwrap();
     for host in &plan.hosts {
         for f in &host.files {
-            let name = format!("{prefix}__{}__{}", host.name(), f.path.trim_start_matches('/').replace('/', "_"));
+            let name = format!(
+                "{prefix}__{}__{}",
+                host.name(),
+                f.path.trim_start_matches('/').replace('/', "_")
+            );
             insta::assert_snapshot!(name, &f.content);
         }
     }
@@ -86,8 +90,16 @@ fn larger_example_has_four_backends_three_server_ids_and_read_only_replicas() {
     let inv = Inventory::load(&root().join("examples/large/inventory.yaml")).unwrap();
     let plan = render(&inv, &Templates::load(None).unwrap()).unwrap();
     for lb in ["lb-01", "lb-02"] {
-        let cfg = &plan.host(lb).unwrap().file("/etc/haproxy/haproxy.cfg").unwrap().content;
-        let servers: Vec<&str> = cfg.lines().filter(|l| l.trim_start().starts_with("server web-")).collect();
+        let cfg = &plan
+            .host(lb)
+            .unwrap()
+            .file("/etc/haproxy/haproxy.cfg")
+            .unwrap()
+            .content;
+        let servers: Vec<&str> = cfg
+            .lines()
+            .filter(|l| l.trim_start().starts_with("server web-"))
+            .collect();
         assert_eq!(servers.len(), 4, "{cfg}");
         assert!(cfg.contains("balance roundrobin"));
         assert!(servers.iter().all(|s| s.contains(" check")));
@@ -95,7 +107,11 @@ fn larger_example_has_four_backends_three_server_ids_and_read_only_replicas() {
     let mut ids = Vec::new();
     for host in ["db-01", "db-02", "web-04"] {
         let cnf = &plan.host(host).unwrap().files[0].content;
-        let id = cnf.lines().find_map(|l| l.strip_prefix("server-id = ")).unwrap().to_string();
+        let id = cnf
+            .lines()
+            .find_map(|l| l.strip_prefix("server-id = "))
+            .unwrap()
+            .to_string();
         ids.push(id);
         let replica = host != "db-01";
         assert_eq!(cnf.contains("read_only = ON"), replica, "{host}: {cnf}");
@@ -126,7 +142,10 @@ fn rendered_configs_pass_the_real_validators() {
         return;
     }
     for inv in ["inventory/inventory.yaml", "examples/large/inventory.yaml"] {
-        let out = cli().args(["check", "--strict", "--json", inv]).output().unwrap();
+        let out = cli()
+            .args(["check", "--strict", "--json", inv])
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{inv}: {stderr}");
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -163,12 +182,24 @@ fn an_invalid_override_fails_check_naming_template_host_and_tool_message() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("web-01 /etc/nginx/sites-foobar/www.foobar.com.conf (nginx-site.conf)"), "{stderr}");
+    assert!(
+        stderr.contains("web-01 /etc/nginx/sites-foobar/www.foobar.com.conf (nginx-site.conf)"),
+        "{stderr}"
+    );
     assert!(stderr.contains("invalid value \"sixteen\" in \"keepalive\" directive in /etc/nginx/sites-foobar/www.foobar.com.conf:4"), "{stderr}");
-    assert!(stderr.contains("lb-01 /etc/haproxy/haproxy.cfg (haproxy.cfg)"), "{stderr}");
-    assert!(stderr.contains("parsing [/etc/haproxy/haproxy.cfg:37] : balance only supports"), "{stderr}");
+    assert!(
+        stderr.contains("lb-01 /etc/haproxy/haproxy.cfg (haproxy.cfg)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("parsing [/etc/haproxy/haproxy.cfg:37] : balance only supports"),
+        "{stderr}"
+    );
     // The valid files are still reported valid.
-    assert!(stderr.contains("Valid web-01 /etc/mysql/mariadb.conf.d/60-foobar.cnf"), "{stderr}");
+    assert!(
+        stderr.contains("Valid web-01 /etc/mysql/mariadb.conf.d/60-foobar.cnf"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -178,7 +209,11 @@ fn a_bad_cnf_override_is_caught_by_the_database_server() {
     }
     let dir = tempfile::tempdir().unwrap();
     let cnf = std::fs::read_to_string(root().join("templates/mysql-replica.cnf")).unwrap();
-    std::fs::write(dir.path().join("mysql-replica.cnf"), format!("{cnf}no_such_setting = 1\n")).unwrap();
+    std::fs::write(
+        dir.path().join("mysql-replica.cnf"),
+        format!("{cnf}no_such_setting = 1\n"),
+    )
+    .unwrap();
     let out = cli()
         .args(["check", "inventory/inventory.yaml", "--templates"])
         .arg(dir.path())
@@ -186,14 +221,24 @@ fn a_bad_cnf_override_is_caught_by_the_database_server() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("web-02 /etc/mysql/mariadb.conf.d/60-foobar.cnf (mysql-replica.cnf)"), "{stderr}");
-    assert!(stderr.contains("unknown variable 'no_such_setting=1'"), "{stderr}");
+    assert!(
+        stderr.contains("web-02 /etc/mysql/mariadb.conf.d/60-foobar.cnf (mysql-replica.cnf)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("unknown variable 'no_such_setting=1'"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn a_template_with_a_missing_variable_names_template_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("nginx.conf"), "user www-data;\nworker_processes {{ web.workers_typo }};\n").unwrap();
+    std::fs::write(
+        dir.path().join("nginx.conf"),
+        "user www-data;\nworker_processes {{ web.workers_typo }};\n",
+    )
+    .unwrap();
     let out = cli()
         .args(["render", "inventory/inventory.yaml", "--out"])
         .arg(dir.path().join("out"))

@@ -407,6 +407,7 @@ def take_lock(req, rid):
                     started = os.stat(LOCK).st_mtime
                 if now() - started > stale_after:
                     os.replace(LOCK, LOCK + ".stale")
+                    mine["replaced_stale"] = held
                     continue
                 raise AgentError("locked", "host is locked by %s" % lock_holder_text(held), lock=held)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -468,9 +469,8 @@ def service_pid(name):
 
 
 def service_action(name, action, init):
-    """Run reload/restart/start; returns (code, output, action actually run)."""
-    if action not in ("reload", "restart", "start"):
-        raise AgentError("request", "unknown action %r for %s" % (action, name), service=name)
+    """Run reload/restart/start; returns (code, output, action actually run).
+    A reload of a stopped service would fail: it becomes a start."""
     if action == "reload" and not service_running(name, init):
         action = "start"
     argv = ["systemctl", action, name] if init == "systemd" else ["service", name, action]
@@ -479,10 +479,9 @@ def service_action(name, action, init):
 
 
 def run_check(name, check, init):
-    """Poll a health check. Returns None on success, else a failure description."""
+    """Poll a health check (validated by check_actions). None on success, else what failed."""
     if not check:
         return None
-    deadline = None
     if "tcp" in check:
         deadline = now() + float(check.get("timeout_s", 10))
         host, _, port = str(check["tcp"]).rpartition(":")
@@ -499,8 +498,6 @@ def run_check(name, check, init):
             time.sleep(0.2)
     if "command" in check:
         argv = check["command"]
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-            raise AgentError("request", "check.command must be a non-empty list of strings", service=name)
         deadline = now() + float(check.get("timeout_s", 30))
         while True:
             code, out = run(argv, timeout=max(1.0, min(10.0, deadline - now())))
@@ -509,14 +506,12 @@ def run_check(name, check, init):
             if now() >= deadline:
                 return "check %s exited %s within %ss:\n%s" % (" ".join(argv), code, check.get("timeout_s", 30), tail(out, 2000))
             time.sleep(0.2)
-    if check.get("running"):
-        deadline = now() + float(check.get("timeout_s", 10))
-        while not service_running(name, init):
-            if now() >= deadline:
-                return "%s is not running after %ss" % (name, check.get("timeout_s", 10))
-            time.sleep(0.2)
-        return None
-    raise AgentError("request", "unknown check %r" % (check,), service=name)
+    deadline = now() + float(check.get("timeout_s", 10))  # {"running": true}
+    while not service_running(name, init):
+        if now() >= deadline:
+            return "%s is not running after %ss" % (name, check.get("timeout_s", 10))
+        time.sleep(0.2)
+    return None
 
 
 def log_tail(name):
@@ -727,7 +722,11 @@ def validate_one(v, rid, staged, record, save):
     return {"kind": kind, "path": target}
 
 
-LOG_PREFIX = re.compile(r"^(\d{4}[/-]\d\d[/-]\d\d \d\d:\d\d:\d\d (\d+#\d+: |\d+ )?)|^\[(ALERT|WARNING)\] +\(\d+\) : ")
+LOG_PREFIXES = (  # nginx, MariaDB and HAProxy line prefixes that only add noise to a headline
+    (re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (\[\w+\]) \d+#\d+: "), r"\1 "),
+    (re.compile(r"^\d{4}-\d\d-\d\d +\d+:\d\d:\d\d \d+ "), ""),
+    (re.compile(r"^\[(ALERT|WARNING)\] +\(\d+\) : "), ""),
+)
 SEVERE = re.compile(r"\[(emerg|crit|alert|error|ERROR|ALERT)\]|adjusted|error", re.I)
 
 
@@ -735,7 +734,9 @@ def headline(out):
     """The most telling line of a validator's output, without timestamp/pid prefixes."""
     lines = [l.strip() for l in out.splitlines() if l.strip()]
     best = next((l for l in lines if SEVERE.search(l)), lines[0] if lines else "")
-    return LOG_PREFIX.sub("", best)
+    for rx, repl in LOG_PREFIXES:
+        best = rx.sub(repl, best)
+    return best
 
 
 def install_packages(pkgs):
@@ -778,11 +779,9 @@ def op_stage(req):
     if os.path.exists(os.path.join(run_dir(rid), "backup.json")):
         raise AgentError("request", "run %s was already committed on this host" % rid)
     ensure_state_dir()
-    try:
-        take_lock(req, rid)
-    except AgentError as e:
-        append_history(history, "failed", e.message)
-        raise
+    # A run refused by another's lock touched nothing here and writes no history
+    # (it does not hold the lock that guards history.jsonl).
+    taken = take_lock(req, rid)
     record = {"run_id": rid, "files": [], "dirs": [], "stage_dirs": [], "deletes": deletes}
     rdir = run_dir(rid)
 
@@ -813,8 +812,11 @@ def op_stage(req):
         finally:
             release_lock(rid)
         raise
-    return {"ok": True, "staged": [{"path": f["path"], "staged": f["staged"]} for f in record["files"]],
-            "installed": installed, "validated": checked}
+    answer = {"ok": True, "staged": [{"path": f["path"], "staged": f["staged"]} for f in record["files"]],
+              "installed": installed, "validated": checked}
+    if taken.get("replaced_stale"):
+        answer["replaced_stale_lock"] = taken["replaced_stale"]
+    return answer
 
 
 # ---------------------------------------------------------------- abort
@@ -850,8 +852,8 @@ def restore_backups(rid, entries, dirs):
         try:
             if e["existed"]:
                 restore_file(backup_path(rid, e["path"]), e["path"], rid)
-            elif e["kind"] == "replace" and e.get("replaced", True):
-                remove_quiet(e["path"])
+            elif e["kind"] == "replace" and (e.get("replaced") or live_sha(e["path"]) == e.get("new_sha256")):
+                remove_quiet(e["path"])  # new in this run (by hash: a crashed commit did not record it)
         except OSError as err:
             problems.append("%s: %s" % (e["path"], err))
     for d in reversed(dirs):
@@ -1052,6 +1054,8 @@ def op_rollback(req):
                     raise AgentError("conflict", "%s changed after run %s committed it: not rolling back"
                                      % (e["path"], rid), path=e["path"])
         problems = restore_backups(rid, entries, state.get("dirs", []))
+        for f in (load_staged(rid) or {}).get("files", []):
+            remove_quiet(f["staged"])  # left over if a commit crashed half-way
         if problems:
             raise AgentError("io", "rollback could not restore: " + "; ".join(problems))
         prev = os.path.join(rdir, "manifest.prev.json")
@@ -1062,9 +1066,10 @@ def op_rollback(req):
         state["state"] = "rolled-back"
         write_json_atomic(bj, state)
         done = run_actions(actions, init_system())
-    except AgentError as e:
+    except BaseException as e:
+        msg = e.message if isinstance(e, AgentError) else "%s: %s" % (type(e).__name__, e)
         try:
-            append_history(history, "failed", "rollback: " + e.message)
+            append_history(history, "failed", "rollback: " + msg)
         finally:
             release_lock(rid)
         raise

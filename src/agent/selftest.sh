@@ -114,8 +114,9 @@ def stage(r, files, expect_=None, validate=(), **extra):
 
 
 def commit(r, actions, manifest=None, **extra):
-    req = {"op": "commit", "run_id": r, "actions": actions, "manifest": manifest or [],
-           "history": {"run_id": r, "user": "selftest"}}
+    req = {"op": "commit", "run_id": r, "actions": actions, "history": {"run_id": r, "user": "selftest"}}
+    if manifest is not None:
+        req["manifest"] = manifest
     req.update(extra)
     return agent(req)
 
@@ -393,6 +394,91 @@ def _():
     c = ok(commit(r, [NGINX_ACTION]))
     expect(c["actions"][0]["action"] == "start", str(c))
     expect(http() == "foobar-v1", "nginx not started")
+
+
+@case("stage: keepalived valid, then invalid (validation only, abort)")
+def _():
+    k = "/etc/keepalived/keepalived.conf"
+    good = "vrrp_instance VI_1 {\n state MASTER\n interface eth0\n virtual_router_id 51\n priority 100\n" \
+           " virtual_ipaddress {\n  10.9.9.9/24\n }\n}\n"
+    r = rid("ka")
+    ok(stage(r, [file_entry(k, good, service="keepalived")], validate=[{"kind": "keepalived", "path": k}]))
+    ok(agent({"op": "abort", "run_id": r}))
+    no_leftovers(r)
+    r = rid("kabad")
+    e = err_of(stage(r, [file_entry(k, good.replace("state MASTER", "bogus_kw 1"), service="keepalived")],
+                     validate=[{"kind": "keepalived", "path": k}]), "validation")
+    expect(e["path"] == k and "(%s: Line 2) Unknown keyword 'bogus_kw'" % k in e["output"], str(e))
+    no_leftovers(r)
+    lock_free()
+
+
+@case("stage: retried with the same run id, then commit with a delete; rollback restores it")
+def _():
+    gone = "/etc/nginx/sites-foobar/old.conf"
+    sh("printf '# old site\\n' > %s && chmod 0640 %s" % (gone, gone), check=True)
+    r = rid("del")
+    files = [file_entry(SITE, SITE_OK % "v4")]
+    ok(stage(r, files, validate=[NGINX_VALIDATE], deletes=[gone]))
+    ok(stage(r, files, validate=[NGINX_VALIDATE], deletes=[gone]))  # same run again: fine, same lock
+    ok(commit(r, [NGINX_ACTION]))
+    expect(sh("test -e " + gone)[0] != 0, "deleted file still there")
+    expect(http() == "foobar-v4", "v4 not live")
+    ok(agent({"op": "rollback", "run_id": r, "actions": [NGINX_ACTION]}))
+    expect(sh("stat -c %a:%U " + gone)[1].strip() == "640:root", "deleted file not restored with its mode")
+    expect(http() == "foobar-v1", "not rolled back")
+    sh("rm -f " + gone)
+
+
+@case("commit: refused without the lock; rollback refused when the file changed since")
+def _():
+    r = rid("nolock")
+    err_of(commit(r, [NGINX_ACTION]), "locked")
+    r = rid("changed")
+    ok(stage(r, [file_entry(SITE, SITE_OK % "v5")], validate=[NGINX_VALIDATE]))
+    ok(commit(r, [NGINX_ACTION]))
+    sh("echo '# edited by hand' >> " + SITE, check=True)
+    e = err_of(agent({"op": "rollback", "run_id": r, "actions": [NGINX_ACTION]}), "conflict")
+    expect(e["path"] == SITE, str(e))
+    lock_free()
+    ok(agent({"op": "rollback", "run_id": r, "actions": [NGINX_ACTION], "force": True}))
+    expect(http() == "foobar-v1", "forced rollback")
+
+
+@case("locked: two stages at once, exactly one wins")
+def _():
+    import threading
+    runs, answers = [rid("race"), rid("race")], {}
+
+    def go(r):
+        answers[r] = stage(r, [file_entry("/tmp/obs/race", r)])
+    threads = [threading.Thread(target=go, args=(r,)) for r in runs]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    kinds = sorted("ok" if a["ok"] else a["error"]["kind"] for a in answers.values())
+    expect(kinds == ["locked", "ok"], str(answers))
+    for r in runs:
+        ok(agent({"op": "abort", "run_id": r}))
+    lock_free()
+
+
+@case("sudo -n as a non-root user; no sudo -> io error")
+def _():
+    p = subprocess.run(["docker", "exec", "-i", "-u", "deploy", C, "sudo", "-n", "python3", "-c", AGENT],
+                       input='{"op": "observe", "services": ["nginx"]}', capture_output=True, text=True)
+    expect(p.returncode == 0 and json.loads(p.stdout)["services"]["nginx"]["running"], p.stdout + p.stderr)
+    p = subprocess.run(["docker", "exec", "-i", "-u", "deploy", C, "python3", "-c", AGENT],
+                       input='{"op": "stage", "run_id": "x"}', capture_output=True, text=True)
+    expect(p.returncode == 0 and json.loads(p.stdout)["error"]["kind"] == "io", p.stdout + p.stderr)
+
+
+@case("state: history lines are JSON, old run dirs pruned to 10")
+def _():
+    code, out = sh("cat /var/lib/foobar-infra/history.jsonl")
+    recs = [json.loads(l) for l in out.splitlines()]
+    expect(len(recs) >= 10 and all(r["result"] in ("applied", "failed", "rolled-back") for r in recs), out[-500:])
+    code, out = sh("ls /var/lib/foobar-infra/runs | wc -l")
+    expect(int(out) <= 10, "%s run dirs" % out.strip())
 
 
 print("%d passed, %d failed" % (passes, len(failures)))

@@ -1,10 +1,99 @@
-//! `foobar-infra apply`.
-use anyhow::Result;
+//! `foobar-infra apply`: observe, diff, then stage and validate on every host before
+//! swapping anything in; `--dry-run` stops after the diff.
 
-use super::Outcome;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::{remote, runtime, Outcome};
 use crate::cli::ApplyArgs;
+use crate::engine::{self, RunInfo};
 use crate::output::Printer;
 
-pub fn run(_args: &ApplyArgs, _p: &Printer) -> Result<Outcome> {
-    anyhow::bail!("apply: not built yet")
+pub fn run(args: &ApplyArgs, p: &Arc<Printer>) -> Result<Outcome> {
+    let t0 = Instant::now();
+    runtime()?.block_on(async {
+        let mut session = remote::open(&args.remote, p).await?;
+        if args.dry_run {
+            let pending = remote::print_changes(&session.changes, p, "apply-dry-run");
+            session.close().await;
+            return Ok(if pending {
+                Outcome::ChangesPending
+            } else {
+                Outcome::Success
+            });
+        }
+        if !p.json {
+            remote::print_changes(&session.changes, p, "apply");
+        }
+        let run = RunInfo::new(&session.inventory, args.lock_timeout);
+        let result = engine::apply(
+            &session.plan,
+            &session.changes,
+            &session.remotes(),
+            &run,
+            args.remote.parallel,
+            p,
+        )
+        .await;
+        let hosts: Vec<String> = session
+            .plan
+            .hosts
+            .iter()
+            .map(|h| h.host.name.clone())
+            .collect();
+        session.close().await;
+        let reports = match result.map_err(|e| session_secrets.mask_error(e)) {
+            Ok(r) => r,
+            Err(e) => {
+                p.event(
+                    json!({"event": "summary", "ok": false, "error": format!("{e:#}"),
+                               "seconds": t0.elapsed().as_secs_f64()}),
+                );
+                return Err(e);
+            }
+        };
+        let seconds = t0.elapsed().as_secs_f64();
+        if p.json {
+            p.event(
+                json!({"event": "summary", "ok": true, "hosts": reports, "seconds": seconds,
+                           "changed": reports.len(), "unchanged": hosts.len() - reports.len()}),
+            );
+        } else {
+            p.out(format!(
+                "{:<14} {:>5}  {:<40} {:>8}",
+                "HOST", "FILES", "SERVICES", "SECONDS"
+            ));
+            for h in &hosts {
+                match reports.iter().find(|r| &r.host == h) {
+                    Some(r) => p.out(format!(
+                        "{:<14} {:>5}  {:<40} {:>8.2}",
+                        r.host,
+                        r.files_changed,
+                        if r.services.is_empty() {
+                            "-".to_string()
+                        } else {
+                            r.services.join(", ")
+                        },
+                        r.seconds
+                    )),
+                    None => p.out(format!(
+                        "{h:<14} {:>5}  {:<40} {:>8}",
+                        0, "- (in sync)", "-"
+                    )),
+                }
+            }
+            p.status(
+                "Finished",
+                format!(
+                    "{} of {} hosts changed in {seconds:.2}s",
+                    reports.len(),
+                    hosts.len()
+                ),
+            );
+        }
+        Ok(Outcome::Success)
+    })
 }

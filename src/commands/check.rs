@@ -10,7 +10,10 @@ use crate::validate::{validate_plan, Verdict};
 
 pub fn run(args: &CheckArgs, p: &Printer) -> Result<Outcome> {
     let (inv, plan) = load_and_render(&args.inventory, args.templates.templates.as_deref())?;
-    p.status("Checking", format!("{} hosts of {}", plan.hosts.len(), inv.path.display()));
+    p.status(
+        "Checking",
+        format!("{} hosts of {}", plan.hosts.len(), inv.path.display()),
+    );
     let results = validate_plan(&plan)?;
 
     let mut invalid = 0;
@@ -77,5 +80,8 @@ pub fn run(args: &CheckArgs, p: &Printer) -> Result<Outcome> {
 }
 
 fn indent(s: &str) -> String {
-    s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+    s.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

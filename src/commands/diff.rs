@@ -1,10 +1,22 @@
-//! `foobar-infra diff`: what apply would change, as unified diffs.
+//! `foobar-infra diff`: what apply would change, as unified diffs; changes nothing.
+
+use std::sync::Arc;
+
 use anyhow::Result;
 
-use super::Outcome;
+use super::{remote, runtime, Outcome};
 use crate::cli::RemoteArgs;
 use crate::output::Printer;
 
-pub fn run(_args: &RemoteArgs, _p: &Printer) -> Result<Outcome> {
-    anyhow::bail!("diff: not built yet")
+pub fn run(args: &RemoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
+    runtime()?.block_on(async {
+        let session = remote::open(args, p).await?;
+        let pending = remote::print_changes(&session.changes, p, "diff");
+        session.close().await;
+        Ok(if pending {
+            Outcome::ChangesPending
+        } else {
+            Outcome::Success
+        })
+    })
 }

@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod check;
 pub mod diff;
+pub mod remote;
 pub mod render;
 
 use anyhow::Result;
@@ -29,4 +30,14 @@ pub fn load_and_render(
     let templates = Templates::load(templates)?;
     let plan = crate::render::render(&inv, &templates)?;
     Ok((inv, plan))
+}
+
+/// The async runtime for commands that talk to hosts.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }

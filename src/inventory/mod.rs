@@ -319,10 +319,7 @@ impl Inventory {
         let raw: RawInventory = serde_yaml::from_str(text).map_err(|e| InventoryError {
             messages: vec![yaml_error(&file, &e)],
         })?;
-        let dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut v = Validator {
             file,
             map,
@@ -421,7 +418,6 @@ struct RawSecret {
     file: Option<PathBuf>,
 }
 
-
 // ---- validation ---------------------------------------------------------------------
 
 struct Validator {
@@ -472,16 +468,16 @@ fn is_remote_path(s: &str) -> bool {
 
 /// A database or user name that can go into SQL and configs unquoted.
 fn is_sql_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 32
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    !s.is_empty() && s.len() <= 32 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 impl Validator {
     fn err(&mut self, path: &str, msg: impl fmt::Display) {
         let pos = self.map.value(path).unwrap_or(Pos { line: 1, col: 1 });
-        self.messages
-            .push(format!("{}:{}:{}: {path}: {msg}", self.file, pos.line, pos.col));
+        self.messages.push(format!(
+            "{}:{}:{}: {path}: {msg}",
+            self.file, pos.line, pos.col
+        ));
     }
 
     fn check(&mut self, ok: bool, path: &str, msg: impl FnOnce() -> String) {
@@ -549,7 +545,10 @@ impl Validator {
             let mut seen = Vec::new();
             for (i, r) in h.roles.iter().enumerate() {
                 if seen.contains(r) {
-                    self.err(&format!("{hp}.roles[{i}]"), format!("role {r} listed twice"));
+                    self.err(
+                        &format!("{hp}.roles[{i}]"),
+                        format!("role {r} listed twice"),
+                    );
                 }
                 seen.push(*r);
             }
@@ -560,7 +559,11 @@ impl Validator {
                 );
             }
             let merged = |d: &RawSsh, o: &RawSsh| SshSettings {
-                user: o.user.clone().or(d.user.clone()).unwrap_or_else(|| "root".into()),
+                user: o
+                    .user
+                    .clone()
+                    .or(d.user.clone())
+                    .unwrap_or_else(|| "root".into()),
                 port: o.port.or(d.port).unwrap_or(22),
                 known_hosts: o.known_hosts.as_ref().or(d.known_hosts.as_ref()).map(rel),
                 identity_file: o
@@ -585,7 +588,10 @@ impl Validator {
             }
             let server_id = h.server_id.unwrap_or_else(|| derived_server_id(address));
             if server_id == 0 && !address_taken {
-                self.err(&format!("{hp}.server_id"), "server_id must be between 1 and 4294967295");
+                self.err(
+                    &format!("{hp}.server_id"),
+                    "server_id must be between 1 and 4294967295",
+                );
             }
             let is_db = h.roles.contains(&Role::DbPrimary) || h.roles.contains(&Role::DbReplica);
             if is_db && !address_taken {
@@ -609,13 +615,18 @@ impl Validator {
         let count = |r: Role| hosts.iter().filter(|h| h.roles.contains(&r)).count();
         if !hosts.is_empty() {
             if count(Role::Lb) == 0 {
-                self.err("hosts", "no host has the role lb (at least one load balancer is required)");
+                self.err(
+                    "hosts",
+                    "no host has the role lb (at least one load balancer is required)",
+                );
             }
             if count(Role::Web) == 0 {
-                self.err("hosts", "no host has the role web (at least one web server is required)");
+                self.err(
+                    "hosts",
+                    "no host has the role web (at least one web server is required)",
+                );
             }
-            let primaries: Vec<&Host> =
-                hosts.iter().filter(|h| h.has(Role::DbPrimary)).collect();
+            let primaries: Vec<&Host> = hosts.iter().filter(|h| h.has(Role::DbPrimary)).collect();
             let replicas: Vec<&Host> = hosts.iter().filter(|h| h.has(Role::DbReplica)).collect();
             if primaries.len() > 1 {
                 let names: Vec<&str> = primaries.iter().map(|h| h.name.as_str()).collect();
@@ -632,14 +643,20 @@ impl Validator {
                     "db-replica without a db-primary: no host has the role db-primary",
                 );
             } else if primaries.is_empty() {
-                self.err("hosts", "no host has the role db-primary (exactly one is required)");
+                self.err(
+                    "hosts",
+                    "no host has the role db-primary (exactly one is required)",
+                );
             }
         }
 
         // Settings.
         let app = raw.app.clone();
         self.check(is_remote_path(&app.root), "app.root", || {
-            format!("app.root must be an absolute path of plain characters, got {:?}", app.root)
+            format!(
+                "app.root must be an absolute path of plain characters, got {:?}",
+                app.root
+            )
         });
         self.check(is_sql_name(&app.user), "app.user", || {
             format!("invalid user name {:?}", app.user)
@@ -652,7 +669,12 @@ impl Validator {
         self.check(
             hc.path.starts_with('/') && !hc.path.contains(char::is_whitespace),
             "haproxy.health_check.path",
-            || format!("health check path must start with '/' and have no spaces, got {:?}", hc.path),
+            || {
+                format!(
+                    "health check path must start with '/' and have no spaces, got {:?}",
+                    hc.path
+                )
+            },
         );
         for (field, value) in [
             ("haproxy.health_check.interval", &hc.interval),
@@ -682,12 +704,22 @@ impl Validator {
         self.check(
             is_size(&raw.nginx.client_max_body_size),
             "nginx.client_max_body_size",
-            || format!("invalid size {:?} (e.g. 10m)", raw.nginx.client_max_body_size),
+            || {
+                format!(
+                    "invalid size {:?} (e.g. 10m)",
+                    raw.nginx.client_max_body_size
+                )
+            },
         );
         self.check(
             is_size(&raw.mysql.innodb_buffer_pool_size),
             "mysql.innodb_buffer_pool_size",
-            || format!("invalid size {:?} (e.g. 256M)", raw.mysql.innodb_buffer_pool_size),
+            || {
+                format!(
+                    "invalid size {:?} (e.g. 256M)",
+                    raw.mysql.innodb_buffer_pool_size
+                )
+            },
         );
         for (field, value) in [
             ("mysql.database", &raw.mysql.database),
@@ -735,7 +767,9 @@ impl Validator {
                 if !raw.secrets.contains_key(needed) {
                     self.err(
                         "secrets",
-                        format!("secret {needed} is required by the database roles but not defined"),
+                        format!(
+                            "secret {needed} is required by the database roles but not defined"
+                        ),
                     );
                 }
             }

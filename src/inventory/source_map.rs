@@ -175,7 +175,10 @@ mod tests {
         let text = "domain: x\nhosts:\n  a:\n    address: 1.2.3.4\n    roles: [lb, web]\n  a:\n    address: 5.6.7.8\n";
         let (map, dups) = SourceMap::build(text);
         assert_eq!(map.value("hosts.a.address"), Some(Pos { line: 4, col: 14 }));
-        assert_eq!(map.value("hosts.a.roles[1]"), Some(Pos { line: 5, col: 17 }));
+        assert_eq!(
+            map.value("hosts.a.roles[1]"),
+            Some(Pos { line: 5, col: 17 })
+        );
         assert_eq!(dups.len(), 1);
         assert_eq!(dups[0].path, "hosts.a");
         assert_eq!(dups[0].second, Pos { line: 6, col: 3 });

@@ -1,0 +1,141 @@
+//! The start shared by `diff` and `apply`: render, select hosts (--limit), read the
+//! secrets the plan needs, connect to every host and observe it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+
+use super::load_and_render;
+use crate::cli::RemoteArgs;
+use crate::diff::{diff, Changes};
+use crate::engine;
+use crate::inventory::{Inventory, Role};
+use crate::output::Printer;
+use crate::plan::Plan;
+use crate::remote::agent::HostState;
+use crate::remote::ssh::SshRemote;
+use crate::remote::Remote;
+use crate::secrets::{placeholders_in, Secrets};
+
+/// Keeps the hosts named by --limit (host names or roles).
+pub fn limit(mut plan: Plan, limit: &[String]) -> Result<Plan> {
+    if limit.is_empty() {
+        return Ok(plan);
+    }
+    for l in limit {
+        let known = plan.hosts.iter().any(|h| h.host.name == *l) || Role::parse(l).is_some();
+        if !known {
+            bail!("--limit {l}: no host or role of that name in the inventory");
+        }
+    }
+    plan.hosts.retain(|h| {
+        limit
+            .iter()
+            .any(|l| h.host.name == *l || Role::parse(l).is_some_and(|r| h.host.has(r)))
+    });
+    if plan.hosts.is_empty() {
+        bail!("--limit {}: selects no host", limit.join(","));
+    }
+    Ok(plan)
+}
+
+/// Everything a remote command works with once the hosts are observed.
+pub struct Session {
+    pub inventory: Inventory,
+    pub plan: Plan,
+    pub secrets: Secrets,
+    pub remotes: Vec<SshRemote>,
+    pub observed: BTreeMap<String, HostState>,
+    pub changes: Changes,
+}
+
+impl Session {
+    pub fn remotes(&self) -> Vec<&dyn Remote> {
+        self.remotes.iter().map(|r| r as &dyn Remote).collect()
+    }
+
+    pub async fn close(self) {
+        engine::close_all(self.remotes).await;
+    }
+}
+
+pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>) -> Result<Session> {
+    let (inventory, plan) = load_and_render(&args.inventory, args.templates.templates.as_deref())?;
+    let plan = limit(plan, &args.limit)?;
+    let mut names = Vec::new();
+    for h in &plan.hosts {
+        for f in &h.files {
+            for n in placeholders_in(&f.content) {
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
+    }
+    let secrets = Secrets::load(&inventory, &names)?;
+    printer.status("Connecting", format!("{} hosts", plan.hosts.len()));
+    let remotes = engine::connect_all(&plan, args.parallel, printer).await?;
+    let refs: Vec<&dyn Remote> = remotes.iter().map(|r| r as &dyn Remote).collect();
+    let observed = match engine::observe_all(&plan, &refs, &secrets, args.parallel).await {
+        Ok(o) => o,
+        Err(e) => {
+            engine::close_all(remotes).await;
+            return Err(e);
+        }
+    };
+    let changes = diff(&plan, &observed, &secrets)?;
+    Ok(Session {
+        inventory,
+        plan,
+        secrets,
+        remotes,
+        observed,
+        changes,
+    })
+}
+
+/// Prints the changes as unified diffs (or one JSON document); true when any.
+pub fn print_changes(changes: &Changes, p: &Printer, command: &str) -> bool {
+    let pending = !changes.is_empty();
+    if p.json {
+        p.json_line(&serde_json::json!({
+            "schema": 1, "command": command, "in_sync": !pending, "hosts": changes.hosts,
+        }));
+        return pending;
+    }
+    let mut files = 0;
+    let mut actions = 0;
+    for hc in changes.hosts.iter().filter(|h| !h.is_empty()) {
+        p.out(p.bold(&format!("== {}", hc.host)));
+        for pkg in &hc.install {
+            p.out(format!("  install package {pkg}"));
+        }
+        for f in &hc.files {
+            files += 1;
+            p.out(format!("  {:?} {} ({})", f.kind, f.path, f.service).to_lowercase());
+            for line in f.diff.lines() {
+                p.out(p.paint_diff_line(line));
+            }
+        }
+        for s in &hc.services {
+            actions += 1;
+            p.out(format!(
+                "  {} {} ({})",
+                s.service,
+                s.action.as_str(),
+                s.reason
+            ));
+        }
+    }
+    if pending {
+        let hosts = changes.hosts.iter().filter(|h| !h.is_empty()).count();
+        p.status(
+            "Pending",
+            format!("{files} file changes and {actions} service actions on {hosts} hosts"),
+        );
+    } else {
+        p.status("In sync", format!("{} hosts", changes.hosts.len()));
+    }
+    pending
+}

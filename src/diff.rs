@@ -1,0 +1,273 @@
+//! Diffing: the rendered plan against what the hosts reported, into typed [`Changes`]
+//! (files to create, modify or delete, services to reload, restart or start, packages
+//! to install). Pure: no network; secrets are resolved for hashing and masked for display.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::plan::{HostPlan, Plan, Service, ServiceAction};
+use crate::remote::agent::{FileState, HostState, ManifestEntry};
+use crate::secrets::Secrets;
+
+/// What happens to one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileChangeKind {
+    Create,
+    Modify,
+    /// Only owner or mode differ.
+    Metadata,
+    Delete,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FileChange {
+    pub path: String,
+    pub kind: FileChangeKind,
+    pub service: Service,
+    /// Unified diff, secrets masked.
+    pub diff: String,
+    /// The host's hash when observed (None: no file), checked again when staging.
+    pub observed_sha256: Option<String>,
+    /// sha256 of the resolved content to push (None for deletions).
+    pub new_sha256: Option<String>,
+    #[serde(skip)]
+    pub new_content: Option<String>,
+    pub mode: String,
+    pub owner: String,
+    pub group: String,
+}
+
+/// Why a service is acted on.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceChange {
+    pub service: Service,
+    pub action: ServiceAction,
+    pub reason: String,
+}
+
+/// Everything that would change on one host.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostChanges {
+    pub host: String,
+    pub files: Vec<FileChange>,
+    pub services: Vec<ServiceChange>,
+    pub install: Vec<String>,
+    /// The manifest the host keeps after this apply: every planned file and its hash.
+    #[serde(skip)]
+    pub manifest: Vec<ManifestEntry>,
+}
+
+impl HostChanges {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.services.is_empty() && self.install.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Changes {
+    pub hosts: Vec<HostChanges>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.hosts.iter().all(HostChanges::is_empty)
+    }
+    pub fn host(&self, name: &str) -> Option<&HostChanges> {
+        self.hosts.iter().find(|h| h.host == name)
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// The hashes `observe` is asked to compare, per path: the resolved content's sha256.
+pub fn desired_hashes(hp: &HostPlan, secrets: &Secrets) -> Result<BTreeMap<String, String>> {
+    hp.files
+        .iter()
+        .map(|f| {
+            Ok((
+                f.path.clone(),
+                sha256_hex(secrets.resolve(&f.content)?.as_bytes()),
+            ))
+        })
+        .collect()
+}
+
+fn unified(old: &str, new: &str, path: &str, old_label: &str, new_label: &str) -> String {
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("{old_label}{path}"), &format!("{new_label}{path}"))
+        .to_string()
+}
+
+/// Compares one host's plan with its observed state.
+pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<HostChanges> {
+    let mut files = Vec::new();
+    let mut manifest = Vec::new();
+    let mut touched: Vec<Service> = Vec::new();
+    for f in &hp.files {
+        let resolved = secrets.resolve(&f.content)?;
+        let new_sha = sha256_hex(resolved.as_bytes());
+        manifest.push(ManifestEntry {
+            path: f.path.clone(),
+            sha256: Some(new_sha.clone()),
+            mode: f.mode_string(),
+            owner: f.owner.clone(),
+            group: f.group.clone(),
+            service: f.service.unit().to_string(),
+        });
+        let seen = state.files.get(&f.path).cloned().unwrap_or_default();
+        let mode = f.mode_string();
+        let kind = if !seen.exists {
+            Some(FileChangeKind::Create)
+        } else if seen.sha256.as_deref() != Some(new_sha.as_str()) || seen.link.is_some() {
+            Some(FileChangeKind::Modify)
+        } else if seen.mode.as_deref() != Some(mode.as_str())
+            || seen.owner.as_deref() != Some(f.owner.as_str())
+            || seen.group.as_deref() != Some(f.group.as_str())
+        {
+            Some(FileChangeKind::Metadata)
+        } else {
+            None
+        };
+        let Some(kind) = kind else { continue };
+        let diff = match kind {
+            FileChangeKind::Create => unified("", &f.content, &f.path, "/dev/null", "b"),
+            FileChangeKind::Modify => {
+                let old = seen.content().map(|c| secrets.mask(&c)).unwrap_or_else(|| {
+                    format!("(content not shown: {} bytes)\n", seen.size.unwrap_or(0))
+                });
+                unified(&old, &f.content, &f.path, "a", "b")
+            }
+            FileChangeKind::Metadata => format!(
+                "{}: mode {} owner {}:{} -> mode {} owner {}:{}\n",
+                f.path,
+                seen.mode.as_deref().unwrap_or("?"),
+                seen.owner.as_deref().unwrap_or("?"),
+                seen.group.as_deref().unwrap_or("?"),
+                mode,
+                f.owner,
+                f.group
+            ),
+            FileChangeKind::Delete => unreachable!(),
+        };
+        if !touched.contains(&f.service) {
+            touched.push(f.service);
+        }
+        files.push(FileChange {
+            path: f.path.clone(),
+            kind,
+            service: f.service,
+            diff,
+            observed_sha256: observed_sha(&seen),
+            new_sha256: Some(new_sha),
+            new_content: Some(resolved),
+            mode,
+            owner: f.owner.clone(),
+            group: f.group.clone(),
+        });
+    }
+
+    // Files this tool wrote earlier that are no longer in the plan.
+    for entry in &state.manifest {
+        if hp.file(&entry.path).is_some() {
+            continue;
+        }
+        let seen = state.files.get(&entry.path).cloned().unwrap_or_default();
+        if !seen.exists {
+            continue;
+        }
+        let service: Option<Service> =
+            serde_json::from_value(serde_json::Value::String(entry.service.clone())).ok();
+        let Some(service) = service else { continue };
+        let old = seen
+            .content()
+            .map(|c| secrets.mask(&c))
+            .unwrap_or_else(|| format!("(content not shown: {} bytes)\n", seen.size.unwrap_or(0)));
+        if hp.services.contains(&service) && !touched.contains(&service) {
+            touched.push(service);
+        }
+        files.push(FileChange {
+            path: entry.path.clone(),
+            kind: FileChangeKind::Delete,
+            service,
+            diff: unified(&old, "", &entry.path, "a", "/dev/null"),
+            observed_sha256: observed_sha(&seen),
+            new_sha256: None,
+            new_content: None,
+            mode: entry.mode.clone(),
+            owner: entry.owner.clone(),
+            group: entry.group.clone(),
+        });
+    }
+
+    let mut install = Vec::new();
+    let mut services = Vec::new();
+    for &svc in &hp.services {
+        let installed = state.packages.get(svc.package()).copied().unwrap_or(true);
+        if !installed {
+            install.push(svc.package().to_string());
+        }
+        let running = installed && state.services.get(svc.unit()).is_some_and(|s| s.running);
+        let changed = touched.contains(&svc);
+        let change = if !running {
+            Some(ServiceChange {
+                service: svc,
+                action: ServiceAction::Start,
+                reason: if installed {
+                    "not running".into()
+                } else {
+                    "not installed".into()
+                },
+            })
+        } else if changed {
+            let only_metadata = files
+                .iter()
+                .filter(|f| f.service == svc)
+                .all(|f| f.kind == FileChangeKind::Metadata);
+            (!only_metadata).then(|| ServiceChange {
+                service: svc,
+                action: svc.on_change(),
+                reason: "config changed".into(),
+            })
+        } else {
+            None
+        };
+        services.extend(change);
+    }
+    Ok(HostChanges {
+        host: hp.name().to_string(),
+        files,
+        services,
+        install,
+        manifest,
+    })
+}
+
+fn observed_sha(seen: &FileState) -> Option<String> {
+    if seen.exists {
+        seen.sha256.clone()
+    } else {
+        None
+    }
+}
+
+/// Diffs every host of the plan that has an observed state.
+pub fn diff(
+    plan: &Plan,
+    observed: &BTreeMap<String, HostState>,
+    secrets: &Secrets,
+) -> Result<Changes> {
+    let hosts = plan
+        .hosts
+        .iter()
+        .filter_map(|hp| observed.get(hp.name()).map(|st| diff_host(hp, st, secrets)))
+        .collect::<Result<_>>()?;
+    Ok(Changes { hosts })
+}

@@ -1,0 +1,576 @@
+//! The run engine: connect, observe, stage, commit and roll back across hosts, in
+//! parallel under a bound, with the ordering rules of an all-or-nothing apply
+//! (stage and validate everywhere first; database restarts one host at a time,
+//! replicas before the primary; roll back every host already committed on failure).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::diff::{desired_hashes, Changes, FileChangeKind, HostChanges};
+use crate::inventory::{Inventory, Role};
+use crate::output::Printer;
+use crate::plan::{HostPlan, Plan, Service, ServiceAction};
+use crate::remote::agent::{self, AgentError, HostState};
+use crate::remote::ssh::{self, SshRemote};
+use crate::remote::Remote;
+use crate::render::paths;
+use crate::secrets::Secrets;
+
+/// Runs `f` for every item with at most `limit` at once, keeping the input order.
+pub async fn bounded<T, R, F, Fut>(items: Vec<T>, limit: usize, f: F) -> Vec<R>
+where
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = R>,
+{
+    let sem = Arc::new(Semaphore::new(limit.max(1)));
+    let futures = items.into_iter().map(|item| {
+        let sem = sem.clone();
+        let fut = f(item);
+        async move {
+            let _permit = sem.acquire().await;
+            fut.await
+        }
+    });
+    futures::future::join_all(futures).await
+}
+
+/// Connects to every host of the plan; fails (closing the others) naming each host
+/// that could not be reached.
+pub async fn connect_all(
+    plan: &Plan,
+    parallel: usize,
+    printer: &Arc<Printer>,
+) -> Result<Vec<SshRemote>> {
+    let hosts: Vec<_> = plan.hosts.iter().map(|h| h.host.clone()).collect();
+    let results = bounded(hosts, parallel, |h| {
+        let p = printer.clone();
+        async move { ssh::connect(&h, p).await }
+    })
+    .await;
+    let mut ok = Vec::new();
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(s) => ok.push(s),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    if !errors.is_empty() {
+        close_all(ok).await;
+        bail!("{}", errors.join("\n"));
+    }
+    Ok(ok)
+}
+
+pub async fn close_all(remotes: Vec<SshRemote>) {
+    futures::future::join_all(remotes.into_iter().map(|r| r.close())).await;
+}
+
+/// One `observe` per host, all in parallel.
+pub async fn observe_all(
+    plan: &Plan,
+    remotes: &[&dyn Remote],
+    secrets: &Secrets,
+    parallel: usize,
+) -> Result<BTreeMap<String, HostState>> {
+    let mut requests = Vec::new();
+    for (hp, r) in plan.hosts.iter().zip(remotes) {
+        requests.push((*r, observe_request(hp, secrets)?));
+    }
+    let answers = bounded(requests, parallel, |(r, req)| async move {
+        let v = agent::call(r, "observe", req).await?;
+        HostState::from_answer(r.name(), v)
+    })
+    .await;
+    let mut observed = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (hp, a) in plan.hosts.iter().zip(answers) {
+        match a {
+            Ok(st) => {
+                observed.insert(hp.name().to_string(), st);
+            }
+            Err(e) => errors.push(host_error(hp.name(), "observing", &e)),
+        }
+    }
+    if !errors.is_empty() {
+        bail!("{}", errors.join("\n"));
+    }
+    Ok(observed)
+}
+
+fn observe_request(hp: &HostPlan, secrets: &Secrets) -> Result<Value> {
+    let services: Vec<&str> = hp.services.iter().map(|s| s.unit()).collect();
+    Ok(json!({
+        "op": "observe",
+        "paths": desired_hashes(hp, secrets)?,
+        "services": services,
+        "packages": hp.packages(),
+        "max_content": 1 << 20,
+    }))
+}
+
+/// "HOST: what: cause", with an agent's own output kept.
+pub fn host_error(host: &str, what: &str, e: &anyhow::Error) -> String {
+    match e.downcast_ref::<AgentError>() {
+        Some(a) => format!("{host}: {what}: {}", a.describe()),
+        None => {
+            let msg = format!("{e:#}");
+            if msg.starts_with(&format!("{host}:")) {
+                msg
+            } else {
+                format!("{host}: {what}: {msg}")
+            }
+        }
+    }
+}
+
+/// Who runs this apply, for locks and history.
+pub struct RunInfo {
+    pub run_id: String,
+    pub user: String,
+    pub started: f64,
+    pub lock_timeout: u64,
+    pub inventory: String,
+    pub inventory_hash: String,
+    pub git_commit: Option<String>,
+}
+
+impl RunInfo {
+    pub fn new(inv: &Inventory, lock_timeout: u64) -> RunInfo {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into());
+        let machine = std::fs::read_to_string("/etc/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        RunInfo {
+            run_id: format!("{}-{}", now.as_secs(), std::process::id()),
+            user: format!("{user}@{machine}"),
+            started: now.as_secs_f64(),
+            lock_timeout,
+            inventory: inv.path.display().to_string(),
+            inventory_hash: inv.source_hash.clone(),
+            git_commit: git_commit(&inv.path),
+        }
+    }
+
+    fn lock(&self) -> Value {
+        json!({
+            "owner": self.user, "pid": std::process::id(), "started": self.started,
+            "tool_version": env!("CARGO_PKG_VERSION"), "run_id": self.run_id,
+        })
+    }
+
+    fn history(&self, hc: &HostChanges) -> Value {
+        let files: Vec<Value> = hc
+            .files
+            .iter()
+            .map(|f| json!({"path": f.path, "change": f.kind}))
+            .collect();
+        let services: Vec<Value> = hc
+            .services
+            .iter()
+            .map(|s| json!({"service": s.service, "action": s.action}))
+            .collect();
+        json!({
+            "time": chrono_now(), "user": self.user, "tool_version": env!("CARGO_PKG_VERSION"),
+            "run_id": self.run_id, "inventory": self.inventory,
+            "inventory_hash": self.inventory_hash, "git_commit": self.git_commit,
+            "files": files, "services": services,
+        })
+    }
+}
+
+/// The commit of the git repository holding the inventory, if any.
+fn git_commit(inventory: &std::path::Path) -> Option<String> {
+    let dir = inventory
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["rev-parse", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// UTC time as ISO 8601, without a date crate.
+pub fn chrono_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// How the service is checked after its action.
+fn service_check(svc: Service) -> Value {
+    match svc {
+        Service::Nginx | Service::Haproxy => json!({"tcp": "127.0.0.1:80", "timeout_s": 10}),
+        Service::Mariadb => {
+            json!({"command": ["mariadb-admin", "ping", "--silent"], "timeout_s": 60})
+        }
+        Service::Mysql => json!({"command": ["mysqladmin", "ping", "--silent"], "timeout_s": 60}),
+    }
+}
+
+fn validator(svc: Service, hp: &HostPlan) -> Option<Value> {
+    match svc {
+        Service::Nginx => {
+            let files: Vec<&str> = hp
+                .files
+                .iter()
+                .filter(|f| f.service == Service::Nginx)
+                .map(|f| f.path.as_str())
+                .collect();
+            (!files.is_empty()).then(|| {
+                json!({"kind": "nginx", "root": paths::NGINX_ROOT, "conf": paths::NGINX_CONF, "files": files})
+            })
+        }
+        Service::Haproxy => hp
+            .files
+            .iter()
+            .find(|f| f.service == svc)
+            .map(|f| json!({"kind": "haproxy", "path": f.path})),
+        Service::Mariadb => hp
+            .files
+            .iter()
+            .find(|f| f.service == svc)
+            .map(|f| json!({"kind": "mariadb", "path": f.path})),
+        Service::Mysql => hp
+            .files
+            .iter()
+            .find(|f| f.service == svc)
+            .map(|f| json!({"kind": "mysql8", "path": f.path})),
+    }
+}
+
+fn stage_request(hp: &HostPlan, hc: &HostChanges, run: &RunInfo) -> Value {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut expect = serde_json::Map::new();
+    let mut files = Vec::new();
+    let mut deletes = Vec::new();
+    let mut validate = Vec::new();
+    for f in &hc.files {
+        expect.insert(f.path.clone(), json!(f.observed_sha256));
+        match &f.new_content {
+            Some(content) => files.push(json!({
+                "path": f.path, "content_b64": b64.encode(content), "mode": f.mode,
+                "owner": f.owner, "group": f.group, "service": f.service,
+            })),
+            None => deletes.push(f.path.clone()),
+        }
+    }
+    let mut services: Vec<Service> = hc.files.iter().map(|f| f.service).collect();
+    services.dedup();
+    for svc in services {
+        if let Some(v) = validator(svc, hp) {
+            if !validate.contains(&v) {
+                validate.push(v);
+            }
+        }
+    }
+    json!({
+        "op": "stage", "run_id": run.run_id, "lock": run.lock(), "stale_after_s": run.lock_timeout,
+        "expect": expect, "install": hc.install, "files": files, "deletes": deletes,
+        "validate": validate, "history": run.history(hc),
+    })
+}
+
+fn actions(hc: &HostChanges) -> Vec<Value> {
+    hc.services
+        .iter()
+        .map(|s| json!({"service": s.service.unit(), "action": s.action.as_str(), "check": service_check(s.service)}))
+        .collect()
+}
+
+fn commit_request(hc: &HostChanges, run: &RunInfo) -> Value {
+    let staged: Vec<&str> = hc
+        .files
+        .iter()
+        .filter(|f| f.kind != FileChangeKind::Delete)
+        .map(|f| f.path.as_str())
+        .collect();
+    let deletes: Vec<&str> = hc
+        .files
+        .iter()
+        .filter(|f| f.kind == FileChangeKind::Delete)
+        .map(|f| f.path.as_str())
+        .collect();
+    json!({
+        "op": "commit", "run_id": run.run_id, "files": staged, "deletes": deletes,
+        "actions": actions(hc), "manifest": hc.manifest, "history": run.history(hc),
+    })
+}
+
+/// What happened on one host.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HostReport {
+    pub host: String,
+    pub files_changed: usize,
+    pub services: Vec<String>,
+    pub seconds: f64,
+    pub result: String,
+}
+
+/// Applies the changes: stage everywhere, then commit in order, rolling back on failure.
+pub async fn apply(
+    plan: &Plan,
+    changes: &Changes,
+    remotes: &[&dyn Remote],
+    run: &RunInfo,
+    parallel: usize,
+    printer: &Printer,
+) -> Result<Vec<HostReport>> {
+    let work: Vec<(&HostPlan, &HostChanges, &dyn Remote)> = plan
+        .hosts
+        .iter()
+        .zip(remotes)
+        .filter_map(|(hp, r)| {
+            changes
+                .host(hp.name())
+                .filter(|hc| !hc.is_empty())
+                .map(|hc| (hp, hc, *r))
+        })
+        .collect();
+    if work.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    // Phase 1: stage and validate everywhere.
+    for (hp, _, _) in &work {
+        printer.status("Staging", hp.name());
+        printer.event(json!({"event": "host-started", "host": hp.name()}));
+    }
+    let staged = bounded(work.clone(), parallel, |(hp, hc, r)| async move {
+        agent::call(r, "stage", stage_request(hp, hc, run)).await
+    })
+    .await;
+    let mut failures = Vec::new();
+    for ((hp, _, _), s) in work.iter().zip(&staged) {
+        if let Err(e) = s {
+            failures.push(host_error(hp.name(), "staging", e));
+        }
+    }
+    if !failures.is_empty() {
+        // The failed hosts cleaned up after themselves; undo the others.
+        let ok: Vec<_> = work
+            .iter()
+            .zip(&staged)
+            .filter(|(_, s)| s.is_ok())
+            .map(|(w, _)| *w)
+            .collect();
+        abort(&ok, run, parallel, printer).await;
+        for f in &failures {
+            printer.event(json!({"event": "error", "message": f}));
+        }
+        bail!("nothing was changed on any host:\n{}", failures.join("\n"));
+    }
+    for (hp, hc, _) in &work {
+        printer.status(
+            "Validated",
+            format!("{} ({} files)", hp.name(), hc.files.len()),
+        );
+    }
+
+    // Phase 2: commit. Hosts without a database restart go together; those with one go
+    // one at a time, replicas first and the primary last.
+    let restarts_db = |hc: &HostChanges| {
+        hc.services
+            .iter()
+            .any(|s| s.service.is_database() && s.action != ServiceAction::Reload)
+    };
+    let (mut serial, parallel_group): (Vec<_>, Vec<_>) =
+        work.iter().copied().partition(|(_, hc, _)| restarts_db(hc));
+    serial.sort_by_key(|(hp, _, _)| hp.host.has(Role::DbPrimary));
+    let mut committed: Vec<(&HostPlan, &HostChanges, &dyn Remote)> = Vec::new();
+    let mut reports = Vec::new();
+
+    let commit_one = |_hp, hc, r| commit_host(hc, r, run);
+
+    let mut failure: Option<String> = None;
+    let results = bounded(parallel_group.clone(), parallel, |(hp, hc, r)| {
+        commit_one(hp, hc, r)
+    })
+    .await;
+    for ((hp, hc, r), (res, took)) in parallel_group.into_iter().zip(results) {
+        match res {
+            Ok(_) => {
+                committed.push((hp, hc, r));
+                reports.push(report(hp, hc, took, "applied", printer));
+            }
+            Err(e) => {
+                let msg = host_error(hp.name(), "applying", &e);
+                failure.get_or_insert(msg);
+            }
+        }
+    }
+    if failure.is_none() {
+        for (hp, hc, r) in serial {
+            printer.status(
+                "Restarting",
+                format!("{} (database, one host at a time)", hp.name()),
+            );
+            let (res, took) = commit_one(hp, hc, r).await;
+            match res {
+                Ok(_) => {
+                    committed.push((hp, hc, r));
+                    reports.push(report(hp, hc, took, "applied", printer));
+                }
+                Err(e) => {
+                    failure = Some(host_error(hp.name(), "applying", &e));
+                    break;
+                }
+            }
+        }
+    } else {
+        // Hosts that were staged but not committed: drop their staged files.
+        let pending: Vec<_> = serial;
+        abort(&pending, run, parallel, printer).await;
+    }
+
+    if let Some(msg) = failure {
+        printer.event(json!({"event": "error", "message": msg}));
+        let rolled = rollback(&committed, run, parallel, printer).await;
+        bail!("{msg}\n{rolled}");
+    }
+    Ok(reports)
+}
+
+async fn commit_host(hc: &HostChanges, r: &dyn Remote, run: &RunInfo) -> (Result<Value>, Duration) {
+    let t0 = Instant::now();
+    let res = agent::call(r, "commit", commit_request(hc, run)).await;
+    (res, t0.elapsed())
+}
+
+fn report(
+    hp: &HostPlan,
+    hc: &HostChanges,
+    took: Duration,
+    result: &str,
+    printer: &Printer,
+) -> HostReport {
+    for f in &hc.files {
+        printer.event(
+            json!({"event": "file-changed", "host": hp.name(), "path": f.path, "change": f.kind}),
+        );
+    }
+    for s in &hc.services {
+        printer.event(json!({"event": "service-action", "host": hp.name(), "service": s.service, "action": s.action}));
+    }
+    let services: Vec<String> = hc
+        .services
+        .iter()
+        .map(|s| format!("{} {}", s.service, s.action.as_str()))
+        .collect();
+    printer.status(
+        "Applied",
+        format!(
+            "{}: {} files{}",
+            hp.name(),
+            hc.files.len(),
+            if services.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", services.join(", "))
+            }
+        ),
+    );
+    HostReport {
+        host: hp.name().to_string(),
+        files_changed: hc.files.len(),
+        services,
+        seconds: took.as_secs_f64(),
+        result: result.into(),
+    }
+}
+
+async fn abort(
+    hosts: &[(&HostPlan, &HostChanges, &dyn Remote)],
+    run: &RunInfo,
+    parallel: usize,
+    printer: &Printer,
+) {
+    let results = bounded(hosts.to_vec(), parallel, |(_, _, r)| async move {
+        agent::call(r, "abort", json!({"op": "abort", "run_id": run.run_id})).await
+    })
+    .await;
+    for ((hp, _, _), res) in hosts.iter().zip(results) {
+        match res {
+            Ok(_) => printer.status("Unstaged", hp.name()),
+            Err(e) => printer.warn(host_error(hp.name(), "removing staged files", &e)),
+        }
+    }
+}
+
+/// Restores the hosts committed in this run; returns a sentence for the error.
+async fn rollback(
+    hosts: &[(&HostPlan, &HostChanges, &dyn Remote)],
+    run: &RunInfo,
+    parallel: usize,
+    printer: &Printer,
+) -> String {
+    if hosts.is_empty() {
+        return "No other host had been changed.".into();
+    }
+    let results = bounded(hosts.to_vec(), parallel, |(_, hc, r)| async move {
+        let mut history = run.history(hc);
+        history["result"] = json!("rolled-back");
+        agent::call(
+            r,
+            "rollback",
+            json!({"op": "rollback", "run_id": run.run_id, "actions": actions(hc), "history": history}),
+        )
+        .await
+    })
+    .await;
+    let mut restored = Vec::new();
+    let mut failed = Vec::new();
+    for ((hp, _, _), res) in hosts.iter().zip(results) {
+        match res {
+            Ok(_) => {
+                printer.status("Restored", hp.name());
+                restored.push(hp.name().to_string());
+            }
+            Err(e) => failed.push(host_error(hp.name(), "restoring", &e)),
+        }
+    }
+    let mut s = format!("Restored the previous files on {}.", restored.join(", "));
+    if !failed.is_empty() {
+        s.push_str(&format!(" Could NOT restore: {}", failed.join("; ")));
+    }
+    s
+}

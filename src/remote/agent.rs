@@ -1,0 +1,170 @@
+//! The agent protocol from the tool's side: how `src/agent/agent.py` is started on a
+//! host (one exec request, the script and the request both on stdin, so argv stays
+//! short and holds no data), and the typed answers it gives.
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::Remote;
+
+/// The agent script, embedded in the binary.
+pub const AGENT: &str = include_str!("../agent/agent.py");
+
+/// The fixed bootstrap in argv: reads the script and the request (separated by a NUL
+/// byte) from stdin and runs the script with the request as its stdin.
+const BOOTSTRAP: &str = "import sys,io;d=sys.stdin.buffer.read();s,_,r=d.partition(b'\\0');\
+sys.stdin=io.TextIOWrapper(io.BytesIO(r));exec(compile(s,'foobar-agent','exec'),{'__name__':'__main__'})";
+
+/// An error the agent reported (kind and message, plus the validator's output).
+#[derive(Debug, Clone, Deserialize, Serialize, thiserror::Error)]
+#[error("{message}")]
+pub struct AgentError {
+    pub kind: String,
+    pub message: String,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub output: Option<String>,
+}
+
+impl AgentError {
+    /// One message for the user: what failed, and the tool's own words.
+    pub fn describe(&self) -> String {
+        let mut s = self.message.clone();
+        if let Some(out) = &self.output {
+            let out = out.trim();
+            if !out.is_empty() && !s.contains(out) {
+                s.push_str(":\n");
+                s.push_str(
+                    &out.lines()
+                        .map(|l| format!("    {l}"))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                );
+            }
+        }
+        s
+    }
+}
+
+/// Runs one agent operation on a host and returns its answer (`ok: true`), or the
+/// agent's error as an [`AgentError`] inside the anyhow chain.
+pub async fn call(remote: &dyn Remote, op: &str, request: Value) -> Result<Value> {
+    let mut stdin = Vec::with_capacity(AGENT.len() + 4096);
+    stdin.extend_from_slice(AGENT.as_bytes());
+    stdin.push(0);
+    serde_json::to_writer(&mut stdin, &request).context("encoding the agent request")?;
+    let out = remote
+        .exec(&["python3", "-c", BOOTSTRAP], stdin, op)
+        .await?;
+    let host = remote.name();
+    let answer: Value = match serde_json::from_slice(&out.stdout) {
+        Ok(v) => v,
+        Err(_) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let hint = if stderr.contains("sudo") && stderr.contains("password") {
+                " (the SSH user needs passwordless sudo: sudo -n failed)"
+            } else if stderr.contains("python3") && stderr.contains("not found") {
+                " (python3 is required on managed hosts)"
+            } else {
+                ""
+            };
+            bail!(
+                "{host}: agent {op} failed (exit {:?}){hint}: {}",
+                out.status,
+                stderr.trim()
+            );
+        }
+    };
+    if answer.get("ok") == Some(&Value::Bool(true)) {
+        return Ok(answer);
+    }
+    let err: AgentError = serde_json::from_value(answer.get("error").cloned().unwrap_or_default())
+        .unwrap_or_else(|_| AgentError {
+            kind: "unknown".into(),
+            message: answer.to_string(),
+            path: None,
+            service: None,
+            output: None,
+        });
+    Err(anyhow!(err))
+}
+
+/// What `observe` reports of one file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct FileState {
+    pub exists: bool,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub size: Option<u64>,
+    #[serde(default)]
+    pub link: Option<String>,
+    /// Present when the content differs from the desired hash.
+    #[serde(default, skip_serializing)]
+    pub content_b64: Option<String>,
+}
+
+impl FileState {
+    pub fn content(&self) -> Option<String> {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD
+            .decode(self.content_b64.as_ref()?)
+            .ok()?;
+        Some(String::from_utf8_lossy(&b).into_owned())
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct ServiceState {
+    pub running: bool,
+    #[serde(default)]
+    pub pid: Option<u64>,
+}
+
+/// One entry of the host's managed-file manifest.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ManifestEntry {
+    pub path: String,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    pub mode: String,
+    pub owner: String,
+    pub group: String,
+    pub service: String,
+}
+
+/// Everything one `observe` call reports about a host.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct HostState {
+    pub init: String,
+    pub hostname: String,
+    pub files: BTreeMap<String, FileState>,
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceState>,
+    #[serde(default)]
+    pub packages: BTreeMap<String, bool>,
+    #[serde(default)]
+    pub lock: Option<Value>,
+    #[serde(default)]
+    pub manifest: Vec<ManifestEntry>,
+    #[serde(default)]
+    pub last_history: Option<Value>,
+}
+
+impl HostState {
+    pub fn from_answer(host: &str, v: Value) -> Result<HostState> {
+        serde_json::from_value(v).with_context(|| format!("{host}: reading the observe answer"))
+    }
+}

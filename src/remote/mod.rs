@@ -1,0 +1,26 @@
+//! The boundary to the hosts: the [`Remote`] trait (one exec request with stdin), its SSH
+//! implementation, and the agent call that every remote step goes through.
+
+pub mod agent;
+pub mod ssh;
+
+use anyhow::Result;
+use async_trait::async_trait;
+
+/// What a remote command returned.
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    pub status: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// A host the tool can run commands on.
+#[async_trait]
+pub trait Remote: Send + Sync {
+    /// The inventory name of the host.
+    fn name(&self) -> &str;
+    /// Runs one command (one exec request) as root (through `sudo -n` when the login
+    /// user is not root), feeding `stdin`. `label` says what it is for, for `-v`.
+    async fn exec(&self, argv: &[&str], stdin: Vec<u8>, label: &str) -> Result<ExecOutput>;
+}

@@ -1,0 +1,156 @@
+//! SSH transport with the openssh crate: one multiplexed master connection per host,
+//! strict host-key checking (fail closed), the user's ssh config and agent respected.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use async_trait::async_trait;
+use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use tokio::io::AsyncWriteExt;
+
+use super::{ExecOutput, Remote};
+use crate::inventory::Host;
+use crate::output::Printer;
+
+/// A connected host.
+pub struct SshRemote {
+    name: String,
+    sudo: bool,
+    session: Session,
+    printer: Arc<Printer>,
+    /// Remote commands run on this connection (for -v and tests).
+    pub commands: AtomicUsize,
+}
+
+/// Where persistent control sockets live when connections are kept between runs.
+pub fn control_dir() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// Opens the master connection to one host.
+pub async fn connect(host: &Host, printer: Arc<Printer>) -> Result<SshRemote> {
+    let mut b = SessionBuilder::default();
+    b.user(host.ssh.user.clone())
+        .port(host.ssh.port)
+        .known_hosts_check(KnownHosts::Strict)
+        .connect_timeout(Duration::from_secs(host.ssh.connect_timeout))
+        .server_alive_interval(Duration::from_secs(15))
+        .control_directory(control_dir());
+    if let Some(k) = &host.ssh.known_hosts {
+        b.user_known_hosts_file(k);
+    }
+    if let Some(k) = &host.ssh.identity_file {
+        b.keyfile(k);
+    }
+    if let Some(c) = &host.ssh.config_file {
+        b.config_file(c);
+    }
+    let target = format!("{}@{}:{}", host.ssh.user, host.address, host.ssh.port);
+    printer.detail("Connecting", format!("{} ({target})", host.name));
+    let session = b
+        .connect_mux(host.address.to_string())
+        .await
+        .map_err(|e| anyhow!("{}", describe(&e)))
+        .with_context(|| format!("{}: cannot connect to {target}", host.name))?;
+    Ok(SshRemote {
+        name: host.name.clone(),
+        sudo: host.ssh.user != "root",
+        session,
+        printer,
+        commands: AtomicUsize::new(0),
+    })
+}
+
+/// The most useful line of an openssh error: the crate keeps ssh's own message
+/// ("Host key verification failed.", "Connection refused") at the end of the chain.
+fn describe(e: &openssh::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        parts.push(s.to_string());
+        src = s.source();
+    }
+    let text = parts.join(": ");
+    if text.contains("Host key verification failed")
+        || text.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+    {
+        format!("host key verification failed (the host's key is not in known_hosts, or differs): {text}")
+    } else {
+        text
+    }
+}
+
+impl SshRemote {
+    pub async fn close(self) -> Result<()> {
+        self.session
+            .close()
+            .await
+            .with_context(|| format!("{}: closing the SSH connection", self.name))
+    }
+}
+
+#[async_trait]
+impl Remote for SshRemote {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn exec(&self, argv: &[&str], stdin: Vec<u8>, label: &str) -> Result<ExecOutput> {
+        let n = self.commands.fetch_add(1, Ordering::SeqCst) + 1;
+        let (program, args) = if self.sudo {
+            ("sudo", [&["-n"], argv].concat())
+        } else {
+            (argv[0], argv[1..].to_vec())
+        };
+        self.printer.detail(
+            "Remote",
+            format!("{} #{n}: {program} {} ({label})", self.name, short(&args)),
+        );
+        let mut cmd = self.session.command(program);
+        cmd.args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .await
+            .with_context(|| format!("{}: starting remote command {program}", self.name))?;
+        if let Some(mut w) = child.stdin().take() {
+            w.write_all(&stdin)
+                .await
+                .with_context(|| format!("{}: writing to remote command {program}", self.name))?;
+            w.shutdown().await.ok();
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .with_context(|| format!("{}: remote command {program} ({label})", self.name))?;
+        Ok(ExecOutput {
+            status: out.status.code(),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
+    }
+}
+
+/// argv for -v, with long arguments cut.
+fn short(args: &[&str]) -> String {
+    args.iter()
+        .map(|a| {
+            if a.len() > 40 {
+                format!(
+                    "'{}…'",
+                    &a[..a.char_indices().nth(30).map(|(i, _)| i).unwrap_or(a.len())]
+                )
+            } else {
+                a.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,153 @@
+//! Secrets: values read from the environment or from files named in the inventory,
+//! substituted for `{{secret:NAME}}` placeholders just before a push, and masked back
+//! into placeholders in anything shown to the user. Values never reach argv or logs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use anyhow::{bail, Context, Result};
+
+use crate::inventory::{Inventory, SecretSource};
+
+/// A secret value; `Debug` and `Display` print `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The placeholder a rendered file carries for a secret.
+pub fn placeholder(name: &str) -> String {
+    format!("{{{{secret:{name}}}}}")
+}
+
+/// Names of the placeholders in a text, in order of first use.
+pub fn placeholders_in(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("{{secret:") {
+        let after = &rest[i + "{{secret:".len()..];
+        match after.find("}}") {
+            Some(j) => {
+                let name = after[..j].to_string();
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+                rest = &after[j + 2..];
+            }
+            None => break,
+        }
+    }
+    names
+}
+
+/// The resolved secrets of a run.
+#[derive(Default, Debug)]
+pub struct Secrets {
+    values: BTreeMap<String, Secret>,
+}
+
+impl Secrets {
+    /// Reads the secrets named in `names` from their sources.
+    pub fn load(inv: &Inventory, names: &[String]) -> Result<Secrets> {
+        let mut values = BTreeMap::new();
+        for name in names {
+            let Some(source) = inv.secrets.get(name) else {
+                bail!(
+                    "secret {name} is used by a template but not defined under `secrets:` in {}",
+                    inv.path.display()
+                );
+            };
+            let value = match source {
+                SecretSource::Env(var) => std::env::var(var).map_err(|_| {
+                    anyhow::anyhow!("secret {name}: environment variable {var} is not set")
+                })?,
+                SecretSource::File(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("secret {name}: reading file {}", path.display()))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            };
+            if value.is_empty() {
+                bail!("secret {name}: the {source} is empty");
+            }
+            values.insert(name.clone(), Secret(value));
+        }
+        Ok(Secrets { values })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Secret> {
+        self.values.get(name)
+    }
+
+    /// Replaces every placeholder with its value (in memory, just before a push).
+    pub fn resolve(&self, text: &str) -> Result<String> {
+        let mut out = text.to_string();
+        for name in placeholders_in(text) {
+            let Some(v) = self.values.get(&name) else {
+                bail!("secret {name} was not loaded");
+            };
+            out = out.replace(&placeholder(&name), v.expose());
+        }
+        Ok(out)
+    }
+
+    /// Replaces every secret value in a text by its placeholder (for display).
+    pub fn mask(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        // Longest first, so a value that contains another is masked whole.
+        let mut by_len: Vec<_> = self.values.iter().collect();
+        by_len.sort_by_key(|(_, v)| std::cmp::Reverse(v.0.len()));
+        for (name, v) in by_len {
+            out = out.replace(v.expose(), &placeholder(name));
+        }
+        out
+    }
+}
+
+impl Secrets {
+    /// The same error with every secret value masked (validators echo config lines).
+    pub fn mask_error(&self, e: anyhow::Error) -> anyhow::Error {
+        let text = format!("{e:#}");
+        let masked = self.mask(&text);
+        if masked == text {
+            e
+        } else {
+            anyhow::anyhow!(masked)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_and_mask_round_trip() {
+        let mut s = Secrets::default();
+        s.values.insert("db".into(), Secret("hunter2".into()));
+        let text = "password = {{secret:db}}\n";
+        let resolved = s.resolve(text).unwrap();
+        assert_eq!(resolved, "password = hunter2\n");
+        assert_eq!(s.mask(&resolved), text);
+        assert_eq!(format!("{:?}", s.get("db").unwrap()), "***");
+        assert_eq!(
+            placeholders_in("a {{secret:x}} b {{secret:y}} {{secret:x}}"),
+            ["x", "y"]
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! Shared helpers for the end-to-end tests against the Docker lab: bringing the lab up
+//! once per test binary, serializing tests that share it, running the CLI, talking
+//! HTTP to lab addresses only, and reading state straight from the containers.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const LB: &str = "10.231.0.11";
+pub const WEB1: &str = "10.231.1.11";
+pub const WEB2: &str = "10.231.1.12";
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn lab_inventory() -> PathBuf {
+    root().join("lab/inventory.yaml")
+}
+
+fn docker_works() -> bool {
+    Command::new("docker")
+        .arg("info")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+static LAB: OnceLock<bool> = OnceLock::new();
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The lab, fresh for this test binary, and a guard that serializes the tests using it.
+/// Returns None (after a loud message) when Docker is missing outside CI; under
+/// CI=true a missing lab is a failure.
+pub fn lab() -> Option<MutexGuard<'static, ()>> {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ready = *LAB.get_or_init(|| {
+        if !docker_works() {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true but Docker is not available: the end-to-end lab tests cannot run");
+            }
+            eprintln!("\n!!!!!!!! SKIPPING END-TO-END LAB TESTS: no working Docker daemon (docker info failed) !!!!!!!!\n");
+            return false;
+        }
+        // A fresh lab unless the developer asks to reuse the running one.
+        if std::env::var("FOOBAR_LAB_REUSE").is_err() {
+            sh(&root().join("lab/down"), &[]);
+        }
+        let out = sh(&root().join("lab/up"), &[]);
+        assert!(out.status.success(), "lab/up failed:\n{}", text(&out));
+        true
+    });
+    ready.then_some(guard)
+}
+
+pub fn sh(script: &Path, args: &[&str]) -> Output {
+    Command::new("bash")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()))
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs the CLI with NO_COLOR and no terminal.
+pub fn cli(args: &[&str]) -> Output {
+    let bin = env!("CARGO_BIN_EXE_foobar-infra");
+    Command::new(bin)
+        .args(args)
+        .current_dir(root())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running foobar-infra")
+}
+
+/// docker exec in a lab container; returns stdout, panics on failure.
+pub fn exec(host: &str, argv: &[&str]) -> String {
+    let out = exec_raw(host, argv);
+    assert!(
+        out.status.success(),
+        "docker exec {host} {argv:?}: {}",
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+pub fn exec_raw(host: &str, argv: &[&str]) -> Output {
+    Command::new("docker")
+        .args(["exec", &format!("foobar-lab-{host}")])
+        .args(argv)
+        .output()
+        .expect("docker exec")
+}
+
+pub fn docker(args: &[&str]) -> Output {
+    Command::new("docker").args(args).output().expect("docker")
+}
+
+/// sha256 of a file on a host ("" when missing).
+pub fn remote_sha(host: &str, path: &str) -> String {
+    let out = exec_raw(host, &["sha256sum", path]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+pub fn mtime(host: &str, path: &str) -> String {
+    exec(host, &["stat", "-c", "%Y.%y", path])
+        .trim()
+        .to_string()
+}
+
+pub fn pidfile(host: &str, path: &str) -> String {
+    exec(host, &["cat", path]).trim().to_string()
+}
+
+/// Every managed file of the 3-host lab, for "nothing changed anywhere" checks.
+pub const MANAGED: &[(&str, &str)] = &[
+    ("lb-01", "/etc/haproxy/haproxy.cfg"),
+    ("web-01", "/etc/nginx/nginx.conf"),
+    ("web-01", "/etc/nginx/sites-foobar/www.foobar.com.conf"),
+    ("web-01", "/etc/mysql/mariadb.conf.d/60-foobar.cnf"),
+    ("web-02", "/etc/nginx/nginx.conf"),
+    ("web-02", "/etc/nginx/sites-foobar/www.foobar.com.conf"),
+    ("web-02", "/etc/mysql/mariadb.conf.d/60-foobar.cnf"),
+];
+
+pub fn managed_hashes() -> Vec<String> {
+    MANAGED
+        .iter()
+        .map(|(h, p)| format!("{h}:{p}:{}", remote_sha(h, p)))
+        .collect()
+}
+
+/// A minimal HTTP/1.1 GET on a new connection; only lab addresses or loopback.
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<Response> {
+    assert!(
+        addr.starts_with("10.231.") || addr.starts_with("127."),
+        "tests only talk to the lab or loopback, not {addr}"
+    );
+    let sock: SocketAddr = format!("{addr}:80").parse().unwrap();
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: www.foobar.com\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let raw = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Ok(Response {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+/// Polls `f` every 200 ms until it is true or `limit` passes.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    f()
+}
+
+/// Writes a variant of the lab inventory next to it (so relative paths still hold).
+pub fn lab_variant(name: &str, edit: impl Fn(&str) -> String) -> PathBuf {
+    let base = std::fs::read_to_string(lab_inventory()).unwrap();
+    let path = root().join("lab").join(format!(".state/{name}.yaml"));
+    let text = edit(&base).replace(".state/", "");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Count of "Starting session: command" lines sshd logged since `since` (RFC 3339).
+pub fn sshd_sessions_since(host: &str, since: &str) -> usize {
+    let out = docker(&["logs", "--since", since, &format!("foobar-lab-{host}")]);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    all.lines()
+        .filter(|l| l.contains("Starting session: command"))
+        .count()
+}
+
+pub fn docker_now() -> String {
+    // docker logs --since takes a Unix timestamp with fractions.
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{}.{:09}", t.as_secs(), t.subsec_nanos())
+}

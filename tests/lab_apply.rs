@@ -1,0 +1,379 @@
+//! End-to-end tests of `apply` and `diff` against the real lab (issue 4): three Debian
+//! containers with sshd, nginx, haproxy and MariaDB, reached over SSH like real hosts.
+//! Run by `cargo test`; they need Docker (see tests/common).
+
+mod common;
+
+use std::process::Output;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+
+/// The first apply on the fresh lab, made once by the fixture.
+static FIRST_APPLY: OnceLock<Output> = OnceLock::new();
+
+fn setup() -> Option<std::sync::MutexGuard<'static, ()>> {
+    let guard = lab()?;
+    FIRST_APPLY.get_or_init(|| cli(&["apply", lab_inventory().to_str().unwrap()]));
+    Some(guard)
+}
+
+/// Brings the lab back to the inventory's state (web servers running, files in place).
+fn baseline() {
+    for h in ["web-01", "web-02"] {
+        exec_raw(h, &["service", "nginx", "start"]);
+    }
+    let out = cli(&["apply", lab_inventory().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "baseline apply: {}", text(&out));
+}
+
+fn inv() -> String {
+    lab_inventory().display().to_string()
+}
+
+/// Ten requests on new connections; returns who answered each.
+fn ten_requests(path: &str) -> Vec<String> {
+    (0..10)
+        .map(|i| {
+            let r = http_get(LB, path)
+                .unwrap_or_else(|e| panic!("request {i} to the load balancer: {e}"));
+            assert_eq!(
+                r.status, 200,
+                "request {i}: status {} body {}",
+                r.status, r.body
+            );
+            r.header("X-Served-By").unwrap_or("?").to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn fresh_lab_apply_then_round_robin_over_both_web_servers() {
+    let Some(_g) = setup() else { return };
+    let first = FIRST_APPLY.get().unwrap();
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "first apply on a fresh lab: {}",
+        text(first)
+    );
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        stdout.contains("lb-01"),
+        "summary table names the hosts: {stdout}"
+    );
+
+    // HAProxy may still be counting the new servers up (rise 2).
+    assert!(wait_until(Duration::from_secs(15), || {
+        (0..4).all(|_| {
+            http_get(LB, "/health")
+                .map(|r| r.status == 200)
+                .unwrap_or(false)
+        })
+    }));
+    let served = ten_requests("/health");
+    let web1 = served.iter().filter(|s| *s == "web-01").count();
+    let web2 = served.iter().filter(|s| *s == "web-02").count();
+    assert_eq!((web1, web2), (5, 5), "round robin: {served:?}");
+    for pair in served.windows(2) {
+        assert_ne!(pair[0], pair[1], "alternating: {served:?}");
+    }
+}
+
+#[test]
+fn second_apply_is_a_no_op_with_one_connection_and_at_most_two_commands_per_host() {
+    let Some(_g) = setup() else { return };
+    baseline();
+    let pids = [
+        pidfile("web-01", "/run/nginx.pid"),
+        pidfile("web-02", "/run/nginx.pid"),
+        pidfile("lb-01", "/run/haproxy.pid"),
+    ];
+    let mtimes: Vec<String> = MANAGED.iter().map(|(h, p)| mtime(h, p)).collect();
+    let since = docker_now();
+    std::thread::sleep(Duration::from_millis(50));
+
+    let out = cli(&["apply", "-v", &inv()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for host in ["lb-01", "web-01", "web-02"] {
+        let connects = stderr
+            .lines()
+            .filter(|l| l.contains("Connecting") && l.contains(&format!("{host} (")))
+            .count();
+        assert_eq!(connects, 1, "{host}: one connection\n{stderr}");
+        let commands = stderr
+            .lines()
+            .filter(|l| l.trim_start().starts_with("Remote") && l.contains(&format!(" {host} #")))
+            .count();
+        assert!(
+            (1..=2).contains(&commands),
+            "{host}: {commands} remote commands\n{stderr}"
+        );
+    }
+    // sshd's own log agrees: it cannot lie.
+    std::thread::sleep(Duration::from_millis(300));
+    for host in ["lb-01", "web-01", "web-02"] {
+        let n = sshd_sessions_since(host, &since);
+        assert!(
+            (1..=2).contains(&n),
+            "{host}: sshd logged {n} command sessions"
+        );
+    }
+    assert_eq!(
+        pids,
+        [
+            pidfile("web-01", "/run/nginx.pid"),
+            pidfile("web-02", "/run/nginx.pid"),
+            pidfile("lb-01", "/run/haproxy.pid"),
+        ],
+        "no reload or restart"
+    );
+    let after: Vec<String> = MANAGED.iter().map(|(h, p)| mtime(h, p)).collect();
+    assert_eq!(mtimes, after, "no file rewritten");
+
+    let diff = cli(&["diff", &inv()]);
+    assert_eq!(diff.status.code(), Some(0), "{}", text(&diff));
+    let json = cli(&["diff", "--json", &inv()]);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&json.stdout).expect("diff --json is one JSON document");
+    assert_eq!(doc["in_sync"], true);
+    assert_eq!(doc["schema"], 1);
+}
+
+#[test]
+fn a_changed_variable_shows_in_diff_and_is_served_after_apply() {
+    let Some(_g) = setup() else { return };
+    baseline();
+    let variant = lab_variant("health-path", |t| {
+        format!("{t}haproxy:\n  health_check:\n    path: /healthz\n")
+    });
+    let v = variant.to_str().unwrap();
+    assert_ne!(http_get(LB, "/healthz").map(|r| r.status).unwrap_or(0), 200);
+
+    let diff = cli(&["diff", v]);
+    assert_eq!(diff.status.code(), Some(2), "{}", text(&diff));
+    let stdout = String::from_utf8_lossy(&diff.stdout);
+    let changed: Vec<&str> = stdout
+        .lines()
+        .filter(|l| {
+            (l.starts_with('+') || l.starts_with('-'))
+                && !l.starts_with("+++")
+                && !l.starts_with("---")
+        })
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            "-    http-check send meth GET uri /health ver HTTP/1.1 hdr Host www.foobar.com",
+            "+    http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host www.foobar.com",
+            "-    location = /health {",
+            "+    location = /healthz {",
+            "-    location = /health {",
+            "+    location = /healthz {",
+        ],
+        "exactly the change:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("haproxy reload") && stdout.contains("nginx reload"),
+        "{stdout}"
+    );
+    let dry = cli(&["apply", "--dry-run", v]);
+    assert_eq!(dry.status.code(), Some(2), "{}", text(&dry));
+
+    let apply = cli(&["apply", v]);
+    assert_eq!(apply.status.code(), Some(0), "{}", text(&apply));
+    assert!(wait_until(Duration::from_secs(15), || {
+        http_get(LB, "/healthz")
+            .map(|r| r.status == 200 && r.body.starts_with("ok web-0"))
+            .unwrap_or(false)
+    }));
+    assert_eq!(cli(&["diff", v]).status.code(), Some(0));
+    baseline();
+}
+
+#[test]
+fn drift_on_a_host_is_reported_and_repaired() {
+    let Some(_g) = setup() else { return };
+    baseline();
+    exec(
+        "web-02",
+        &[
+            "sh",
+            "-c",
+            "echo '# edited by hand' >> /etc/nginx/nginx.conf",
+        ],
+    );
+    let diff = cli(&["diff", &inv()]);
+    assert_eq!(diff.status.code(), Some(2), "{}", text(&diff));
+    let stdout = String::from_utf8_lossy(&diff.stdout);
+    assert!(stdout.contains("== web-02"), "{stdout}");
+    assert!(stdout.contains("-# edited by hand"), "{stdout}");
+    assert!(
+        !stdout.contains("== web-01"),
+        "only web-02 drifted: {stdout}"
+    );
+
+    let apply = cli(&["apply", &inv()]);
+    assert_eq!(apply.status.code(), Some(0), "{}", text(&apply));
+    let content = exec("web-02", &["cat", "/etc/nginx/nginx.conf"]);
+    assert!(!content.contains("edited by hand"));
+    assert_eq!(cli(&["diff", &inv()]).status.code(), Some(0));
+}
+
+#[test]
+fn an_invalid_nginx_override_changes_nothing_anywhere() {
+    let Some(_g) = setup() else { return };
+    baseline();
+    let before = managed_hashes();
+    let dir = tempfile::tempdir().unwrap();
+    let site = std::fs::read_to_string(root().join("templates/nginx-site.conf")).unwrap();
+    std::fs::write(
+        dir.path().join("nginx-site.conf"),
+        site.replace("keepalive 16;", "keepalive sixteen;"),
+    )
+    .unwrap();
+    // Something valid changes too (haproxy), so a half-apply would show.
+    let haproxy = std::fs::read_to_string(root().join("templates/haproxy.cfg")).unwrap();
+    std::fs::write(
+        dir.path().join("haproxy.cfg"),
+        format!("{haproxy}# extra line\n"),
+    )
+    .unwrap();
+
+    let out = cli(&["apply", &inv(), "--templates", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("web-01"), "{stderr}");
+    assert!(
+        stderr.contains("invalid value \"sixteen\" in \"keepalive\" directive in /etc/nginx/sites-foobar/www.foobar.com.conf:4"),
+        "nginx's own message with the real path: {stderr}"
+    );
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    assert_eq!(before, managed_hashes(), "no live file changed");
+    for (h, p) in MANAGED {
+        let leftovers = exec(
+            h,
+            &[
+                "sh",
+                "-c",
+                &format!("ls -a $(dirname {p}) | grep -c foobar-new || true"),
+            ],
+        );
+        assert_eq!(leftovers.trim(), "0", "{h}: staged files left beside {p}");
+    }
+    let r = http_get(LB, "/health").expect("site still serves");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn a_host_that_is_down_fails_the_run_before_anything_changes() {
+    let Some(_g) = setup() else { return };
+    baseline();
+    let before = managed_hashes();
+    let variant = lab_variant("bigger-body", |t| {
+        format!("{t}nginx:\n  client_max_body_size: 20m\n")
+    });
+    let v = variant.to_str().unwrap().to_string();
+
+    let stopped = docker(&["stop", "-t", "20", "foobar-lab-web-02"]);
+    assert!(stopped.status.success(), "{}", text(&stopped));
+    let out = cli(&["apply", &v]);
+    let started = docker(&["start", "foobar-lab-web-02"]);
+    assert!(started.status.success());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("web-02: cannot connect to root@10.231.1.12:22"),
+        "{stderr}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || exec_raw(
+            "web-02",
+            &["test", "-S", "/run/mysqld/mysqld.sock"]
+        )
+        .status
+        .success()),
+        "web-02 back up"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            cli(&["diff", &inv()]).status.code() == Some(0)
+        }),
+        "web-02 answers ssh again"
+    );
+    assert_eq!(before, managed_hashes(), "nothing applied anywhere");
+}
+
+#[test]
+fn an_unknown_host_key_fails_closed() {
+    let Some(_g) = setup() else { return };
+    let bad = root().join("lab/.state/known_hosts.bad");
+    let good = std::fs::read_to_string(root().join("lab/.state/known_hosts")).unwrap();
+    // web-01's line replaced by lb-01's key: a mismatch, as after a man-in-the-middle.
+    let lb_key = good
+        .lines()
+        .find(|l| l.starts_with(LB))
+        .unwrap()
+        .split_once(' ')
+        .unwrap()
+        .1
+        .to_string();
+    let edited: Vec<String> = good
+        .lines()
+        .map(|l| {
+            if l.starts_with(&format!("{WEB1} ")) {
+                format!("{WEB1} {lb_key}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&bad, edited.join("\n") + "\n").unwrap();
+    let variant = lab_variant("bad-known-hosts", |t| {
+        t.replace(".state/known_hosts", ".state/known_hosts.bad")
+    });
+    let before = managed_hashes();
+    let out = cli(&["apply", variant.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("web-01: cannot connect"), "{stderr}");
+    assert!(stderr.contains("host key verification failed"), "{stderr}");
+    assert!(!stderr.contains("web-02: cannot connect"), "{stderr}");
+    assert_eq!(before, managed_hashes());
+}
+
+#[test]
+fn a_stopped_nginx_is_taken_out_by_the_health_check() {
+    let Some(_g) = setup() else { return };
+    baseline();
+    exec("web-01", &["service", "nginx", "stop"]);
+    // Every request succeeds, even before the check marks web-01 down (retries + redispatch).
+    let mut served = Vec::new();
+    for i in 0..20 {
+        let r = http_get(LB, "/health").unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(r.status, 200, "request {i}");
+        served.push(r.header("X-Served-By").unwrap_or("?").to_string());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(served.iter().all(|s| s == "web-02"), "{served:?}");
+    let stats = exec(
+        "lb-01",
+        &[
+            "sh",
+            "-c",
+            "echo 'show servers state web' | socat stdio /run/haproxy/admin.sock",
+        ],
+    );
+    assert!(stats.contains("web-01"), "{stats}");
+    // diff sees the stopped service; apply starts it again.
+    let diff = cli(&["diff", &inv()]);
+    assert_eq!(diff.status.code(), Some(2), "{}", text(&diff));
+    assert!(String::from_utf8_lossy(&diff.stdout).contains("nginx start (not running)"));
+    baseline();
+    assert!(wait_until(Duration::from_secs(15), || {
+        let s = ten_requests("/health");
+        s.contains(&"web-01".to_string())
+    }));
+}
