@@ -44,8 +44,9 @@ pub fn run(args: &ApplyArgs, p: &Arc<Printer>) -> Result<Outcome> {
             .iter()
             .map(|h| h.host.name.clone())
             .collect();
+        let secrets = std::mem::take(&mut session.secrets);
         session.close().await;
-        let reports = match result.map_err(|e| session_secrets.mask_error(e)) {
+        let reports = match result.map_err(|e| secrets.mask_error(e)) {
             Ok(r) => r,
             Err(e) => {
                 p.event(
