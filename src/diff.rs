@@ -8,6 +8,7 @@ use anyhow::Result;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::database::DbChange;
 use crate::plan::{HostPlan, Plan, Service, ServiceAction};
 use crate::remote::agent::{FileState, HostState, ManifestEntry};
 use crate::secrets::Secrets;
@@ -56,6 +57,7 @@ pub struct HostChanges {
     pub files: Vec<FileChange>,
     pub services: Vec<ServiceChange>,
     pub install: Vec<String>,
+    pub db: Option<DbChange>,
     /// The manifest the host keeps after this apply: every planned file and its hash.
     #[serde(skip)]
     pub manifest: Vec<ManifestEntry>,
@@ -63,6 +65,11 @@ pub struct HostChanges {
 
 impl HostChanges {
     pub fn is_empty(&self) -> bool {
+        self.files_unchanged() && self.db.is_none()
+    }
+
+    /// Nothing to stage or commit (a database change may remain).
+    pub fn files_unchanged(&self) -> bool {
         self.files.is_empty() && self.services.is_empty() && self.install.is_empty()
     }
 }
@@ -246,6 +253,7 @@ pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<
         files,
         services,
         install,
+        db: crate::database::diff(hp, state.db.as_ref()),
         manifest,
     })
 }

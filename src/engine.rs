@@ -13,6 +13,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
+use crate::database;
 use crate::diff::{desired_hashes, Changes, FileChangeKind, HostChanges};
 use crate::inventory::{Inventory, Role};
 use crate::output::Printer;
@@ -107,12 +108,14 @@ pub async fn observe_all(
 
 fn observe_request(hp: &HostPlan, secrets: &Secrets) -> Result<Value> {
     let services: Vec<&str> = hp.services.iter().map(|s| s.unit()).collect();
+    let db = hp.db.as_ref().map(|d| database::spec(d, secrets)).transpose()?;
     Ok(json!({
         "op": "observe",
         "paths": desired_hashes(hp, secrets)?,
         "services": services,
         "packages": hp.packages(),
         "max_content": 1 << 20,
+        "db": db,
     }))
 }
 
@@ -346,8 +349,43 @@ pub struct HostReport {
     pub result: String,
 }
 
-/// Applies the changes: stage everywhere, then commit in order, rolling back on failure.
+/// Applies the changes: files and services (all or nothing), then the databases.
 pub async fn apply(
+    plan: &Plan,
+    changes: &Changes,
+    remotes: &[&dyn Remote],
+    run: &RunInfo,
+    secrets: &Secrets,
+    parallel: usize,
+    printer: &Printer,
+) -> Result<Vec<HostReport>> {
+    let mut reports = apply_files(plan, changes, remotes, run, parallel, printer).await?;
+    let db_changes: Vec<(String, database::DbChange)> = changes
+        .hosts
+        .iter()
+        .filter_map(|hc| hc.db.clone().map(|d| (hc.host.clone(), d)))
+        .collect();
+    if !db_changes.is_empty() {
+        database::converge(plan, &db_changes, remotes, secrets, printer).await?;
+        for (host, change) in &db_changes {
+            match reports.iter_mut().find(|r| &r.host == host) {
+                Some(r) => r.services.push("database".into()),
+                None => reports.push(HostReport {
+                    host: host.clone(),
+                    files_changed: 0,
+                    services: vec!["database".into()],
+                    seconds: 0.0,
+                    result: "applied".into(),
+                }),
+            }
+            printer.event(json!({"event": "database", "host": host, "change": change}));
+        }
+    }
+    Ok(reports)
+}
+
+/// Files and services: stage everywhere, then commit in order, rolling back on failure.
+async fn apply_files(
     plan: &Plan,
     changes: &Changes,
     remotes: &[&dyn Remote],
@@ -362,7 +400,7 @@ pub async fn apply(
         .filter_map(|(hp, r)| {
             changes
                 .host(hp.name())
-                .filter(|hc| !hc.is_empty())
+                .filter(|hc| !hc.files_unchanged())
                 .map(|hc| (hp, hc, *r))
         })
         .collect();

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod database;
 pub mod diff;
 pub mod engine;
 pub mod inventory;

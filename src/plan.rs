@@ -107,6 +107,49 @@ impl ManagedFile {
     }
 }
 
+/// A database account the tool manages (on the primary; replicas get it by replication).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DbUser {
+    pub user: String,
+    /// The client address the account is for.
+    pub host: String,
+    /// The secret holding its password.
+    pub secret: String,
+    /// e.g. "SELECT, INSERT ON `foobar`.*"
+    pub grants: Vec<String>,
+}
+
+/// Where a replica replicates from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PrimaryRef {
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    pub secret: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DbRole {
+    Primary,
+    Replica,
+}
+
+/// What the database on a host must hold.
+#[derive(Clone, Debug, Serialize)]
+pub struct DbPlan {
+    pub role: DbRole,
+    pub database: String,
+    /// Accounts: created on the primary, and locally when a replica is seeded.
+    pub users: Vec<DbUser>,
+    /// For a replica: its primary.
+    pub primary: Option<PrimaryRef>,
+    /// SQL creating the application's tables (run on the primary when one is missing).
+    pub schema: Option<String>,
+    pub tables: Vec<String>,
+}
+
 /// Everything one host must look like.
 #[derive(Clone, Debug, Serialize)]
 pub struct HostPlan {
@@ -114,6 +157,7 @@ pub struct HostPlan {
     pub files: Vec<ManagedFile>,
     /// Services this host runs, in the order they are acted on.
     pub services: Vec<Service>,
+    pub db: Option<DbPlan>,
 }
 
 impl HostPlan {

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::inventory::{Flavor, Host, Inventory, PoolMode, Role};
-use crate::plan::{HostPlan, ManagedFile, Plan, Service};
+use crate::plan::{DbPlan, DbRole, DbUser, HostPlan, ManagedFile, Plan, PrimaryRef, Service};
 use crate::templates::Templates;
 
 /// Where the tool installs each managed file.
@@ -241,5 +241,91 @@ fn render_host(inv: &Inventory, host: &Host, templates: &Templates) -> Result<Ho
         host: host.clone(),
         files,
         services,
+        db: host.is_db().then(|| db_plan(inv, host)).transpose()?,
     })
+}
+
+/// The accounts the stack needs: the application's from every web server (and the
+/// database hosts themselves), replication's from every database host (so any can be
+/// promoted later).
+fn db_users(inv: &Inventory) -> Vec<DbUser> {
+    let m = &inv.mysql;
+    let mut users = Vec::new();
+    let mut app_hosts: Vec<String> = inv.with_role(Role::Web).map(|h| h.address.to_string()).collect();
+    app_hosts.push("localhost".into());
+    for h in app_hosts {
+        users.push(DbUser {
+            user: m.app_user.clone(),
+            host: h,
+            secret: "db_app_password".into(),
+            grants: vec![format!("SELECT, INSERT, UPDATE, DELETE ON `{}`.*", m.database)],
+        });
+    }
+    for h in inv.hosts.iter().filter(|h| h.is_db()) {
+        users.push(DbUser {
+            user: m.replication_user.clone(),
+            host: h.address.to_string(),
+            secret: "db_replication_password".into(),
+            grants: vec!["REPLICATION SLAVE ON *.*".into()],
+        });
+    }
+    users
+}
+
+fn db_plan(inv: &Inventory, host: &Host) -> Result<DbPlan> {
+    let (schema, tables) = match &inv.app.source {
+        Some(dir) => {
+            let path = dir.join("schema.sql");
+            match std::fs::read_to_string(&path) {
+                Ok(sql) => {
+                    let tables = schema_tables(&sql);
+                    (Some(sql), tables)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, Vec::new()),
+                Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            }
+        }
+        None => (None, Vec::new()),
+    };
+    let primary = if host.has(Role::DbReplica) {
+        inv.db_primary().map(|p| PrimaryRef {
+            name: p.name.clone(),
+            address: p.address.to_string(),
+            port: inv.mysql.port,
+            user: inv.mysql.replication_user.clone(),
+            secret: "db_replication_password".into(),
+        })
+    } else {
+        None
+    };
+    Ok(DbPlan {
+        role: if host.has(Role::DbPrimary) { DbRole::Primary } else { DbRole::Replica },
+        database: inv.mysql.database.clone(),
+        users: db_users(inv),
+        primary,
+        schema,
+        tables,
+    })
+}
+
+/// Table names of `CREATE TABLE [IF NOT EXISTS] name` statements.
+fn schema_tables(sql: &str) -> Vec<String> {
+    let mut tables = Vec::new();
+    for line in sql.lines() {
+        let l = line.trim();
+        let upper = l.to_ascii_uppercase();
+        if let Some(rest) = upper.strip_prefix("CREATE TABLE ") {
+            let offset = l.len() - rest.len();
+            let rest = rest.strip_prefix("IF NOT EXISTS ").map(|r| &l[l.len() - r.len()..]).unwrap_or(&l[offset..]);
+            let name: String = rest
+                .trim_start_matches('`')
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                tables.push(name);
+            }
+        }
+    }
+    tables
 }

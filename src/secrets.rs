@@ -56,6 +56,15 @@ pub fn placeholders_in(text: &str) -> Vec<String> {
     names
 }
 
+/// The `mysql_native_password` hash of a password (`*` and SHA1(SHA1(pw)) in hex):
+/// what CREATE USER … IDENTIFIED BY PASSWORD takes, so the clear value never reaches
+/// the database's binary log.
+pub fn mysql_native_hash(password: &Secret) -> String {
+    use sha1::{Digest, Sha1};
+    let once = Sha1::digest(password.expose().as_bytes());
+    format!("*{}", hex::encode_upper(Sha1::digest(once)))
+}
+
 /// The resolved secrets of a run.
 #[derive(Default, Debug)]
 pub struct Secrets {
@@ -92,6 +101,13 @@ impl Secrets {
 
     pub fn get(&self, name: &str) -> Option<&Secret> {
         self.values.get(name)
+    }
+
+    /// A loaded secret, or an error naming it.
+    pub fn require(&self, name: &str) -> Result<&Secret> {
+        self.values
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("secret {name} was not loaded"))
     }
 
     /// Replaces every placeholder with its value (in memory, just before a push).

@@ -570,8 +570,9 @@ def op_observe(req):
         if isinstance(p, str) and p not in files:
             files[p] = file_info(p)
 
+    db = db_observe(req["db"]) if req.get("db") else None  # defined in db.py
     return {
-        "ok": True, "init": init, "hostname": socket.gethostname(), "files": files,
+        "ok": True, "init": init, "hostname": socket.gethostname(), "files": files, "db": db,
         "services": {s: {"running": service_running(s, init), "pid": service_pid(s)} for s in services},
         "packages": dpkg_installed(packages), "lock": lock, "manifest": manifest,
         "last_history": last_history(),
@@ -1108,12 +1109,3 @@ def main():
     sys.stdout.flush()
     return 0
 
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except SystemExit:
-        raise
-    except BaseException:
-        traceback.print_exc(file=sys.stderr)
-        sys.exit(2)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Exercise src/agent/agent.py for real inside a throwaway lab container.
+# Exercise the agent (src/agent/agent.py + db.py + run.py) for real inside a throwaway lab container.
 #
 #   src/agent/selftest.sh CONTAINER
 #
@@ -11,10 +11,12 @@
 set -euo pipefail
 container=${1:?usage: selftest.sh CONTAINER}
 here=$(cd "$(dirname "$0")" && pwd)
-exec python3 - "$container" "$here/agent.py" <<'PY'
+exec python3 - "$container" "$here" <<'PY'
 import base64, hashlib, json, subprocess, sys, time
 
-C, AGENT = sys.argv[1], open(sys.argv[2]).read()
+# The agent as the tool embeds it: agent.py, db.py, then run.py (src/remote/agent.rs).
+C = sys.argv[1]
+AGENT = "".join(open("%s/%s" % (sys.argv[2], f)).read() for f in ("agent.py", "db.py", "run.py"))
 failures, passes = [], 0
 
 

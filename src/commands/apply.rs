@@ -34,6 +34,7 @@ pub fn run(args: &ApplyArgs, p: &Arc<Printer>) -> Result<Outcome> {
             &session.changes,
             &session.remotes(),
             &run,
+            &session.secrets,
             args.remote.parallel,
             p,
         )

@@ -63,13 +63,16 @@ impl Session {
 pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>) -> Result<Session> {
     let (inventory, plan) = load_and_render(&args.inventory, args.templates.templates.as_deref())?;
     let plan = limit(plan, &args.limit)?;
-    let mut names = Vec::new();
+    let mut names: Vec<String> = Vec::new();
     for h in &plan.hosts {
-        for f in &h.files {
-            for n in placeholders_in(&f.content) {
-                if !names.contains(&n) {
-                    names.push(n);
-                }
+        let mut used: Vec<String> = h.files.iter().flat_map(|f| placeholders_in(&f.content)).collect();
+        if let Some(db) = &h.db {
+            used.extend(db.users.iter().map(|u| u.secret.clone()));
+            used.extend(db.primary.iter().map(|p| p.secret.clone()));
+        }
+        for n in used {
+            if !names.contains(&n) {
+                names.push(n);
             }
         }
     }
@@ -126,6 +129,10 @@ pub fn print_changes(changes: &Changes, p: &Printer, command: &str) -> bool {
                 s.action.as_str(),
                 s.reason
             ));
+        }
+        if let Some(db) = &hc.db {
+            actions += 1;
+            p.out(format!("  {}", db.describe()));
         }
     }
     if pending {

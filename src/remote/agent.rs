@@ -10,8 +10,13 @@ use serde_json::Value;
 
 use super::Remote;
 
-/// The agent script, embedded in the binary.
-pub const AGENT: &str = include_str!("../agent/agent.py");
+/// The agent script, embedded in the binary: the core, the database operations, and
+/// the entry point last.
+pub const AGENT: &str = concat!(
+    include_str!("../agent/agent.py"),
+    include_str!("../agent/db.py"),
+    include_str!("../agent/run.py"),
+);
 
 /// The fixed bootstrap in argv: reads the script and the request (separated by a NUL
 /// byte) from stdin and runs the script with the request as its stdin.
@@ -145,6 +150,66 @@ pub struct ManifestEntry {
     pub service: String,
 }
 
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct DbUserState {
+    pub user: String,
+    pub host: String,
+    pub exists: bool,
+    pub password_ok: bool,
+    pub grants_ok: bool,
+}
+
+/// SHOW SLAVE STATUS, the parts the tool reads.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct ReplicaState {
+    #[serde(default)]
+    pub master_host: Option<String>,
+    #[serde(default)]
+    pub master_port: Option<u16>,
+    #[serde(default)]
+    pub io_running: Option<String>,
+    #[serde(default)]
+    pub sql_running: Option<String>,
+    #[serde(default)]
+    pub seconds_behind: Option<i64>,
+    #[serde(default)]
+    pub last_io_error: String,
+    #[serde(default)]
+    pub last_sql_error: String,
+    #[serde(default)]
+    pub gtid_io_pos: Option<String>,
+}
+
+impl ReplicaState {
+    pub fn running(&self) -> bool {
+        self.io_running.as_deref() == Some("Yes") && self.sql_running.as_deref() == Some("Yes")
+    }
+}
+
+/// The database's state as observed (read-only queries).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct DbState {
+    pub running: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub server_id: Option<u64>,
+    #[serde(default)]
+    pub read_only: Option<bool>,
+    #[serde(default)]
+    pub gtid_current_pos: Option<String>,
+    #[serde(default)]
+    pub gtid_binlog_pos: Option<String>,
+    #[serde(default)]
+    pub database_exists: Option<bool>,
+    #[serde(default)]
+    pub missing_tables: Vec<String>,
+    #[serde(default)]
+    pub users: Vec<DbUserState>,
+    #[serde(default)]
+    pub replica: Option<ReplicaState>,
+}
+
 /// Everything one `observe` call reports about a host.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct HostState {
@@ -161,6 +226,8 @@ pub struct HostState {
     pub manifest: Vec<ManifestEntry>,
     #[serde(default)]
     pub last_history: Option<Value>,
+    #[serde(default)]
+    pub db: Option<DbState>,
 }
 
 impl HostState {

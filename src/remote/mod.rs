@@ -6,6 +6,12 @@ pub mod ssh;
 
 use anyhow::Result;
 use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A byte source for a remote command's stdin.
+pub type Input<'a> = Box<dyn AsyncRead + Send + Unpin + 'a>;
+/// Where a remote command's stdout is streamed to.
+pub type Sink<'a> = Box<dyn AsyncWrite + Send + Unpin + 'a>;
 
 /// What a remote command returned.
 #[derive(Debug, Clone)]
@@ -21,6 +27,19 @@ pub trait Remote: Send + Sync {
     /// The inventory name of the host.
     fn name(&self) -> &str;
     /// Runs one command (one exec request) as root (through `sudo -n` when the login
-    /// user is not root), feeding `stdin`. `label` says what it is for, for `-v`.
-    async fn exec(&self, argv: &[&str], stdin: Vec<u8>, label: &str) -> Result<ExecOutput>;
+    /// user is not root), streaming `stdin` into it and its stdout into `stdout` (or
+    /// into the returned output when None). `label` says what it is for, for `-v`.
+    async fn exec_io(
+        &self,
+        argv: &[&str],
+        stdin: Input<'_>,
+        stdout: Option<Sink<'_>>,
+        label: &str,
+    ) -> Result<ExecOutput>;
+
+    /// Runs one command with `stdin` bytes, collecting its output.
+    async fn exec(&self, argv: &[&str], stdin: Vec<u8>, label: &str) -> Result<ExecOutput> {
+        self.exec_io(argv, Box::new(std::io::Cursor::new(stdin)), None, label)
+            .await
+    }
 }

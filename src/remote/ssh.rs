@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
 use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{ExecOutput, Remote};
+use super::{ExecOutput, Input, Remote, Sink};
 use crate::inventory::Host;
 use crate::output::Printer;
 
@@ -100,7 +100,13 @@ impl Remote for SshRemote {
         &self.name
     }
 
-    async fn exec(&self, argv: &[&str], stdin: Vec<u8>, label: &str) -> Result<ExecOutput> {
+    async fn exec_io(
+        &self,
+        argv: &[&str],
+        mut stdin: Input<'_>,
+        stdout: Option<Sink<'_>>,
+        label: &str,
+    ) -> Result<ExecOutput> {
         let n = self.commands.fetch_add(1, Ordering::SeqCst) + 1;
         let (program, args) = if self.sudo {
             ("sudo", [&["-n"], argv].concat())
@@ -120,20 +126,48 @@ impl Remote for SshRemote {
             .spawn()
             .await
             .with_context(|| format!("{}: starting remote command {program}", self.name))?;
-        if let Some(mut w) = child.stdin().take() {
-            w.write_all(&stdin)
-                .await
-                .with_context(|| format!("{}: writing to remote command {program}", self.name))?;
-            w.shutdown().await.ok();
-        }
-        let out = child
-            .wait_with_output()
-            .await
-            .with_context(|| format!("{}: remote command {program} ({label})", self.name))?;
+        let child_in = child.stdin().take();
+        let child_out = child.stdout().take();
+        let child_err = child.stderr().take();
+        let feed = async {
+            if let Some(mut w) = child_in {
+                tokio::io::copy(&mut stdin, &mut w).await?;
+                w.shutdown().await.ok();
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        let drain = async {
+            let mut collected = Vec::new();
+            if let Some(mut r) = child_out {
+                match stdout {
+                    Some(mut sink) => {
+                        tokio::io::copy(&mut r, &mut sink).await?;
+                        sink.shutdown().await.ok();
+                    }
+                    None => {
+                        r.read_to_end(&mut collected).await?;
+                    }
+                }
+            }
+            Ok::<_, std::io::Error>(collected)
+        };
+        let errors = async {
+            let mut e = Vec::new();
+            if let Some(mut r) = child_err {
+                r.read_to_end(&mut e).await?;
+            }
+            Ok::<_, std::io::Error>(e)
+        };
+        let (fed, out, err) = tokio::join!(feed, drain, errors);
+        let context = || format!("{}: remote command {program} ({label})", self.name);
+        fed.with_context(context)?;
+        let out = out.with_context(context)?;
+        let err = err.with_context(context)?;
+        let status = child.wait().await.with_context(context)?;
         Ok(ExecOutput {
-            status: out.status.code(),
-            stdout: out.stdout,
-            stderr: out.stderr,
+            status: status.code(),
+            stdout: out,
+            stderr: err,
         })
     }
 }

@@ -1,0 +1,247 @@
+
+
+# ================================================================ database (db.py)
+# Appended to agent.py when the tool embeds the agent. Owns every SQL statement the
+# tool runs: reading the database state for observe, converging the primary (database,
+# users, grants, schema), and preparing and starting a replica. SQL (which may carry
+# password hashes or the replication password) goes to the client on stdin, never argv.
+# Reads come first and writes happen only when something differs: even idempotent
+# statements are binlogged and would advance the GTID position.
+
+SQL_NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+SQL_HOST_RE = re.compile(r"^[A-Za-z0-9_.:%-]{1,255}$")
+HASH_RE = re.compile(r"^\*[0-9A-F]{40}$")
+
+
+def sql_client():
+    for c in ("mariadb", "mysql"):
+        if shutil.which(c, path=child_env()["PATH"]):
+            return c
+    raise AgentError("db", "no mariadb/mysql client on this host")
+
+
+def sql_quote(s):
+    return "'" + str(s).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def sql_ident(s):
+    if not SQL_NAME_RE.match(str(s)):
+        raise AgentError("request", "invalid SQL name %r" % s)
+    return "`%s`" % s
+
+
+def account(u):
+    if not SQL_NAME_RE.match(str(u.get("user", ""))) or not SQL_HOST_RE.match(str(u.get("host", ""))):
+        raise AgentError("request", "invalid account %r" % u)
+    return "%s@%s" % (sql_quote(u["user"]), sql_quote(u["host"]))
+
+
+def run_sql(text, columns=False, timeout=120, extra=()):
+    """Run SQL (given on stdin) as root over the local socket. Returns rows as lists,
+    or (header, rows) with columns=True. Raises AgentError("db") on failure."""
+    argv = [sql_client(), "--batch", "--raw", "--connect-timeout=5"] + list(extra)
+    if not columns:
+        argv.append("--skip-column-names")
+    with tempfile.TemporaryFile() as inp, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        inp.write(text.encode())
+        inp.seek(0)
+        try:
+            code = subprocess.run(argv, stdin=inp, stdout=out, stderr=err, env=child_env(),
+                                  timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            code = -1
+        out.seek(0)
+        err.seek(0)
+        o = out.read().decode("utf-8", "replace")
+        e = err.read().decode("utf-8", "replace")
+    if code != 0:
+        raise AgentError("db", "SQL failed (exit %s): %s" % (code, tail(e.strip(), 2000)))
+    lines = [l.split("\t") for l in o.splitlines()]
+    if columns:
+        return (lines[0] if lines else []), lines[1:]
+    return lines
+
+
+def replica_status():
+    """SHOW SLAVE STATUS of the default connection as a dict, or None if not configured."""
+    header, rows = run_sql("SHOW SLAVE STATUS", columns=True)
+    if not rows:
+        return None
+    row = dict(zip(header, rows[0]))
+    behind = row.get("Seconds_Behind_Master")
+    return {
+        "master_host": row.get("Master_Host"),
+        "master_port": int(row.get("Master_Port") or 0),
+        "master_user": row.get("Master_User"),
+        "io_running": row.get("Slave_IO_Running"),
+        "sql_running": row.get("Slave_SQL_Running"),
+        "seconds_behind": None if behind in (None, "NULL", "") else int(behind),
+        "last_io_error": row.get("Last_IO_Error") or "",
+        "last_sql_error": row.get("Last_SQL_Error") or "",
+        "using_gtid": row.get("Using_Gtid"),
+        "gtid_io_pos": row.get("Gtid_IO_Pos"),
+    }
+
+
+def grants_of(u):
+    try:
+        rows = run_sql("SHOW GRANTS FOR %s" % account(u))
+    except AgentError:
+        return []
+    return [r[0] for r in rows if r]
+
+
+def grant_present(grants, want):
+    """`want` like "SELECT, INSERT ON `foobar`.*": every privilege listed on that object."""
+    privs, _, obj = want.partition(" ON ")
+    needed = {p.strip().upper() for p in privs.split(",")}
+    for g in grants:
+        m = re.match(r"GRANT (.+) ON (\S+) TO ", g)
+        if m and m.group(2) == obj.strip():
+            have = {p.strip().upper() for p in m.group(1).split(",")}
+            if "ALL PRIVILEGES" in have or needed <= have:
+                return True
+    return False
+
+
+def db_observe(spec):
+    """The database's state for observe: never writes."""
+    st = {"running": False}
+    try:
+        rows = run_sql("SELECT @@server_id, @@read_only, @@gtid_current_pos, @@gtid_binlog_pos, @@gtid_slave_pos")
+    except AgentError as e:
+        st["error"] = e.message
+        return st
+    r = rows[0] if rows else [""] * 5
+    st.update(running=True, server_id=int(r[0] or 0), read_only=r[1] == "1",
+              gtid_current_pos=r[2], gtid_binlog_pos=r[3], gtid_slave_pos=r[4])
+    name = spec.get("database")
+    if name:
+        rows = run_sql("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME=%s" % sql_quote(name))
+        st["database_exists"] = bool(rows and rows[0][0] == "1")
+        tables = spec.get("tables") or []
+        if tables and st["database_exists"]:
+            rows = run_sql("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA=%s" % sql_quote(name))
+            have = {r[0] for r in rows}
+            st["missing_tables"] = [t for t in tables if t not in have]
+        else:
+            st["missing_tables"] = list(tables)
+    users = []
+    for u in spec.get("users") or []:
+        rows = run_sql("SELECT authentication_string FROM mysql.user WHERE User=%s AND Host=%s"
+                       % (sql_quote(u["user"]), sql_quote(u["host"])))
+        exists = bool(rows)
+        grants = grants_of(u) if exists else []
+        users.append({"user": u["user"], "host": u["host"], "exists": exists,
+                      "password_ok": exists and rows[0][0] == u.get("hash"),
+                      "grants_ok": exists and all(grant_present(grants, g) for g in u.get("grants") or [])})
+    st["users"] = users
+    st["replica"] = replica_status()
+    return st
+
+
+def user_statements(users, observed=None):
+    """CREATE/ALTER USER and GRANT statements for what differs (all, when observed is None)."""
+    seen = {(u["user"], u["host"]): u for u in (observed or [])}
+    out = []
+    for u in users:
+        if not HASH_RE.match(str(u.get("hash", ""))):
+            raise AgentError("request", "invalid password hash for %s" % u.get("user"))
+        o = seen.get((u["user"], u["host"]))
+        # IDENTIFIED BY PASSWORD '<hash>' keeps the clear password out of the binary log.
+        if observed is None or not o or not o["exists"]:
+            out.append("CREATE USER %s IDENTIFIED BY PASSWORD %s;" % (account(u), sql_quote(u["hash"])))
+        elif not o["password_ok"]:
+            out.append("ALTER USER %s IDENTIFIED BY PASSWORD %s;" % (account(u), sql_quote(u["hash"])))
+        if observed is None or not o or not o["exists"] or not o["grants_ok"]:
+            for g in u.get("grants") or []:
+                privs, _, obj = g.partition(" ON ")
+                out.append("GRANT %s ON %s TO %s;" % (privs, obj, account(u)))
+    return out
+
+
+def op_db_primary(req):
+    """Converge the primary: database, schema tables, users and grants. Writes only
+    what differs; answers what it did."""
+    spec = req.get("db") or {}
+    st = db_observe(spec)
+    if not st["running"]:
+        raise AgentError("db", "the database server is not running: %s" % st.get("error", ""))
+    if st["read_only"]:
+        raise AgentError("db", "this server is read-only: it is not a primary (refusing to write)")
+    stmts = []
+    name = spec.get("database")
+    if name and not st.get("database_exists"):
+        stmts.append("CREATE DATABASE %s CHARACTER SET utf8mb4;" % sql_ident(name))
+    stmts += user_statements(spec.get("users") or [], st["users"])
+    done = list(stmts)
+    if stmts:
+        run_sql("\n".join(stmts))
+    schema = spec.get("schema")
+    if schema and st.get("missing_tables"):
+        run_sql(schema, extra=["--database=%s" % name])
+        done.append("schema: created %s" % ", ".join(st["missing_tables"]))
+    masked = [re.sub(r"PASSWORD '\*[0-9A-F]{40}'", "PASSWORD '***'", s) for s in done]
+    return {"ok": True, "done": masked, "state": db_observe(spec)}
+
+
+def op_db_seed_prepare(req):
+    """Make a replica ready for a fresh copy of the primary: stop and forget replication,
+    clear its own binary log, drop the application database, and create the tool's users
+    locally without binary logging (they predate the dump's GTID position)."""
+    spec = req.get("db") or {}
+    name = sql_ident(spec.get("database"))
+    stmts = ["STOP SLAVE;", "RESET SLAVE ALL;", "RESET MASTER;", "SET sql_log_bin=0;",
+             "DROP DATABASE IF EXISTS %s;" % name]
+    users = spec.get("users") or []
+    for u in users:
+        stmts.append("DROP USER IF EXISTS %s;" % account(u))
+    stmts += user_statements(users)
+    run_sql("\n".join(stmts))
+    return {"ok": True}
+
+
+def op_db_replica_start(req):
+    """Point the replica at the primary by GTID, start it, and wait (bounded) until both
+    threads run. The replication password arrives here, on stdin, and goes to the SQL
+    client on its stdin."""
+    p = req.get("primary") or {}
+    host, port, user, pw = p.get("host"), int(p.get("port", 3306)), p.get("user"), p.get("password")
+    if not SQL_HOST_RE.match(str(host)) or not SQL_NAME_RE.match(str(user)) or not isinstance(pw, str):
+        raise AgentError("request", "invalid primary for replication")
+    run_sql("STOP SLAVE;\nCHANGE MASTER TO MASTER_HOST=%s, MASTER_PORT=%d, MASTER_USER=%s, "
+            "MASTER_PASSWORD=%s, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=5;\nSTART SLAVE;"
+            % (sql_quote(host), port, sql_quote(user), sql_quote(pw)))
+    deadline = now() + float(req.get("timeout_s", 30))
+    while True:
+        rs = replica_status()
+        if rs and rs["io_running"] == "Yes" and rs["sql_running"] == "Yes":
+            return {"ok": True, "replica": rs}
+        if now() >= deadline:
+            raise AgentError("db", "replication did not start within %ss: IO %s, SQL %s %s %s"
+                             % (req.get("timeout_s", 30), rs and rs["io_running"], rs and rs["sql_running"],
+                                rs and rs["last_io_error"], rs and rs["last_sql_error"]))
+        time.sleep(0.3)
+
+
+def op_db_wait_replica(req):
+    """Wait (bounded) until replication runs again, e.g. after a restart."""
+    deadline = now() + float(req.get("timeout_s", 60))
+    while True:
+        try:
+            rs = replica_status()
+        except AgentError:
+            rs = None
+        if rs and rs["io_running"] == "Yes" and rs["sql_running"] == "Yes":
+            return {"ok": True, "replica": rs}
+        if now() >= deadline:
+            raise AgentError("db", "replication is not running after %ss: %s" % (req.get("timeout_s", 60), rs))
+        time.sleep(0.3)
+
+
+OPS.update({
+    "db-primary": op_db_primary,
+    "db-seed-prepare": op_db_seed_prepare,
+    "db-replica-start": op_db_replica_start,
+    "db-wait-replica": op_db_wait_replica,
+})

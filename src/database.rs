@@ -1,0 +1,252 @@
+//! The database side of a run: what the primary must hold (database, tables, accounts)
+//! and whether each replica replicates from it, planned from the observed state, and
+//! carried out after the files are in place: the primary converged first, then each
+//! new replica seeded from a consistent dump streamed through the tool's own SSH
+//! connections (nothing written to disk), then started by GTID.
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::output::Printer;
+use crate::plan::{DbPlan, DbRole, HostPlan, Plan};
+use crate::remote::agent::{self, DbState};
+use crate::remote::Remote;
+use crate::secrets::{mysql_native_hash, Secrets};
+
+/// What a run does to a host's database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "action")]
+pub enum DbChange {
+    /// Create what is missing on the primary (steps say what).
+    ConvergePrimary { steps: Vec<String> },
+    /// Copy the primary into this replica and start replication by GTID.
+    SeedReplica { from: String, reason: String },
+    /// The server was not running when observed: decide once it runs.
+    CheckReplica { from: String },
+}
+
+impl DbChange {
+    pub fn describe(&self) -> String {
+        match self {
+            DbChange::ConvergePrimary { steps } => format!("database: {}", steps.join("; ")),
+            DbChange::SeedReplica { from, reason } => {
+                format!("database: seed from {from} (streamed dump) and replicate by GTID ({reason})")
+            }
+            DbChange::CheckReplica { from } => format!(
+                "database: not running when observed; seed from {from} if it does not replicate"
+            ),
+        }
+    }
+}
+
+/// The database part of an agent request: accounts with password hashes (never clear).
+pub fn spec(db: &DbPlan, secrets: &Secrets) -> Result<Value> {
+    let users = db
+        .users
+        .iter()
+        .map(|u| {
+            Ok(json!({
+                "user": u.user, "host": u.host, "grants": u.grants,
+                "hash": mysql_native_hash(secrets.require(&u.secret)?),
+            }))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(json!({
+        "role": db.role, "database": db.database, "users": users,
+        "schema": db.schema, "tables": db.tables,
+    }))
+}
+
+/// Plans a host's database change from what was observed. Pure.
+pub fn diff(hp: &HostPlan, state: Option<&DbState>) -> Option<DbChange> {
+    let db = hp.db.as_ref()?;
+    let st = state.cloned().unwrap_or_default();
+    match db.role {
+        DbRole::Primary => {
+            if !st.running {
+                return Some(DbChange::ConvergePrimary {
+                    steps: vec!["create the database, tables and accounts that are missing (server not running when observed)".into()],
+                });
+            }
+            let mut steps = Vec::new();
+            if st.database_exists != Some(true) {
+                steps.push(format!("create database {}", db.database));
+            }
+            for u in &db.users {
+                let seen = st.users.iter().find(|s| s.user == u.user && s.host == u.host);
+                match seen {
+                    None => steps.push(format!("create user {}@{}", u.user, u.host)),
+                    Some(s) if !s.exists => steps.push(format!("create user {}@{}", u.user, u.host)),
+                    Some(s) => {
+                        if !s.password_ok {
+                            steps.push(format!("set the password of {}@{} (from secret {})", u.user, u.host, u.secret));
+                        }
+                        if !s.grants_ok {
+                            steps.push(format!("grant {} to {}@{}", u.grants.join(", "), u.user, u.host));
+                        }
+                    }
+                }
+            }
+            if db.schema.is_some() && !st.missing_tables.is_empty() {
+                steps.push(format!("create tables {}", st.missing_tables.join(", ")));
+            }
+            (!steps.is_empty()).then_some(DbChange::ConvergePrimary { steps })
+        }
+        DbRole::Replica => {
+            let primary = db.primary.as_ref()?;
+            if !st.running {
+                return Some(DbChange::CheckReplica { from: primary.name.clone() });
+            }
+            match &st.replica {
+                None => Some(DbChange::SeedReplica {
+                    from: primary.name.clone(),
+                    reason: "not replicating".into(),
+                }),
+                Some(r) if r.master_host.as_deref() != Some(primary.address.as_str()) => Some(DbChange::SeedReplica {
+                    from: primary.name.clone(),
+                    reason: format!(
+                        "replicates from {} instead",
+                        r.master_host.as_deref().unwrap_or("nowhere")
+                    ),
+                }),
+                Some(_) => None,
+            }
+        }
+    }
+}
+
+/// Carries out the database changes: the primary first, then each replica in turn.
+pub async fn converge(
+    plan: &Plan,
+    changes: &[(String, DbChange)],
+    remotes: &[&dyn Remote],
+    secrets: &Secrets,
+    printer: &Printer,
+) -> Result<()> {
+    let remote_of = |name: &str| -> Option<&dyn Remote> {
+        plan.hosts
+            .iter()
+            .zip(remotes)
+            .find(|(h, _)| h.name() == name)
+            .map(|(_, r)| *r)
+    };
+    let Some(primary) = plan.hosts.iter().find(|h| h.db.as_ref().is_some_and(|d| d.role == DbRole::Primary)) else {
+        return Ok(());
+    };
+    let primary_db = primary.db.as_ref().expect("primary has a db plan");
+    let primary_remote = remote_of(primary.name());
+
+    // The primary converges whenever anything database-related is to be done, so a
+    // replica is never seeded from a primary that lacks the accounts.
+    if !changes.is_empty() {
+        let Some(r) = primary_remote else {
+            anyhow::bail!(
+                "the database primary {} is not among the selected hosts (--limit): it must be converged first",
+                primary.name()
+            );
+        };
+        printer.status("Database", format!("{}: converging the primary", primary.name()));
+        let answer = agent::call(r, "db-primary", json!({"op": "db-primary", "db": spec(primary_db, secrets)?}))
+            .await
+            .with_context(|| format!("{}: converging the database primary", primary.name()))?;
+        for step in answer["done"].as_array().into_iter().flatten() {
+            printer.detail("Database", format!("{}: {}", primary.name(), step.as_str().unwrap_or("")));
+        }
+    }
+
+    for (host, change) in changes {
+        let hp = plan.host(host).context("host of a database change")?;
+        let Some(db) = hp.db.as_ref().filter(|d| d.role == DbRole::Replica) else {
+            continue;
+        };
+        let Some(replica) = remote_of(host) else { continue };
+        let needs_seed = match change {
+            DbChange::SeedReplica { .. } => true,
+            DbChange::CheckReplica { .. } => {
+                // Observe again now that the server runs.
+                let v = agent::call(replica, "observe", json!({"op": "observe", "db": spec(db, secrets)?})).await?;
+                let st: Option<DbState> = serde_json::from_value(v["db"].clone()).ok();
+                matches!(diff(hp, st.as_ref()), Some(DbChange::SeedReplica { .. }))
+            }
+            DbChange::ConvergePrimary { .. } => false,
+        };
+        if !needs_seed {
+            continue;
+        }
+        let pref = db.primary.as_ref().context("replica without primary")?;
+        let source = primary_remote.context("the primary is not connected")?;
+        seed(source, replica, db, secrets, printer)
+            .await
+            .with_context(|| format!("{host}: seeding the replica from {}", pref.name))?;
+        printer.status("Replicating", format!("{host} from {} (GTID)", pref.name));
+    }
+    Ok(())
+}
+
+/// Prepares the replica, streams a consistent dump from the primary into it, and
+/// starts replication at the dump's GTID position.
+async fn seed(
+    primary: &dyn Remote,
+    replica: &dyn Remote,
+    db: &DbPlan,
+    secrets: &Secrets,
+    printer: &Printer,
+) -> Result<()> {
+    let pref = db.primary.as_ref().context("replica without primary")?;
+    printer.status("Seeding", format!("{} from {}", replica.name(), primary.name()));
+    agent::call(replica, "db-seed-prepare", json!({"op": "db-seed-prepare", "db": spec(db, secrets)?})).await?;
+
+    let (writer, reader) = tokio::io::duplex(1 << 20);
+    // --gtid with --master-data writes SET GLOBAL gtid_slave_pos for the dump's position.
+    let dump_argv = [
+        "mariadb-dump",
+        "--single-transaction",
+        "--gtid",
+        "--master-data=1",
+        "--routines",
+        "--triggers",
+        "--databases",
+        &db.database,
+    ];
+    let dump = primary.exec_io(
+        &dump_argv,
+        Box::new(tokio::io::empty()),
+        Some(Box::new(writer)),
+        "database dump",
+    );
+    // Imported without binary logging: the rows arrive with the primary's GTIDs later.
+    let load = replica.exec_io(
+        &["mariadb", "--init-command=SET sql_log_bin=0"],
+        Box::new(reader),
+        None,
+        "database load",
+    );
+    let (d, l) = tokio::join!(dump, load);
+    let d = d?;
+    let l = l?;
+    if d.status != Some(0) {
+        anyhow::bail!(
+            "{}: mariadb-dump failed: {}",
+            primary.name(),
+            String::from_utf8_lossy(&d.stderr).trim()
+        );
+    }
+    if l.status != Some(0) {
+        anyhow::bail!(
+            "{}: loading the dump failed: {}",
+            replica.name(),
+            String::from_utf8_lossy(&l.stderr).trim()
+        );
+    }
+    let password = secrets.require(&pref.secret)?;
+    agent::call(
+        replica,
+        "db-replica-start",
+        json!({"op": "db-replica-start", "timeout_s": 30, "primary": {
+            "host": pref.address, "port": pref.port, "user": pref.user, "password": password.expose(),
+        }}),
+    )
+    .await?;
+    Ok(())
+}
