@@ -98,6 +98,17 @@ files on every host touched in the run.
 
 Exit codes: 0 applied (or nothing to do), 2 changes pending (--dry-run), 1 error.")]
     Apply(ApplyArgs),
+
+    /// Show the health of every host: services, drift, release, replication, backends
+    #[command(after_help = "Examples:
+  foobar-infra status lab/inventory.yaml
+  foobar-infra status inventory/inventory.yaml --json
+
+Unhealthy: a host unreachable, a service not running, a replica not replicating (with
+its last error), a web server not UP on a load balancer. Drift is shown, not counted.
+
+Exit codes: 0 healthy, 1 a problem (listed) or an error.")]
+    Status(RemoteArgs),
 }
 
 #[derive(Args, Debug)]

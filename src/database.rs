@@ -31,7 +31,9 @@ impl DbChange {
         match self {
             DbChange::ConvergePrimary { steps } => format!("database: {}", steps.join("; ")),
             DbChange::SeedReplica { from, reason } => {
-                format!("database: seed from {from} (streamed dump) and replicate by GTID ({reason})")
+                format!(
+                    "database: seed from {from} (streamed dump) and replicate by GTID ({reason})"
+                )
             }
             DbChange::CheckReplica { from } => format!(
                 "database: not running when observed; seed from {from} if it does not replicate"
@@ -74,16 +76,29 @@ pub fn diff(hp: &HostPlan, state: Option<&DbState>) -> Option<DbChange> {
                 steps.push(format!("create database {}", db.database));
             }
             for u in &db.users {
-                let seen = st.users.iter().find(|s| s.user == u.user && s.host == u.host);
+                let seen = st
+                    .users
+                    .iter()
+                    .find(|s| s.user == u.user && s.host == u.host);
                 match seen {
                     None => steps.push(format!("create user {}@{}", u.user, u.host)),
-                    Some(s) if !s.exists => steps.push(format!("create user {}@{}", u.user, u.host)),
+                    Some(s) if !s.exists => {
+                        steps.push(format!("create user {}@{}", u.user, u.host))
+                    }
                     Some(s) => {
                         if !s.password_ok {
-                            steps.push(format!("set the password of {}@{} (from secret {})", u.user, u.host, u.secret));
+                            steps.push(format!(
+                                "set the password of {}@{} (from secret {})",
+                                u.user, u.host, u.secret
+                            ));
                         }
                         if !s.grants_ok {
-                            steps.push(format!("grant {} to {}@{}", u.grants.join(", "), u.user, u.host));
+                            steps.push(format!(
+                                "grant {} to {}@{}",
+                                u.grants.join(", "),
+                                u.user,
+                                u.host
+                            ));
                         }
                     }
                 }
@@ -96,20 +111,24 @@ pub fn diff(hp: &HostPlan, state: Option<&DbState>) -> Option<DbChange> {
         DbRole::Replica => {
             let primary = db.primary.as_ref()?;
             if !st.running {
-                return Some(DbChange::CheckReplica { from: primary.name.clone() });
+                return Some(DbChange::CheckReplica {
+                    from: primary.name.clone(),
+                });
             }
             match &st.replica {
                 None => Some(DbChange::SeedReplica {
                     from: primary.name.clone(),
                     reason: "not replicating".into(),
                 }),
-                Some(r) if r.master_host.as_deref() != Some(primary.address.as_str()) => Some(DbChange::SeedReplica {
-                    from: primary.name.clone(),
-                    reason: format!(
-                        "replicates from {} instead",
-                        r.master_host.as_deref().unwrap_or("nowhere")
-                    ),
-                }),
+                Some(r) if r.master_host.as_deref() != Some(primary.address.as_str()) => {
+                    Some(DbChange::SeedReplica {
+                        from: primary.name.clone(),
+                        reason: format!(
+                            "replicates from {} instead",
+                            r.master_host.as_deref().unwrap_or("nowhere")
+                        ),
+                    })
+                }
                 Some(_) => None,
             }
         }
@@ -131,7 +150,11 @@ pub async fn converge(
             .find(|(h, _)| h.name() == name)
             .map(|(_, r)| *r)
     };
-    let Some(primary) = plan.hosts.iter().find(|h| h.db.as_ref().is_some_and(|d| d.role == DbRole::Primary)) else {
+    let Some(primary) = plan
+        .hosts
+        .iter()
+        .find(|h| h.db.as_ref().is_some_and(|d| d.role == DbRole::Primary))
+    else {
         return Ok(());
     };
     let primary_db = primary.db.as_ref().expect("primary has a db plan");
@@ -146,12 +169,22 @@ pub async fn converge(
                 primary.name()
             );
         };
-        printer.status("Database", format!("{}: converging the primary", primary.name()));
-        let answer = agent::call(r, "db-primary", json!({"op": "db-primary", "db": spec(primary_db, secrets)?}))
-            .await
-            .with_context(|| format!("{}: converging the database primary", primary.name()))?;
+        printer.status(
+            "Database",
+            format!("{}: converging the primary", primary.name()),
+        );
+        let answer = agent::call(
+            r,
+            "db-primary",
+            json!({"op": "db-primary", "db": spec(primary_db, secrets)?}),
+        )
+        .await
+        .with_context(|| format!("{}: converging the database primary", primary.name()))?;
         for step in answer["done"].as_array().into_iter().flatten() {
-            printer.detail("Database", format!("{}: {}", primary.name(), step.as_str().unwrap_or("")));
+            printer.detail(
+                "Database",
+                format!("{}: {}", primary.name(), step.as_str().unwrap_or("")),
+            );
         }
     }
 
@@ -160,12 +193,19 @@ pub async fn converge(
         let Some(db) = hp.db.as_ref().filter(|d| d.role == DbRole::Replica) else {
             continue;
         };
-        let Some(replica) = remote_of(host) else { continue };
+        let Some(replica) = remote_of(host) else {
+            continue;
+        };
         let needs_seed = match change {
             DbChange::SeedReplica { .. } => true,
             DbChange::CheckReplica { .. } => {
                 // Observe again now that the server runs.
-                let v = agent::call(replica, "observe", json!({"op": "observe", "db": spec(db, secrets)?})).await?;
+                let v = agent::call(
+                    replica,
+                    "observe",
+                    json!({"op": "observe", "db": spec(db, secrets)?}),
+                )
+                .await?;
                 let st: Option<DbState> = serde_json::from_value(v["db"].clone()).ok();
                 matches!(diff(hp, st.as_ref()), Some(DbChange::SeedReplica { .. }))
             }
@@ -194,8 +234,16 @@ async fn seed(
     printer: &Printer,
 ) -> Result<()> {
     let pref = db.primary.as_ref().context("replica without primary")?;
-    printer.status("Seeding", format!("{} from {}", replica.name(), primary.name()));
-    agent::call(replica, "db-seed-prepare", json!({"op": "db-seed-prepare", "db": spec(db, secrets)?})).await?;
+    printer.status(
+        "Seeding",
+        format!("{} from {}", replica.name(), primary.name()),
+    );
+    agent::call(
+        replica,
+        "db-seed-prepare",
+        json!({"op": "db-seed-prepare", "db": spec(db, secrets)?}),
+    )
+    .await?;
 
     let (writer, reader) = tokio::io::duplex(1 << 20);
     // --gtid with --master-data writes SET GLOBAL gtid_slave_pos for the dump's position.

@@ -9,7 +9,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::database::DbChange;
-use crate::plan::{HostPlan, Plan, Service, ServiceAction};
+use crate::plan::{HostPlan, Init, Plan, Service, ServiceAction};
 use crate::remote::agent::{FileState, HostState, ManifestEntry};
 use crate::secrets::Secrets;
 
@@ -58,6 +58,9 @@ pub struct HostChanges {
     pub services: Vec<ServiceChange>,
     pub install: Vec<String>,
     pub db: Option<DbChange>,
+    /// System users to create.
+    pub create_users: Vec<String>,
+    pub release: Option<ReleaseChange>,
     /// The manifest the host keeps after this apply: every planned file and its hash.
     #[serde(skip)]
     pub manifest: Vec<ManifestEntry>,
@@ -70,8 +73,20 @@ impl HostChanges {
 
     /// Nothing to stage or commit (a database change may remain).
     pub fn files_unchanged(&self) -> bool {
-        self.files.is_empty() && self.services.is_empty() && self.install.is_empty()
+        self.files.is_empty()
+            && self.services.is_empty()
+            && self.install.is_empty()
+            && self.create_users.is_empty()
     }
+}
+
+/// A web server moving to another application release.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseChange {
+    pub from: Option<String>,
+    pub to: String,
+    /// The release is not on the host yet.
+    pub upload: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -118,7 +133,12 @@ pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<
     let mut files = Vec::new();
     let mut manifest = Vec::new();
     let mut touched: Vec<Service> = Vec::new();
-    for f in &hp.files {
+    let init = if state.init == "systemd" {
+        Init::Systemd
+    } else {
+        Init::Sysv
+    };
+    for f in hp.files.iter().filter(|f| f.init.is_none_or(|i| i == init)) {
         let resolved = secrets.resolve(&f.content)?;
         let new_sha = sha256_hex(resolved.as_bytes());
         manifest.push(ManifestEntry {
@@ -217,9 +237,12 @@ pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<
     let mut install = Vec::new();
     let mut services = Vec::new();
     for &svc in &hp.services {
-        let installed = state.packages.get(svc.package()).copied().unwrap_or(true);
-        if !installed {
-            install.push(svc.package().to_string());
+        let mut installed = true;
+        for pkg in svc.packages() {
+            if !state.packages.get(*pkg).copied().unwrap_or(true) {
+                installed = false;
+                install.push(pkg.to_string());
+            }
         }
         let running = installed && state.services.get(svc.unit()).is_some_and(|s| s.running);
         let changed = touched.contains(&svc);
@@ -254,6 +277,20 @@ pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<
         services,
         install,
         db: crate::database::diff(hp, state.db.as_ref()),
+        create_users: hp
+            .users
+            .iter()
+            .filter(|u| !state.users.get(*u).copied().unwrap_or(false))
+            .cloned()
+            .collect(),
+        release: hp.release.as_ref().and_then(|rel| {
+            let seen = state.release.clone().unwrap_or_default();
+            (seen.current.as_deref() != Some(rel.id.as_str())).then(|| ReleaseChange {
+                from: seen.current.clone(),
+                to: rel.id.clone(),
+                upload: !seen.releases.contains(&rel.id),
+            })
+        }),
         manifest,
     })
 }

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -81,15 +81,8 @@ pub async fn observe_all(
     secrets: &Secrets,
     parallel: usize,
 ) -> Result<BTreeMap<String, HostState>> {
-    let mut requests = Vec::new();
-    for (hp, r) in plan.hosts.iter().zip(remotes) {
-        requests.push((*r, observe_request(hp, secrets)?));
-    }
-    let answers = bounded(requests, parallel, |(r, req)| async move {
-        let v = agent::call(r, "observe", req).await?;
-        HostState::from_answer(r.name(), v)
-    })
-    .await;
+    let pairs: Vec<_> = plan.hosts.iter().zip(remotes.iter().copied()).collect();
+    let answers = bounded(pairs, parallel, |(hp, r)| observe_one(hp, r, secrets)).await;
     let mut observed = BTreeMap::new();
     let mut errors = Vec::new();
     for (hp, a) in plan.hosts.iter().zip(answers) {
@@ -106,9 +99,19 @@ pub async fn observe_all(
     Ok(observed)
 }
 
+/// One host's `observe`.
+pub async fn observe_one(hp: &HostPlan, r: &dyn Remote, secrets: &Secrets) -> Result<HostState> {
+    let v = agent::call(r, "observe", observe_request(hp, secrets)?).await?;
+    HostState::from_answer(r.name(), v)
+}
+
 fn observe_request(hp: &HostPlan, secrets: &Secrets) -> Result<Value> {
     let services: Vec<&str> = hp.services.iter().map(|s| s.unit()).collect();
-    let db = hp.db.as_ref().map(|d| database::spec(d, secrets)).transpose()?;
+    let db = hp
+        .db
+        .as_ref()
+        .map(|d| database::spec(d, secrets))
+        .transpose()?;
     Ok(json!({
         "op": "observe",
         "paths": desired_hashes(hp, secrets)?,
@@ -116,6 +119,9 @@ fn observe_request(hp: &HostPlan, secrets: &Secrets) -> Result<Value> {
         "packages": hp.packages(),
         "max_content": 1 << 20,
         "db": db,
+        "release": hp.release.as_ref().map(|r| json!({"root": r.root})),
+        "users": hp.users,
+        "haproxy": hp.host.has(Role::Lb),
     }))
 }
 
@@ -247,6 +253,7 @@ fn service_check(svc: Service) -> Value {
             json!({"command": ["mariadb-admin", "ping", "--silent"], "timeout_s": 60})
         }
         Service::Mysql => json!({"command": ["mysqladmin", "ping", "--silent"], "timeout_s": 60}),
+        Service::App => json!({"running": true, "timeout_s": 20}),
     }
 }
 
@@ -278,6 +285,8 @@ fn validator(svc: Service, hp: &HostPlan) -> Option<Value> {
             .iter()
             .find(|f| f.service == svc)
             .map(|f| json!({"kind": "mysql8", "path": f.path})),
+        // Checked by its restart and health check, rolled back if they fail.
+        Service::App => None,
     }
 }
 
@@ -308,7 +317,7 @@ fn stage_request(hp: &HostPlan, hc: &HostChanges, run: &RunInfo) -> Value {
     }
     json!({
         "op": "stage", "run_id": run.run_id, "lock": run.lock(), "stale_after_s": run.lock_timeout,
-        "expect": expect, "install": hc.install, "files": files, "deletes": deletes,
+        "expect": expect, "install": hc.install, "users": hc.create_users, "files": files, "deletes": deletes,
         "validate": validate, "history": run.history(hc),
     })
 }
@@ -384,7 +393,12 @@ pub async fn apply(
     Ok(reports)
 }
 
-/// Files and services: stage everywhere, then commit in order, rolling back on failure.
+/// A host taking part in the file/release phase.
+type Work<'a> = (&'a HostPlan, &'a HostChanges, &'a dyn Remote);
+
+/// Files, services and releases: upload and stage everywhere first, then commit; hosts
+/// whose application or database restarts go one at a time (drained from the load
+/// balancers while they do); any failure restores every host changed in the run.
 async fn apply_files(
     plan: &Plan,
     changes: &Changes,
@@ -393,39 +407,83 @@ async fn apply_files(
     parallel: usize,
     printer: &Printer,
 ) -> Result<Vec<HostReport>> {
-    let work: Vec<(&HostPlan, &HostChanges, &dyn Remote)> = plan
+    let work: Vec<Work> = plan
         .hosts
         .iter()
         .zip(remotes)
         .filter_map(|(hp, r)| {
             changes
                 .host(hp.name())
-                .filter(|hc| !hc.files_unchanged())
+                .filter(|hc| !hc.files_unchanged() || hc.release.is_some())
                 .map(|hc| (hp, hc, *r))
         })
         .collect();
     if work.is_empty() {
         return Ok(Vec::new());
     }
-
-    // Phase 1: stage and validate everywhere.
     for (hp, _, _) in &work {
-        printer.status("Staging", hp.name());
         printer.event(json!({"event": "host-started", "host": hp.name()}));
     }
-    let staged = bounded(work.clone(), parallel, |(hp, hc, r)| async move {
+
+    // Phase 0: releases are uploaded beside the current one (not yet served).
+    let uploads: Vec<Work> = work
+        .iter()
+        .copied()
+        .filter(|(_, hc, _)| hc.release.as_ref().is_some_and(|r| r.upload))
+        .collect();
+    let uploaded = bounded(uploads.clone(), parallel, |(hp, _, r)| async move {
+        let rel = hp
+            .release
+            .as_ref()
+            .expect("release change has a release plan");
+        printer.status(
+            "Uploading",
+            format!("{} release {} ({} files)", hp.name(), rel.id, rel.files),
+        );
+        let b64 = base64::engine::general_purpose::STANDARD.encode(rel.tar.as_slice());
+        agent::call(
+            r,
+            "release-upload",
+            json!({"op": "release-upload", "root": rel.root, "id": rel.id, "tar_b64": b64}),
+        )
+        .await
+    })
+    .await;
+    let failures: Vec<String> = uploads
+        .iter()
+        .zip(&uploaded)
+        .filter_map(|((hp, _, _), res)| {
+            res.as_ref()
+                .err()
+                .map(|e| host_error(hp.name(), "uploading the release", e))
+        })
+        .collect();
+    if !failures.is_empty() {
+        bail!("nothing was changed on any host:\n{}", failures.join("\n"));
+    }
+
+    // Phase 1: stage and validate everywhere.
+    let to_stage: Vec<Work> = work
+        .iter()
+        .copied()
+        .filter(|(_, hc, _)| !hc.files_unchanged())
+        .collect();
+    for (hp, _, _) in &to_stage {
+        printer.status("Staging", hp.name());
+    }
+    let staged = bounded(to_stage.clone(), parallel, |(hp, hc, r)| async move {
         agent::call(r, "stage", stage_request(hp, hc, run)).await
     })
     .await;
     let mut failures = Vec::new();
-    for ((hp, _, _), s) in work.iter().zip(&staged) {
+    for ((hp, _, _), s) in to_stage.iter().zip(&staged) {
         if let Err(e) = s {
             failures.push(host_error(hp.name(), "staging", e));
         }
     }
     if !failures.is_empty() {
         // The failed hosts cleaned up after themselves; undo the others.
-        let ok: Vec<_> = work
+        let ok: Vec<_> = to_stage
             .iter()
             .zip(&staged)
             .filter(|(_, s)| s.is_ok())
@@ -437,80 +495,240 @@ async fn apply_files(
         }
         bail!("nothing was changed on any host:\n{}", failures.join("\n"));
     }
-    for (hp, hc, _) in &work {
+    for (hp, hc, _) in &to_stage {
         printer.status(
             "Validated",
             format!("{} ({} files)", hp.name(), hc.files.len()),
         );
     }
 
-    // Phase 2: commit. Hosts without a database restart go together; those with one go
-    // one at a time, replicas first and the primary last.
-    let restarts_db = |hc: &HostChanges| {
-        hc.services
-            .iter()
-            .any(|s| s.service.is_database() && s.action != ServiceAction::Reload)
+    // Phase 2: commit. Hosts that only reload go together; hosts whose database or
+    // application restarts, or that switch release, go one at a time: replicas first,
+    // the primary last.
+    let rolling = |hc: &HostChanges| {
+        hc.release.is_some()
+            || hc.services.iter().any(|s| {
+                (s.service.is_database() || s.service == Service::App)
+                    && s.action != ServiceAction::Reload
+            })
     };
-    let (mut serial, parallel_group): (Vec<_>, Vec<_>) =
-        work.iter().copied().partition(|(_, hc, _)| restarts_db(hc));
-    serial.sort_by_key(|(hp, _, _)| hp.host.has(Role::DbPrimary));
-    let mut committed: Vec<(&HostPlan, &HostChanges, &dyn Remote)> = Vec::new();
+    let (mut serial, together): (Vec<Work>, Vec<Work>) =
+        work.iter().copied().partition(|(_, hc, _)| rolling(hc));
+    serial.sort_by_key(|(hp, _, _)| (hp.host.has(Role::DbPrimary), !hp.host.has(Role::DbReplica)));
+    let lbs: Vec<(&HostPlan, &dyn Remote)> = plan
+        .hosts
+        .iter()
+        .zip(remotes)
+        .filter(|(hp, _)| hp.host.has(Role::Lb))
+        .map(|(hp, r)| (hp, *r))
+        .collect();
+
+    let mut done = Done::default();
     let mut reports = Vec::new();
-
-    let commit_one = |_hp, hc, r| commit_host(hc, r, run);
-
     let mut failure: Option<String> = None;
-    let results = bounded(parallel_group.clone(), parallel, |(hp, hc, r)| {
-        commit_one(hp, hc, r)
+    let together_staged: Vec<Work> = together
+        .iter()
+        .copied()
+        .filter(|(_, hc, _)| !hc.files_unchanged())
+        .collect();
+    let results = bounded(together_staged.clone(), parallel, |(_, hc, r)| {
+        commit_host(hc, r, run, false)
     })
     .await;
-    for ((hp, hc, r), (res, took)) in parallel_group.into_iter().zip(results) {
+    for ((hp, hc, r), (res, took)) in together_staged.into_iter().zip(results) {
         match res {
             Ok(_) => {
-                committed.push((hp, hc, r));
+                done.committed.push((hp, hc, r));
                 reports.push(report(hp, hc, took, "applied", printer));
             }
             Err(e) => {
-                let msg = host_error(hp.name(), "applying", &e);
-                failure.get_or_insert(msg);
+                failure.get_or_insert(host_error(hp.name(), "applying", &e));
             }
         }
     }
+    let mut pending: Vec<Work> = serial.clone();
     if failure.is_none() {
         for (hp, hc, r) in serial {
-            printer.status(
-                "Restarting",
-                format!("{} (database, one host at a time)", hp.name()),
-            );
-            let (res, took) = commit_one(hp, hc, r).await;
-            match res {
-                Ok(_) => {
-                    committed.push((hp, hc, r));
-                    reports.push(report(hp, hc, took, "applied", printer));
-                }
+            pending.retain(|(p, _, _)| p.name() != hp.name());
+            let t0 = Instant::now();
+            match roll_host(hp, hc, r, &lbs, run, printer, &mut done).await {
+                Ok(()) => reports.push(report(hp, hc, t0.elapsed(), "applied", printer)),
                 Err(e) => {
-                    failure = Some(host_error(hp.name(), "applying", &e));
+                    failure = Some(format!("{e:#}"));
                     break;
                 }
             }
         }
-    } else {
-        // Hosts that were staged but not committed: drop their staged files.
-        let pending: Vec<_> = serial;
-        abort(&pending, run, parallel, printer).await;
     }
-
     if let Some(msg) = failure {
+        // Hosts staged but never committed: drop their staged files.
+        let staged_only: Vec<Work> = pending
+            .into_iter()
+            .filter(|(_, hc, _)| !hc.files_unchanged())
+            .collect();
+        abort(&staged_only, run, parallel, printer).await;
         printer.event(json!({"event": "error", "message": msg}));
-        let rolled = rollback(&committed, run, parallel, printer).await;
+        let rolled = undo(&done, &lbs, run, parallel, printer).await;
         bail!("{msg}\n{rolled}");
     }
     Ok(reports)
 }
 
-async fn commit_host(hc: &HostChanges, r: &dyn Remote, run: &RunInfo) -> (Result<Value>, Duration) {
+/// What a run has changed so far, to undo on failure.
+#[derive(Default)]
+struct Done<'a> {
+    committed: Vec<Work<'a>>,
+    /// Hosts switched to a new release: (host, previous release).
+    switched: Vec<(Work<'a>, String)>,
+}
+
+/// One host of the rolling group: drained on every load balancer, committed, switched
+/// to its new release, checked, and put back into the pool.
+async fn roll_host<'a>(
+    hp: &'a HostPlan,
+    hc: &'a HostChanges,
+    r: &'a dyn Remote,
+    lbs: &[(&HostPlan, &dyn Remote)],
+    run: &RunInfo,
+    printer: &Printer,
+    done: &mut Done<'a>,
+) -> Result<()> {
+    let web = hp.host.has(Role::Web);
+    if web {
+        set_backend_state(lbs, hp.name(), "drain", printer).await?;
+    }
+    let result = async {
+        if !hc.files_unchanged() {
+            printer.status("Restarting", format!("{} (one host at a time)", hp.name()));
+            let (res, _) = commit_host(hc, r, run, hc.release.is_some()).await;
+            res.map_err(|e| anyhow::anyhow!(host_error(hp.name(), "applying", &e)))?;
+            done.committed.push((hp, hc, r));
+        }
+        if let (Some(rc), Some(rel)) = (&hc.release, &hp.release) {
+            printer.status("Switching", format!("{} to release {}", hp.name(), rel.id));
+            switch_release(hp, r, &rel.id).await?;
+            if let Some(prev) = &rc.from {
+                done.switched.push(((hp, hc, r), prev.clone()));
+            }
+            printer.event(
+                json!({"event": "release", "host": hp.name(), "from": rc.from, "to": rel.id}),
+            );
+        }
+        if hp
+            .db
+            .as_ref()
+            .is_some_and(|d| d.role == crate::plan::DbRole::Replica)
+            && hc.services.iter().any(|s| s.service.is_database())
+        {
+            agent::call(
+                r,
+                "db-wait-replica",
+                json!({"op": "db-wait-replica", "timeout_s": 60}),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(host_error(hp.name(), "waiting for replication", &e)))?;
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if web {
+        // Back into the pool whatever happened: on failure its old state was restored.
+        let back = set_backend_state(lbs, hp.name(), "ready", printer).await;
+        result?;
+        return back;
+    }
+    result
+}
+
+async fn switch_release(hp: &HostPlan, r: &dyn Remote, id: &str) -> Result<Value> {
+    let rel = hp.release.as_ref().context("no release planned")?;
+    agent::call(
+        r,
+        "release-switch",
+        json!({"op": "release-switch", "root": rel.root, "id": id, "keep": rel.keep,
+               "service": Service::App.unit(),
+               "check": {"port": 80, "path": "/health", "host": hp.host.name, "timeout_s": 30}}),
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(host_error(
+            hp.name(),
+            &format!("switching to release {id}"),
+            &e
+        ))
+    })
+}
+
+/// Sets a web server's state in the `web` backend of every load balancer.
+async fn set_backend_state(
+    lbs: &[(&HostPlan, &dyn Remote)],
+    server: &str,
+    state: &str,
+    printer: &Printer,
+) -> Result<()> {
+    for (lb, r) in lbs {
+        printer.detail("Balancer", format!("{}: {server} -> {state}", lb.name()));
+        let answer = agent::call(
+            *r,
+            "haproxy-server",
+            json!({"op": "haproxy-server", "backend": "web", "server": server, "state": state, "timeout_s": 30}),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!(host_error(lb.name(), &format!("setting {server} to {state}"), &e)))?;
+        if state == "ready" && !answer["status"].as_str().unwrap_or("").starts_with("UP") {
+            printer.warn(format!(
+                "{}: {server} is {} after 30 s",
+                lb.name(),
+                answer["status"]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Restores every host changed in this run.
+async fn undo(
+    done: &Done<'_>,
+    lbs: &[(&HostPlan, &dyn Remote)],
+    run: &RunInfo,
+    parallel: usize,
+    printer: &Printer,
+) -> String {
+    let mut notes = Vec::new();
+    for ((hp, _, r), prev) in &done.switched {
+        match switch_release(hp, *r, prev).await {
+            Ok(_) => notes.push(format!("{} back on release {prev}", hp.name())),
+            Err(e) => notes.push(format!(
+                "{}: could NOT switch back to {prev}: {e:#}",
+                hp.name()
+            )),
+        }
+    }
+    let _ = lbs;
+    let rolled = rollback(&done.committed, run, parallel, printer).await;
+    if notes.is_empty() {
+        rolled
+    } else {
+        format!("{rolled} {}.", notes.join("; "))
+    }
+}
+
+/// Commits a host's staged files; `skip_app` leaves the application's restart to the
+/// release switch that follows.
+async fn commit_host(
+    hc: &HostChanges,
+    r: &dyn Remote,
+    run: &RunInfo,
+    skip_app: bool,
+) -> (Result<Value>, Duration) {
     let t0 = Instant::now();
-    let res = agent::call(r, "commit", commit_request(hc, run)).await;
+    let mut req = commit_request(hc, run);
+    if skip_app {
+        if let Some(actions) = req["actions"].as_array_mut() {
+            actions.retain(|a| a["service"] != Service::App.unit());
+        }
+    }
+    let res = agent::call(r, "commit", req).await;
     (res, t0.elapsed())
 }
 

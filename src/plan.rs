@@ -13,6 +13,17 @@ pub enum Service {
     Nginx,
     Mariadb,
     Mysql,
+    /// The application server (gunicorn).
+    #[serde(rename = "foobar-app")]
+    App,
+}
+
+/// The init system a host runs; some files exist for only one of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    Systemd,
+    Sysv,
 }
 
 /// What a changed file asks of its service.
@@ -45,6 +56,7 @@ impl Service {
             Service::Nginx => "nginx",
             Service::Mariadb => "mariadb",
             Service::Mysql => "mysql",
+            Service::App => "foobar-app",
         }
     }
 
@@ -52,18 +64,19 @@ impl Service {
     pub fn on_change(self) -> ServiceAction {
         match self {
             Service::Haproxy | Service::Nginx => ServiceAction::Reload,
-            // A .cnf change is only read at start.
-            Service::Mariadb | Service::Mysql => ServiceAction::Restart,
+            // A .cnf change is only read at start; the app reads its config at start.
+            Service::Mariadb | Service::Mysql | Service::App => ServiceAction::Restart,
         }
     }
 
-    /// The Debian package that provides the service.
-    pub fn package(self) -> &'static str {
+    /// The Debian packages the service needs.
+    pub fn packages(self) -> &'static [&'static str] {
         match self {
-            Service::Haproxy => "haproxy",
-            Service::Nginx => "nginx",
-            Service::Mariadb => "mariadb-server",
-            Service::Mysql => "mysql-server",
+            Service::Haproxy => &["haproxy"],
+            Service::Nginx => &["nginx"],
+            Service::Mariadb => &["mariadb-server"],
+            Service::Mysql => &["mysql-server"],
+            Service::App => &["gunicorn", "python3-pymysql"],
         }
     }
 
@@ -99,6 +112,9 @@ pub struct ManagedFile {
     pub service: Service,
     /// The template it came from.
     pub template: String,
+    /// Only on hosts with this init system (None: everywhere).
+    #[serde(default)]
+    pub init: Option<Init>,
 }
 
 impl ManagedFile {
@@ -158,6 +174,24 @@ pub struct HostPlan {
     /// Services this host runs, in the order they are acted on.
     pub services: Vec<Service>,
     pub db: Option<DbPlan>,
+    /// The application release this web server serves.
+    pub release: Option<ReleasePlan>,
+    /// System users the host needs (created before files owned by them are written).
+    pub users: Vec<String>,
+}
+
+/// An application release: the files, packed, and their content hash as id.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReleasePlan {
+    /// Short content hash of the application files.
+    pub id: String,
+    /// ROOT/releases/ID, ROOT/current.
+    pub root: String,
+    pub keep: u32,
+    /// The files as an uncompressed tar (deterministic).
+    #[serde(skip)]
+    pub tar: std::sync::Arc<Vec<u8>>,
+    pub files: usize,
 }
 
 impl HostPlan {
@@ -170,7 +204,10 @@ impl HostPlan {
     }
 
     pub fn packages(&self) -> Vec<&'static str> {
-        self.services.iter().map(|s| s.package()).collect()
+        self.services
+            .iter()
+            .flat_map(|s| s.packages().iter().copied())
+            .collect()
     }
 }
 

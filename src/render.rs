@@ -6,7 +6,9 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::inventory::{Flavor, Host, Inventory, PoolMode, Role};
-use crate::plan::{DbPlan, DbRole, DbUser, HostPlan, ManagedFile, Plan, PrimaryRef, Service};
+use crate::plan::{
+    DbPlan, DbRole, DbUser, HostPlan, Init, ManagedFile, Plan, PrimaryRef, ReleasePlan, Service,
+};
 use crate::templates::Templates;
 
 /// Where the tool installs each managed file.
@@ -17,6 +19,9 @@ pub mod paths {
     pub const NGINX_SITES: &str = "/etc/nginx/sites-foobar";
     pub const MARIADB_CNF: &str = "/etc/mysql/mariadb.conf.d/60-foobar.cnf";
     pub const MYSQL8_CNF: &str = "/etc/mysql/mysql.conf.d/60-foobar.cnf";
+    pub const APP_INI: &str = "/etc/foobar/app.ini";
+    pub const APP_INIT: &str = "/etc/init.d/foobar-app";
+    pub const APP_UNIT: &str = "/etc/systemd/system/foobar-app.service";
 }
 
 #[derive(Serialize)]
@@ -63,6 +68,8 @@ struct LbCtx<'a> {
 
 #[derive(Serialize)]
 struct WebCtx<'a> {
+    /// The application server runs behind nginx (app.source is set).
+    app: bool,
     app_port: u16,
     app_root: &'a str,
     public_root: String,
@@ -84,6 +91,27 @@ struct DbCtx<'a> {
 }
 
 #[derive(Serialize)]
+struct AppCtx<'a> {
+    user: &'a str,
+    root: &'a str,
+    port: u16,
+    workers: u32,
+    /// Empty: the app names its release from the directory it runs from.
+    release: &'static str,
+}
+
+/// Where the application on a web server writes and reads.
+#[derive(Serialize)]
+struct AppDbCtx<'a> {
+    write_host: String,
+    write_port: u16,
+    read_host: String,
+    read_port: u16,
+    name: &'a str,
+    user: &'a str,
+}
+
+#[derive(Serialize)]
 struct Ctx<'a> {
     domain: &'a str,
     server_names: Vec<&'a str>,
@@ -94,6 +122,10 @@ struct Ctx<'a> {
     web: Option<WebCtx<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     db: Option<DbCtx<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app: Option<AppCtx<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app_db: Option<AppDbCtx<'a>>,
 }
 
 fn lb_ctx(inv: &Inventory) -> LbCtx<'_> {
@@ -137,6 +169,7 @@ fn lb_ctx(inv: &Inventory) -> LbCtx<'_> {
 
 fn web_ctx(inv: &Inventory) -> WebCtx<'_> {
     WebCtx {
+        app: inv.app.source.is_some(),
         app_port: inv.app.port,
         app_root: &inv.app.root,
         public_root: format!("{}/current/public", inv.app.root),
@@ -164,11 +197,26 @@ fn db_ctx<'a>(inv: &'a Inventory, host: &Host) -> DbCtx<'a> {
 
 /// Renders every host's files.
 pub fn render(inv: &Inventory, templates: &Templates) -> Result<Plan> {
+    let release = match &inv.app.source {
+        Some(dir) => {
+            let packed = crate::release::pack(dir)
+                .context("packing the application release (app.source)")?;
+            Some(ReleasePlan {
+                id: packed.id,
+                root: inv.app.root.clone(),
+                keep: inv.app.keep_releases,
+                tar: std::sync::Arc::new(packed.tar),
+                files: packed.files,
+            })
+        }
+        None => None,
+    };
     let hosts = inv
         .hosts
         .iter()
         .map(|h| {
-            render_host(inv, h, templates).with_context(|| format!("rendering host {}", h.name))
+            render_host(inv, h, templates, release.as_ref())
+                .with_context(|| format!("rendering host {}", h.name))
         })
         .collect::<Result<_>>()?;
     Ok(Plan {
@@ -177,7 +225,28 @@ pub fn render(inv: &Inventory, templates: &Templates) -> Result<Plan> {
     })
 }
 
-fn render_host(inv: &Inventory, host: &Host, templates: &Templates) -> Result<HostPlan> {
+/// Where a web server's application writes (the primary) and reads (its own database
+/// when it has one, else the primary).
+fn app_db_ctx<'a>(inv: &'a Inventory, host: &Host) -> Option<AppDbCtx<'a>> {
+    let primary = inv.db_primary()?;
+    let read = if host.is_db() { host } else { primary };
+    Some(AppDbCtx {
+        write_host: primary.address.to_string(),
+        write_port: inv.mysql.port,
+        read_host: read.address.to_string(),
+        read_port: inv.mysql.port,
+        name: &inv.mysql.database,
+        user: &inv.mysql.app_user,
+    })
+}
+
+fn render_host(
+    inv: &Inventory,
+    host: &Host,
+    templates: &Templates,
+    release: Option<&ReleasePlan>,
+) -> Result<HostPlan> {
+    let with_app = host.has(Role::Web) && release.is_some();
     let mut server_names = vec![inv.domain.as_str()];
     server_names.extend(inv.aliases.iter().map(String::as_str));
     let ctx = Ctx {
@@ -191,13 +260,25 @@ fn render_host(inv: &Inventory, host: &Host, templates: &Templates) -> Result<Ho
         lb: host.has(Role::Lb).then(|| lb_ctx(inv)),
         web: host.has(Role::Web).then(|| web_ctx(inv)),
         db: host.is_db().then(|| db_ctx(inv, host)),
+        app: with_app.then(|| AppCtx {
+            user: &inv.app.user,
+            root: &inv.app.root,
+            port: inv.app.port,
+            workers: inv.app.workers,
+            release: "",
+        }),
+        app_db: if with_app {
+            app_db_ctx(inv, host)
+        } else {
+            None
+        },
     };
     let ctx = tera::Context::from_serialize(&ctx).context("building the template context")?;
 
     let mut files = Vec::new();
     let mut services = Vec::new();
-    let mut file = |template: &str, path: String, service: Service| -> Result<()> {
-        files.push(ManagedFile {
+    let file = |template: &str, path: String, service: Service| -> Result<ManagedFile> {
+        Ok(ManagedFile {
             content: templates.render(template, &ctx)?,
             path,
             mode: 0o644,
@@ -205,8 +286,8 @@ fn render_host(inv: &Inventory, host: &Host, templates: &Templates) -> Result<Ho
             group: "root".into(),
             service,
             template: template.into(),
-        });
-        Ok(())
+            init: None,
+        })
     };
 
     // Databases first: their restarts are the slowest and are ordered separately.
@@ -221,20 +302,40 @@ fn render_host(inv: &Inventory, host: &Host, templates: &Templates) -> Result<Ho
             Flavor::Mariadb => paths::MARIADB_CNF,
             Flavor::Mysql8 => paths::MYSQL8_CNF,
         };
-        file(template, path.into(), service)?;
+        files.push(file(template, path.into(), service)?);
         services.push(service);
     }
     if host.has(Role::Web) {
-        file("nginx.conf", paths::NGINX_CONF.into(), Service::Nginx)?;
-        file(
+        files.push(file(
+            "nginx.conf",
+            paths::NGINX_CONF.into(),
+            Service::Nginx,
+        )?);
+        files.push(file(
             "nginx-site.conf",
             format!("{}/{}.conf", paths::NGINX_SITES, inv.domain),
             Service::Nginx,
-        )?;
+        )?);
         services.push(Service::Nginx);
     }
+    if with_app {
+        let mut ini = file("app.ini", paths::APP_INI.into(), Service::App)?;
+        ini.mode = 0o640;
+        ini.group = inv.app.user.clone();
+        let mut init = file("foobar-app.init", paths::APP_INIT.into(), Service::App)?;
+        init.mode = 0o755;
+        init.init = Some(Init::Sysv);
+        let mut unit = file("foobar-app.service", paths::APP_UNIT.into(), Service::App)?;
+        unit.init = Some(Init::Systemd);
+        files.extend([ini, init, unit]);
+        services.push(Service::App);
+    }
     if host.has(Role::Lb) {
-        file("haproxy.cfg", paths::HAPROXY_CFG.into(), Service::Haproxy)?;
+        files.push(file(
+            "haproxy.cfg",
+            paths::HAPROXY_CFG.into(),
+            Service::Haproxy,
+        )?);
         services.push(Service::Haproxy);
     }
     Ok(HostPlan {
@@ -242,6 +343,12 @@ fn render_host(inv: &Inventory, host: &Host, templates: &Templates) -> Result<Ho
         files,
         services,
         db: host.is_db().then(|| db_plan(inv, host)).transpose()?,
+        release: if with_app { release.cloned() } else { None },
+        users: if with_app {
+            vec![inv.app.user.clone()]
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -251,14 +358,20 @@ fn render_host(inv: &Inventory, host: &Host, templates: &Templates) -> Result<Ho
 fn db_users(inv: &Inventory) -> Vec<DbUser> {
     let m = &inv.mysql;
     let mut users = Vec::new();
-    let mut app_hosts: Vec<String> = inv.with_role(Role::Web).map(|h| h.address.to_string()).collect();
+    let mut app_hosts: Vec<String> = inv
+        .with_role(Role::Web)
+        .map(|h| h.address.to_string())
+        .collect();
     app_hosts.push("localhost".into());
     for h in app_hosts {
         users.push(DbUser {
             user: m.app_user.clone(),
             host: h,
             secret: "db_app_password".into(),
-            grants: vec![format!("SELECT, INSERT, UPDATE, DELETE ON `{}`.*", m.database)],
+            grants: vec![format!(
+                "SELECT, INSERT, UPDATE, DELETE ON `{}`.*",
+                m.database
+            )],
         });
     }
     for h in inv.hosts.iter().filter(|h| h.is_db()) {
@@ -299,7 +412,11 @@ fn db_plan(inv: &Inventory, host: &Host) -> Result<DbPlan> {
         None
     };
     Ok(DbPlan {
-        role: if host.has(Role::DbPrimary) { DbRole::Primary } else { DbRole::Replica },
+        role: if host.has(Role::DbPrimary) {
+            DbRole::Primary
+        } else {
+            DbRole::Replica
+        },
         database: inv.mysql.database.clone(),
         users: db_users(inv),
         primary,
@@ -316,7 +433,10 @@ fn schema_tables(sql: &str) -> Vec<String> {
         let upper = l.to_ascii_uppercase();
         if let Some(rest) = upper.strip_prefix("CREATE TABLE ") {
             let offset = l.len() - rest.len();
-            let rest = rest.strip_prefix("IF NOT EXISTS ").map(|r| &l[l.len() - r.len()..]).unwrap_or(&l[offset..]);
+            let rest = rest
+                .strip_prefix("IF NOT EXISTS ")
+                .map(|r| &l[l.len() - r.len()..])
+                .unwrap_or(&l[offset..]);
             let name: String = rest
                 .trim_start_matches('`')
                 .chars()

@@ -80,6 +80,24 @@ fn validate_host(h: &HostPlan) -> Result<Vec<FileResult>> {
             })?,
             Service::Mariadb => validate_mariadb_cnf(f)?,
             Service::Mysql => validate_mysql8_cnf(f)?,
+            Service::App if f.path.ends_with(".ini") || f.path.ends_with(".service") => {
+                let (_, v) = run_file_validator(f, "python3", |prog, file| {
+                    let mut c = Command::new(prog);
+                    c.arg("-c")
+                        .arg("import configparser,sys; configparser.ConfigParser(strict=False, interpolation=None).read_file(open(sys.argv[1]))")
+                        .arg(file);
+                    c
+                })?;
+                ("ini syntax (python3 configparser)".into(), v)
+            }
+            Service::App => {
+                let (_, v) = run_file_validator(f, "sh", |prog, file| {
+                    let mut c = Command::new(prog);
+                    c.arg("-n").arg(file);
+                    c
+                })?;
+                ("sh -n".into(), v)
+            }
         };
         results.push(FileResult {
             host: h.name().to_string(),

@@ -571,8 +571,11 @@ def op_observe(req):
             files[p] = file_info(p)
 
     db = db_observe(req["db"]) if req.get("db") else None  # defined in db.py
+    release = release_observe(req["release"]) if req.get("release") else None  # release.py
+    users = {u: user_exists(u) for u in req.get("users") or []}  # release.py
+    balancer = haproxy_observe() if req.get("haproxy") else None  # release.py
     return {
-        "ok": True, "init": init, "hostname": socket.gethostname(), "files": files, "db": db,
+        "ok": True, "init": init, "hostname": socket.gethostname(), "files": files, "db": db, "release": release, "users": users, "haproxy": balancer,
         "services": {s: {"running": service_running(s, init), "pid": service_pid(s)} for s in services},
         "packages": dpkg_installed(packages), "lock": lock, "manifest": manifest,
         "last_history": last_history(),
@@ -801,6 +804,7 @@ def op_stage(req):
                 raise AgentError("conflict", "%s changed on the host since it was observed: expected %s, found %s"
                                  % (p, want or "no file", got or "no file"), path=p, expected=want, actual=got)
         installed = install_packages(install)
+        ensure_users(req.get("users") or [])  # release.py
         for f in files:
             write_staged(f, rid, record, save)
         staged = {f["path"]: f["staged"] for f in record["files"]}

@@ -40,6 +40,28 @@ pub fn limit(mut plan: Plan, limit: &[String]) -> Result<Plan> {
     Ok(plan)
 }
 
+/// The secrets the plan uses: placeholders in files, database accounts, replication.
+pub fn secret_names(plan: &Plan) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for h in &plan.hosts {
+        let mut used: Vec<String> = h
+            .files
+            .iter()
+            .flat_map(|f| placeholders_in(&f.content))
+            .collect();
+        if let Some(db) = &h.db {
+            used.extend(db.users.iter().map(|u| u.secret.clone()));
+            used.extend(db.primary.iter().map(|p| p.secret.clone()));
+        }
+        for n in used {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    }
+    names
+}
+
 /// Everything a remote command works with once the hosts are observed.
 pub struct Session {
     pub inventory: Inventory,
@@ -63,20 +85,7 @@ impl Session {
 pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>) -> Result<Session> {
     let (inventory, plan) = load_and_render(&args.inventory, args.templates.templates.as_deref())?;
     let plan = limit(plan, &args.limit)?;
-    let mut names: Vec<String> = Vec::new();
-    for h in &plan.hosts {
-        let mut used: Vec<String> = h.files.iter().flat_map(|f| placeholders_in(&f.content)).collect();
-        if let Some(db) = &h.db {
-            used.extend(db.users.iter().map(|u| u.secret.clone()));
-            used.extend(db.primary.iter().map(|p| p.secret.clone()));
-        }
-        for n in used {
-            if !names.contains(&n) {
-                names.push(n);
-            }
-        }
-    }
-    let secrets = Secrets::load(&inventory, &names)?;
+    let secrets = Secrets::load(&inventory, &secret_names(&plan))?;
     printer.status("Connecting", format!("{} hosts", plan.hosts.len()));
     let remotes = engine::connect_all(&plan, args.parallel, printer).await?;
     let refs: Vec<&dyn Remote> = remotes.iter().map(|r| r as &dyn Remote).collect();
@@ -113,6 +122,18 @@ pub fn print_changes(changes: &Changes, p: &Printer, command: &str) -> bool {
         p.out(p.bold(&format!("== {}", hc.host)));
         for pkg in &hc.install {
             p.out(format!("  install package {pkg}"));
+        }
+        for user in &hc.create_users {
+            p.out(format!("  create system user {user}"));
+        }
+        if let Some(rel) = &hc.release {
+            actions += 1;
+            p.out(format!(
+                "  release {} -> {}{} (rolling: drained from the load balancers while it restarts)",
+                rel.from.as_deref().unwrap_or("none"),
+                rel.to,
+                if rel.upload { ", upload" } else { "" }
+            ));
         }
         for f in &hc.files {
             files += 1;

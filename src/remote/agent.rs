@@ -15,6 +15,7 @@ use super::Remote;
 pub const AGENT: &str = concat!(
     include_str!("../agent/agent.py"),
     include_str!("../agent/db.py"),
+    include_str!("../agent/release.py"),
     include_str!("../agent/run.py"),
 );
 
@@ -228,6 +229,21 @@ pub struct HostState {
     pub last_history: Option<Value>,
     #[serde(default)]
     pub db: Option<DbState>,
+    #[serde(default)]
+    pub release: Option<ReleaseState>,
+    #[serde(default)]
+    pub users: BTreeMap<String, bool>,
+    /// On load balancers: every backend server as HAProxy sees it.
+    #[serde(default)]
+    pub haproxy: Option<Value>,
+}
+
+/// The application releases on a web server.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct ReleaseState {
+    pub current: Option<String>,
+    #[serde(default)]
+    pub releases: Vec<String>,
 }
 
 impl HostState {

@@ -1,0 +1,267 @@
+//! `foobar-infra status`: per host, reachability, services, drift, release, replication,
+//! the load balancers' view of the backends, and the last apply; exit 0 when healthy.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::remote::{limit, secret_names};
+use super::{load_and_render, runtime, Outcome};
+use crate::cli::RemoteArgs;
+use crate::diff::diff_host;
+use crate::engine::{bounded, observe_one};
+use crate::output::Printer;
+use crate::plan::{DbRole, HostPlan};
+use crate::remote::agent::HostState;
+use crate::remote::ssh;
+use crate::secrets::Secrets;
+
+#[derive(Debug, Serialize)]
+struct HostStatus {
+    host: String,
+    reachable: bool,
+    error: Option<String>,
+    services: Vec<Value>,
+    in_sync: bool,
+    drift: Vec<String>,
+    release: Option<String>,
+    database: Option<Value>,
+    backends: Option<Value>,
+    last_apply: Option<Value>,
+    problems: Vec<String>,
+}
+
+fn host_status(hp: &HostPlan, st: &HostState, secrets: &Secrets) -> HostStatus {
+    let mut problems = Vec::new();
+    let services: Vec<Value> = hp
+        .services
+        .iter()
+        .map(|s| {
+            let running = st.services.get(s.unit()).is_some_and(|x| x.running);
+            if !running {
+                problems.push(format!("{} is not running", s.unit()));
+            }
+            json!({"service": s.unit(), "running": running})
+        })
+        .collect();
+    let (in_sync, drift) = match diff_host(hp, st, secrets) {
+        Ok(hc) => {
+            let mut d: Vec<String> = hc
+                .files
+                .iter()
+                .map(|f| format!("{:?} {}", f.kind, f.path).to_lowercase())
+                .collect();
+            if let Some(r) = &hc.release {
+                d.push(format!(
+                    "release {} (want {})",
+                    r.from.as_deref().unwrap_or("none"),
+                    r.to
+                ));
+            }
+            if let Some(db) = &hc.db {
+                d.push(db.describe());
+            }
+            (d.is_empty(), d)
+        }
+        Err(e) => (false, vec![format!("cannot compare: {e:#}")]),
+    };
+    let database = st.db.as_ref().map(|db| {
+        let role = hp.db.as_ref().map(|d| d.role);
+        if !db.running {
+            problems.push("the database server is not running".into());
+        }
+        let replica = db.replica.as_ref();
+        if role == Some(DbRole::Replica) && db.running {
+            match replica {
+                None => problems.push("replica is not replicating (not configured)".into()),
+                Some(r) if !r.running() => problems.push(format!(
+                    "replication stopped: IO thread {}, SQL thread {}{}{}",
+                    r.io_running.as_deref().unwrap_or("?"),
+                    r.sql_running.as_deref().unwrap_or("?"),
+                    if r.last_io_error.is_empty() { String::new() } else { format!(": {}", r.last_io_error) },
+                    if r.last_sql_error.is_empty() { String::new() } else { format!(": {}", r.last_sql_error) },
+                )),
+                Some(_) => {}
+            }
+        }
+        if role == Some(DbRole::Primary) && db.read_only == Some(true) {
+            problems.push("the primary is read-only".into());
+        }
+        json!({
+            "role": role, "running": db.running, "read_only": db.read_only,
+            "gtid_current_pos": db.gtid_current_pos,
+            "replication": replica.map(|r| json!({
+                "master_host": r.master_host, "io_running": r.io_running, "sql_running": r.sql_running,
+                "seconds_behind": r.seconds_behind, "last_io_error": r.last_io_error,
+                "last_sql_error": r.last_sql_error, "gtid_io_pos": r.gtid_io_pos,
+            })),
+        })
+    });
+    if let Some(servers) = st.haproxy.as_ref().and_then(|v| v.as_array()) {
+        for s in servers {
+            let status = s["status"].as_str().unwrap_or("");
+            let backup = s["backup"].as_bool().unwrap_or(false);
+            if s["backend"] == "web" && !status.starts_with("UP") && !backup {
+                problems.push(format!(
+                    "backend web/{} is {status}",
+                    s["server"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+    }
+    HostStatus {
+        host: hp.name().to_string(),
+        reachable: true,
+        error: None,
+        services,
+        in_sync,
+        drift,
+        release: st.release.as_ref().and_then(|r| r.current.clone()),
+        database,
+        backends: st.haproxy.clone(),
+        last_apply: st.last_history.clone(),
+        problems,
+    }
+}
+
+pub fn run(args: &RemoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
+    let (inventory, plan) = load_and_render(&args.inventory, args.templates.templates.as_deref())?;
+    let plan = limit(plan, &args.limit)?;
+    let secrets = Secrets::load(&inventory, &secret_names(&plan))?;
+    let statuses: Vec<HostStatus> = runtime()?.block_on(async {
+        bounded(
+            plan.hosts.iter().collect(),
+            args.parallel,
+            |hp: &HostPlan| {
+                let p = p.clone();
+                let secrets = &secrets;
+                async move {
+                    let observed = match ssh::connect(&hp.host, p).await {
+                        Ok(r) => {
+                            let st = observe_one(hp, &r, secrets).await;
+                            let _ = r.close().await;
+                            st
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match observed {
+                        Ok(st) => host_status(hp, &st, secrets),
+                        Err(e) => HostStatus {
+                            host: hp.name().to_string(),
+                            reachable: false,
+                            error: Some(format!("{e:#}")),
+                            services: Vec::new(),
+                            in_sync: false,
+                            drift: Vec::new(),
+                            release: None,
+                            database: None,
+                            backends: None,
+                            last_apply: None,
+                            problems: vec![format!("unreachable: {e:#}")],
+                        },
+                    }
+                }
+            },
+        )
+        .await
+    });
+    let healthy = statuses.iter().all(|s| s.problems.is_empty());
+    if p.json {
+        p.json_line(
+            &json!({"schema": 1, "command": "status", "healthy": healthy, "hosts": statuses}),
+        );
+    } else {
+        print_table(&statuses, p);
+    }
+    if healthy {
+        Ok(Outcome::Success)
+    } else {
+        let n: usize = statuses.iter().map(|s| s.problems.len()).sum();
+        anyhow::bail!("{n} problem(s): the stack is not healthy")
+    }
+}
+
+fn print_table(statuses: &[HostStatus], p: &Printer) {
+    p.out(format!(
+        "{:<10} {:<9} {:<34} {:<8} {:<13} {:<30} {}",
+        "HOST", "REACHABLE", "SERVICES", "DRIFT", "RELEASE", "DATABASE", "LAST APPLY"
+    ));
+    for s in statuses {
+        let services = s
+            .services
+            .iter()
+            .map(|v| {
+                format!(
+                    "{}{}",
+                    v["service"].as_str().unwrap_or(""),
+                    if v["running"] == true { "" } else { "(down)" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let db = s.database.as_ref().map(|d| {
+            let role = d["role"].as_str().unwrap_or("");
+            match d["replication"].as_object() {
+                Some(r) if role == "replica" => format!(
+                    "replica io={} sql={} lag={}",
+                    r["io_running"].as_str().unwrap_or("?"),
+                    r["sql_running"].as_str().unwrap_or("?"),
+                    r["seconds_behind"]
+                        .as_i64()
+                        .map(|x| format!("{x}s"))
+                        .unwrap_or("-".into())
+                ),
+                _ => role.to_string(),
+            }
+        });
+        let last = s.last_apply.as_ref().map(|h| {
+            format!(
+                "{} {}",
+                h["time"].as_str().unwrap_or("?"),
+                h["result"].as_str().unwrap_or("?")
+            )
+        });
+        p.out(format!(
+            "{:<10} {:<9} {:<34} {:<8} {:<13} {:<30} {}",
+            s.host,
+            if s.reachable { "yes" } else { "NO" },
+            if s.reachable { services } else { "-".into() },
+            if !s.reachable {
+                "-"
+            } else if s.in_sync {
+                "in sync"
+            } else {
+                "DRIFT"
+            },
+            s.release.as_deref().unwrap_or("-"),
+            db.unwrap_or_else(|| "-".into()),
+            last.unwrap_or_else(|| "-".into()),
+        ));
+    }
+    for s in statuses {
+        if let Some(servers) = s.backends.as_ref().and_then(|v| v.as_array()) {
+            let list: Vec<String> = servers
+                .iter()
+                .filter(|x| x["backend"] == "web")
+                .map(|x| {
+                    format!(
+                        "{}={}",
+                        x["server"].as_str().unwrap_or("?"),
+                        x["status"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect();
+            p.out(format!("{}: backend web: {}", s.host, list.join(" ")));
+        }
+    }
+    for s in statuses {
+        for d in &s.drift {
+            p.out(format!("{}: drift: {d}", s.host));
+        }
+        for prob in &s.problems {
+            p.out(format!("{}: PROBLEM: {prob}", s.host));
+        }
+    }
+}
