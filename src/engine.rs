@@ -390,7 +390,101 @@ pub async fn apply(
             printer.event(json!({"event": "database", "host": host, "change": change}));
         }
     }
+    // Releases last: the application needs its database accounts to pass its check.
+    for (host, secs) in rollout_releases(plan, changes, remotes, printer).await? {
+        match reports.iter_mut().find(|r| r.host == host) {
+            Some(r) => {
+                r.services.push("release".into());
+                r.seconds += secs;
+            }
+            None => reports.push(HostReport {
+                host,
+                files_changed: 0,
+                services: vec!["release".into()],
+                seconds: secs,
+                result: "applied".into(),
+            }),
+        }
+    }
     Ok(reports)
+}
+
+fn balancers<'a>(
+    plan: &'a Plan,
+    remotes: &[&'a dyn Remote],
+) -> Vec<(&'a HostPlan, &'a dyn Remote)> {
+    plan.hosts
+        .iter()
+        .zip(remotes.iter().copied())
+        .filter(|(hp, _)| hp.host.has(Role::Lb))
+        .collect()
+}
+
+/// Switches web servers to their new release one at a time, each drained from the load
+/// balancers while its application restarts; on failure every host switched in this
+/// run goes back to its previous release. Returns (host, seconds) per switched host.
+async fn rollout_releases(
+    plan: &Plan,
+    changes: &Changes,
+    remotes: &[&dyn Remote],
+    printer: &Printer,
+) -> Result<Vec<(String, f64)>> {
+    let lbs = balancers(plan, remotes);
+    let mut switched: Vec<(&HostPlan, &dyn Remote, Option<String>)> = Vec::new();
+    let mut done = Vec::new();
+    for (hp, r) in plan.hosts.iter().zip(remotes.iter().copied()) {
+        let Some(rc) = changes.host(hp.name()).and_then(|hc| hc.release.as_ref()) else {
+            continue;
+        };
+        let t0 = Instant::now();
+        let result = rollout_one(hp, r, &rc.to, &lbs, printer).await;
+        match result {
+            Ok(()) => {
+                printer.event(
+                    json!({"event": "release", "host": hp.name(), "from": rc.from, "to": rc.to}),
+                );
+                switched.push((hp, r, rc.from.clone()));
+                done.push((hp.name().to_string(), t0.elapsed().as_secs_f64()));
+            }
+            Err(e) => {
+                let mut notes = Vec::new();
+                for (hp, r, prev) in switched.iter().rev() {
+                    let Some(prev) = prev else { continue };
+                    match rollout_one(hp, *r, prev, &lbs, printer).await {
+                        Ok(()) => notes.push(format!("{} is back on release {prev}", hp.name())),
+                        Err(e) => notes.push(format!(
+                            "{}: could NOT switch back to {prev}: {e:#}",
+                            hp.name()
+                        )),
+                    }
+                }
+                let notes = if notes.is_empty() {
+                    String::new()
+                } else {
+                    format!("\n{}.", notes.join("; "))
+                };
+                return Err(e).context(format!("deploying release {}{notes}", rc.to));
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Drain, switch the release (the agent restarts the app and checks it, switching back
+/// itself on failure), put back into the pool.
+async fn rollout_one(
+    hp: &HostPlan,
+    r: &dyn Remote,
+    id: &str,
+    lbs: &[(&HostPlan, &dyn Remote)],
+    printer: &Printer,
+) -> Result<()> {
+    set_backend_state(lbs, hp.name(), "drain", printer).await?;
+    printer.status("Switching", format!("{} to release {id}", hp.name()));
+    let result = switch_release(hp, r, id).await.map(|_| ());
+    let back = set_backend_state(lbs, hp.name(), "ready", printer).await;
+    result?;
+    back
 }
 
 /// A host taking part in the file/release phase.
@@ -414,22 +508,25 @@ async fn apply_files(
         .filter_map(|(hp, r)| {
             changes
                 .host(hp.name())
-                .filter(|hc| !hc.files_unchanged() || hc.release.is_some())
+                .filter(|hc| !hc.files_unchanged())
                 .map(|hc| (hp, hc, *r))
         })
         .collect();
-    if work.is_empty() {
-        return Ok(Vec::new());
-    }
     for (hp, _, _) in &work {
         printer.event(json!({"event": "host-started", "host": hp.name()}));
     }
 
     // Phase 0: releases are uploaded beside the current one (not yet served).
-    let uploads: Vec<Work> = work
+    let uploads: Vec<Work> = plan
+        .hosts
         .iter()
-        .copied()
-        .filter(|(_, hc, _)| hc.release.as_ref().is_some_and(|r| r.upload))
+        .zip(remotes.iter().copied())
+        .filter_map(|(hp, r)| {
+            changes
+                .host(hp.name())
+                .filter(|hc| hc.release.as_ref().is_some_and(|rc| rc.upload))
+                .map(|hc| (hp, hc, r))
+        })
         .collect();
     let uploaded = bounded(uploads.clone(), parallel, |(hp, _, r)| async move {
         let rel = hp
@@ -460,6 +557,10 @@ async fn apply_files(
         .collect();
     if !failures.is_empty() {
         bail!("nothing was changed on any host:\n{}", failures.join("\n"));
+    }
+
+    if work.is_empty() {
+        return Ok(Vec::new());
     }
 
     // Phase 1: stage and validate everywhere.
@@ -506,22 +607,15 @@ async fn apply_files(
     // application restarts, or that switch release, go one at a time: replicas first,
     // the primary last.
     let rolling = |hc: &HostChanges| {
-        hc.release.is_some()
-            || hc.services.iter().any(|s| {
-                (s.service.is_database() || s.service == Service::App)
-                    && s.action != ServiceAction::Reload
-            })
+        hc.services.iter().any(|s| {
+            (s.service.is_database() || s.service == Service::App)
+                && s.action != ServiceAction::Reload
+        })
     };
     let (mut serial, together): (Vec<Work>, Vec<Work>) =
         work.iter().copied().partition(|(_, hc, _)| rolling(hc));
     serial.sort_by_key(|(hp, _, _)| (hp.host.has(Role::DbPrimary), !hp.host.has(Role::DbReplica)));
-    let lbs: Vec<(&HostPlan, &dyn Remote)> = plan
-        .hosts
-        .iter()
-        .zip(remotes)
-        .filter(|(hp, _)| hp.host.has(Role::Lb))
-        .map(|(hp, r)| (hp, *r))
-        .collect();
+    let lbs = balancers(plan, remotes);
 
     let mut done = Done::default();
     let mut reports = Vec::new();
@@ -568,7 +662,7 @@ async fn apply_files(
             .collect();
         abort(&staged_only, run, parallel, printer).await;
         printer.event(json!({"event": "error", "message": msg}));
-        let rolled = undo(&done, &lbs, run, parallel, printer).await;
+        let rolled = rollback(&done.committed, run, parallel, printer).await;
         bail!("{msg}\n{rolled}");
     }
     Ok(reports)
@@ -578,8 +672,6 @@ async fn apply_files(
 #[derive(Default)]
 struct Done<'a> {
     committed: Vec<Work<'a>>,
-    /// Hosts switched to a new release: (host, previous release).
-    switched: Vec<(Work<'a>, String)>,
 }
 
 /// One host of the rolling group: drained on every load balancer, committed, switched
@@ -604,21 +696,13 @@ async fn roll_host<'a>(
             res.map_err(|e| anyhow::anyhow!(host_error(hp.name(), "applying", &e)))?;
             done.committed.push((hp, hc, r));
         }
-        if let (Some(rc), Some(rel)) = (&hc.release, &hp.release) {
-            printer.status("Switching", format!("{} to release {}", hp.name(), rel.id));
-            switch_release(hp, r, &rel.id).await?;
-            if let Some(prev) = &rc.from {
-                done.switched.push(((hp, hc, r), prev.clone()));
-            }
-            printer.event(
-                json!({"event": "release", "host": hp.name(), "from": rc.from, "to": rel.id}),
-            );
-        }
         if hp
             .db
             .as_ref()
             .is_some_and(|d| d.role == crate::plan::DbRole::Replica)
             && hc.services.iter().any(|s| s.service.is_database())
+            // It replicated when observed (otherwise it is seeded after this phase).
+            && hc.db.is_none()
         {
             agent::call(
                 r,
@@ -684,33 +768,6 @@ async fn set_backend_state(
         }
     }
     Ok(())
-}
-
-/// Restores every host changed in this run.
-async fn undo(
-    done: &Done<'_>,
-    lbs: &[(&HostPlan, &dyn Remote)],
-    run: &RunInfo,
-    parallel: usize,
-    printer: &Printer,
-) -> String {
-    let mut notes = Vec::new();
-    for ((hp, _, r), prev) in &done.switched {
-        match switch_release(hp, *r, prev).await {
-            Ok(_) => notes.push(format!("{} back on release {prev}", hp.name())),
-            Err(e) => notes.push(format!(
-                "{}: could NOT switch back to {prev}: {e:#}",
-                hp.name()
-            )),
-        }
-    }
-    let _ = lbs;
-    let rolled = rollback(&done.committed, run, parallel, printer).await;
-    if notes.is_empty() {
-        rolled
-    } else {
-        format!("{rolled} {}.", notes.join("; "))
-    }
 }
 
 /// Commits a host's staged files; `skip_app` leaves the application's restart to the

@@ -22,6 +22,15 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "mysql-replica.cnf",
         include_str!("../templates/mysql-replica.cnf"),
     ),
+    ("app.ini", include_str!("../templates/app.ini")),
+    (
+        "foobar-app.init",
+        include_str!("../templates/foobar-app.init"),
+    ),
+    (
+        "foobar-app.service",
+        include_str!("../templates/foobar-app.service"),
+    ),
 ];
 
 /// The set of templates a run renders with.

@@ -651,7 +651,17 @@ impl Validator {
         }
 
         // Settings.
-        let app = raw.app.clone();
+        let mut app = raw.app.clone();
+        if let Some(src) = &app.source {
+            let resolved = rel(src);
+            if !resolved.is_dir() {
+                self.err(
+                    "app.source",
+                    format!("no such directory: {}", resolved.display()),
+                );
+            }
+            app.source = Some(resolved);
+        }
         self.check(is_remote_path(&app.root), "app.root", || {
             format!(
                 "app.root must be an absolute path of plain characters, got {:?}",

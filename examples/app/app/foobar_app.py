@@ -227,10 +227,11 @@ PAGE = """<!DOCTYPE html>
 
 
 def index(cfg, environ):
-    # Each page view is recorded on the primary (best effort) and counted on the local
-    # database, so the count shows replication at work.
+    # Each page view is recorded on the primary (best effort, short timeout) and counted
+    # on the local database, so the count shows replication at work.
     try:
-        db_insert(cfg, "INSERT INTO visits (host) VALUES (%s)", (cfg["host_name"],))
+        db_insert(cfg, "INSERT INTO visits (host) VALUES (%s)", (cfg["host_name"],),
+                  timeout=HEALTH_TIMEOUT)
     except DatabaseError as e:
         _log(environ, f"GET /: visit not recorded: {e}")
     try:
