@@ -12,6 +12,11 @@ set -euo pipefail
 log() { echo "lab-entrypoint: $*" >&2; }
 
 services=(${LAB_SERVICES:-})
+# Services foobar-infra installed and enabled (update-rc.d) start at boot too, as on a
+# real host.
+for link in /etc/rc2.d/S*foobar-*; do
+    [[ -e $link ]] && services+=("$(basename "$link" | sed 's/^S[0-9]*//')")
+done
 
 # A hard kill (or the image itself) can leave PID files behind; haproxy, nginx and
 # keepalived then refuse to start or report a dead process as running.

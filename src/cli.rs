@@ -109,6 +109,27 @@ its last error), a web server not UP on a load balancer. Drift is shown, not cou
 
 Exit codes: 0 healthy, 1 a problem (listed) or an error.")]
     Status(RemoteArgs),
+
+    /// Switch the web servers back to the previous application release, one at a time
+    #[command(after_help = "Examples:
+  foobar-infra rollback lab/inventory.yaml
+  foobar-infra rollback lab/inventory.yaml --to 3e97125cf3f4
+
+Each web server is drained from the load balancers, switched, checked and put back,
+as in a deploy. The inventory still names the newer files: revert them before the next
+apply, or it deploys them again.
+
+Exit codes: 0 rolled back (or already there), 1 error.")]
+    Rollback(RollbackArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// The release id to go back to (default: the one before the current)
+    #[arg(long, value_name = "RELEASE")]
+    pub to: Option<String>,
 }
 
 #[derive(Args, Debug)]

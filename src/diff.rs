@@ -68,7 +68,7 @@ pub struct HostChanges {
 
 impl HostChanges {
     pub fn is_empty(&self) -> bool {
-        self.files_unchanged() && self.db.is_none()
+        self.files_unchanged() && self.db.is_none() && self.release.is_none()
     }
 
     /// Nothing to stage or commit (a database change may remain).

@@ -409,7 +409,7 @@ pub async fn apply(
     Ok(reports)
 }
 
-fn balancers<'a>(
+pub fn balancers<'a>(
     plan: &'a Plan,
     remotes: &[&'a dyn Remote],
 ) -> Vec<(&'a HostPlan, &'a dyn Remote)> {
@@ -472,7 +472,7 @@ async fn rollout_releases(
 
 /// Drain, switch the release (the agent restarts the app and checks it, switching back
 /// itself on failure), put back into the pool.
-async fn rollout_one(
+pub async fn rollout_one(
     hp: &HostPlan,
     r: &dyn Remote,
     id: &str,

@@ -32,6 +32,7 @@ pub fn run(cli: &Cli, p: &std::sync::Arc<Printer>) -> Result<Outcome> {
         Command::Diff(a) => commands::diff::run(a, p),
         Command::Apply(a) => commands::apply::run(a, p),
         Command::Status(a) => commands::status::run(a, p),
+        Command::Rollback(a) => commands::rollback::run(a, p),
     }
 }
 

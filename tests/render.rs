@@ -48,7 +48,7 @@ fn render_twice_gives_identical_trees() {
             .success();
     }
     let ta = tree(a.path());
-    assert_eq!(ta.len(), 7);
+    assert_eq!(ta.len(), 13);
     assert!(ta.contains_key("lb-01/etc/haproxy/haproxy.cfg"));
     assert!(ta.contains_key("web-01/etc/nginx/sites-foobar/www.foobar.com.conf"));
     assert!(ta.contains_key("web-02/etc/mysql/mariadb.conf.d/60-foobar.cnf"));

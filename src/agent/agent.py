@@ -475,7 +475,19 @@ def service_action(name, action, init):
         action = "start"
     argv = ["systemctl", action, name] if init == "systemd" else ["service", name, action]
     code, out = run(argv, timeout=300, detach=True)
+    if code == 0 and action in ("start", "restart"):
+        enable_service(name, init)
     return code, out, action
+
+
+def enable_service(name, init):
+    """Start at boot, as a package's postinst would (a no-op when already enabled)."""
+    if init == "systemd":
+        if quiet(["systemctl", "is-enabled", "--quiet", name]) != 0:
+            run(["systemctl", "enable", name])
+    elif os.path.exists("/etc/init.d/" + name) and not any(
+            f.startswith("S") and f[3:] == name for f in os.listdir("/etc/rc2.d") if len(f) > 3):
+        run(["update-rc.d", name, "defaults"])
 
 
 def run_check(name, check, init):

@@ -5,6 +5,7 @@ pub mod check;
 pub mod diff;
 pub mod remote;
 pub mod render;
+pub mod rollback;
 pub mod status;
 
 use anyhow::Result;

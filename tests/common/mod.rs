@@ -163,6 +163,15 @@ impl Response {
 }
 
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<Response> {
+    http(addr, "GET", path, "")
+}
+
+/// A form POST on a new connection.
+pub fn http_post(addr: &str, path: &str, form: &str) -> std::io::Result<Response> {
+    http(addr, "POST", path, form)
+}
+
+fn http(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<Response> {
     assert!(
         addr.starts_with("10.231.") || addr.starts_with("127."),
         "tests only talk to the lab or loopback, not {addr}"
@@ -172,8 +181,16 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<Response> {
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: www.foobar.com\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: www.foobar.com\r\nConnection: close\r\n"
     )?;
+    if !body.is_empty() {
+        write!(
+            s,
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        )?;
+    }
+    write!(s, "\r\n{body}")?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let raw = String::from_utf8_lossy(&raw).to_string();
@@ -211,7 +228,9 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn lab_variant(name: &str, edit: impl Fn(&str) -> String) -> PathBuf {
     let base = std::fs::read_to_string(lab_inventory()).unwrap();
     let path = root().join("lab").join(format!(".state/{name}.yaml"));
-    let text = edit(&base).replace(".state/", "");
+    let text = edit(&base)
+        .replace(".state/", "")
+        .replace("source: ../", "source: ../../");
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -235,4 +254,70 @@ pub fn docker_now() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
     format!("{}.{:09}", t.as_secs(), t.subsec_nanos())
+}
+
+/// A SQL query as root on a lab host (tab-separated rows, no header).
+pub fn sql(host: &str, query: &str) -> String {
+    exec(host, &["mariadb", "-N", "-B", "-e", query])
+        .trim()
+        .to_string()
+}
+
+/// The lab's secret values (to prove they never show up anywhere).
+pub fn lab_secrets() -> Vec<String> {
+    ["db_app_password", "db_replication_password"]
+        .iter()
+        .map(|n| {
+            std::fs::read_to_string(root().join("lab/.state").join(n))
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Samples every process's argv on the lab hosts until `stop` is set (bounded to
+/// `limit`); returns every line seen.
+pub fn sample_argv(
+    hosts: &[&str],
+    stop: &std::sync::atomic::AtomicBool,
+    limit: Duration,
+) -> Vec<String> {
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) && t0.elapsed() < limit {
+        for h in hosts {
+            let out = exec_raw(h, &["ps", "-eo", "args"]);
+            seen.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(|l| format!("{h}: {l}")),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    seen
+}
+
+/// Requests at the load balancer for `duration` (at most `max` of them), each on a new
+/// connection; returns (ok, failures with their reasons).
+pub fn load_loop(path: &str, duration: Duration, max: usize) -> (usize, Vec<String>) {
+    let t0 = Instant::now();
+    let (mut ok, mut failed) = (0, Vec::new());
+    let mut n = 0;
+    while t0.elapsed() < duration && n < max {
+        n += 1;
+        match http_get(LB, path) {
+            Ok(r) if r.status == 200 => ok += 1,
+            Ok(r) => failed.push(format!(
+                "{:?}: HTTP {} {}",
+                t0.elapsed(),
+                r.status,
+                r.body.trim()
+            )),
+            Err(e) => failed.push(format!("{:?}: {e}", t0.elapsed())),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (ok, failed)
 }
