@@ -121,6 +121,46 @@ apply, or it deploys them again.
 
 Exit codes: 0 rolled back (or already there), 1 error.")]
     Rollback(RollbackArgs),
+
+    /// List the apply records the hosts keep (time, user, version, files, result)
+    #[command(after_help = "Examples:
+  foobar-infra history lab/inventory.yaml
+  foobar-infra history lab/inventory.yaml web-01 --last 5 --json
+
+Every apply that touched a host appends a record there
+(/var/lib/foobar-infra/history.jsonl): applied, failed (with the cause) or rolled-back.
+
+Exit codes: 0, 1 error.")]
+    History(HistoryArgs),
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(after_help = "Examples:
+  foobar-infra completions bash > /etc/bash_completion.d/foobar-infra
+  foobar-infra completions zsh > ~/.zfunc/_foobar-infra")]
+    Completions(CompletionsArgs),
+
+    /// Print the man page (roff) generated from this command line definition
+    #[command(after_help = "Example:
+  foobar-infra man > /usr/local/share/man/man1/foobar-infra.1")]
+    Man,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Only these hosts
+    pub host: Vec<String>,
+    /// How many records per host, newest last
+    #[arg(long, default_value_t = 20)]
+    pub last: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Args, Debug)]
@@ -171,6 +211,10 @@ pub struct RemoteArgs {
     /// How many hosts to work on at once
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub parallel: usize,
+    /// Keep the SSH connections open for SECONDS after the run and reuse them in the
+    /// next run (as ssh's ControlPersist): e.g. `diff` then `apply` within a minute
+    #[arg(long, value_name = "SECONDS", env = "FOOBAR_SSH_PERSIST")]
+    pub persist: Option<u64>,
     #[command(flatten)]
     pub templates: TemplateArgs,
 }

@@ -47,12 +47,25 @@ where
 pub async fn connect_all(
     plan: &Plan,
     parallel: usize,
+    persist: Option<u64>,
     printer: &Arc<Printer>,
 ) -> Result<Vec<SshRemote>> {
     let hosts: Vec<_> = plan.hosts.iter().map(|h| h.host.clone()).collect();
     let results = bounded(hosts, parallel, |h| {
         let p = printer.clone();
-        async move { ssh::connect(&h, p).await }
+        async move {
+            p.host_step(&h.name, "connecting");
+            let r = ssh::connect_with(&h, p.clone(), persist).await;
+            p.host_step(
+                &h.name,
+                if r.is_ok() {
+                    "connected"
+                } else {
+                    "unreachable"
+                },
+            );
+            r
+        }
     })
     .await;
     let mut ok = Vec::new();
@@ -158,7 +171,13 @@ impl RunInfo {
             .unwrap_or_default();
         let user = std::env::var("USER")
             .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_else(|_| "unknown".into());
+            .ok()
+            .or_else(|| {
+                let out = std::process::Command::new("id").arg("-un").output().ok()?;
+                Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or_else(|| "unknown".into());
         let machine = std::fs::read_to_string("/etc/hostname")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "localhost".into());
@@ -573,7 +592,17 @@ async fn apply_files(
         printer.status("Staging", hp.name());
     }
     let staged = bounded(to_stage.clone(), parallel, |(hp, hc, r)| async move {
-        agent::call(r, "stage", stage_request(hp, hc, run)).await
+        printer.host_step(hp.name(), "staging and validating");
+        let res = agent::call(r, "stage", stage_request(hp, hc, run)).await;
+        printer.host_step(
+            hp.name(),
+            if res.is_ok() {
+                "validated"
+            } else {
+                "validation failed"
+            },
+        );
+        res
     })
     .await;
     let mut failures = Vec::new();
@@ -809,6 +838,7 @@ fn report(
         .iter()
         .map(|s| format!("{} {}", s.service, s.action.as_str()))
         .collect();
+    printer.host_done(hp.name(), "applied");
     printer.status(
         "Applied",
         format!(

@@ -33,6 +33,9 @@ pub fn run(cli: &Cli, p: &std::sync::Arc<Printer>) -> Result<Outcome> {
         Command::Apply(a) => commands::apply::run(a, p),
         Command::Status(a) => commands::status::run(a, p),
         Command::Rollback(a) => commands::rollback::run(a, p),
+        Command::History(a) => commands::history::run(a, p),
+        Command::Completions(a) => commands::shell::completions(a),
+        Command::Man => commands::shell::man(),
     }
 }
 

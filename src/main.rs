@@ -7,6 +7,7 @@ fn main() {
     let cli = Cli::parse();
     let printer = std::sync::Arc::new(Printer::new(&cli.global));
     let result = run(&cli, &printer);
+    printer.finish_all();
     if let Err(e) = &result {
         printer.error(format!("{e:#}"));
     }

@@ -17,6 +17,7 @@ pub struct Printer {
     /// stderr is a terminal: progress bars are drawn.
     pub tty: bool,
     multi: MultiProgress,
+    bars: Mutex<std::collections::HashMap<String, ProgressBar>>,
     lock: Mutex<()>,
 }
 
@@ -47,6 +48,7 @@ impl Printer {
             color,
             tty,
             multi,
+            bars: Mutex::new(std::collections::HashMap::new()),
             lock: Mutex::new(()),
         }
     }
@@ -145,8 +147,46 @@ impl Printer {
         self.paint("\x1b[1m", s)
     }
 
+    /// What a host is doing now: a spinner line per host on a TTY, a `-v` line otherwise.
+    pub fn host_step(&self, host: &str, msg: &str) {
+        if self.multi.is_hidden() {
+            self.detail("Progress", format!("{host}: {msg}"));
+            return;
+        }
+        let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+        let bar = bars
+            .entry(host.to_string())
+            .or_insert_with(|| self.host_bar(host));
+        bar.set_message(msg.to_string());
+    }
+
+    /// Ends a host's spinner (its last word stays on screen).
+    pub fn host_done(&self, host: &str, msg: &str) {
+        let bar = self
+            .bars
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(host);
+        if let Some(bar) = bar {
+            bar.finish_with_message(msg.to_string());
+        }
+    }
+
+    /// Ends every spinner still running (end of a command).
+    pub fn finish_all(&self) {
+        let bars: Vec<_> = self
+            .bars
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for (_, bar) in bars {
+            bar.finish();
+        }
+    }
+
     /// A spinner for one host, drawn only on a TTY.
-    pub fn host_bar(&self, host: &str) -> ProgressBar {
+    fn host_bar(&self, host: &str) -> ProgressBar {
         let bar = self.multi.add(ProgressBar::new_spinner());
         bar.set_style(
             ProgressStyle::with_template("{spinner} {prefix:>12} {wide_msg} {elapsed:>4}")

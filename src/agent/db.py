@@ -42,18 +42,7 @@ def run_sql(text, columns=False, timeout=120, extra=()):
     argv = [sql_client(), "--batch", "--raw", "--connect-timeout=5"] + list(extra)
     if not columns:
         argv.append("--skip-column-names")
-    with tempfile.TemporaryFile() as inp, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        inp.write(text.encode())
-        inp.seek(0)
-        try:
-            code = subprocess.run(argv, stdin=inp, stdout=out, stderr=err, env=child_env(),
-                                  timeout=timeout).returncode
-        except subprocess.TimeoutExpired:
-            code = -1
-        out.seek(0)
-        err.seek(0)
-        o = out.read().decode("utf-8", "replace")
-        e = err.read().decode("utf-8", "replace")
+    code, o, e = capture(argv, data=text.encode(), timeout=timeout)
     if code != 0:
         raise AgentError("db", "SQL failed (exit %s): %s" % (code, tail(e.strip(), 2000)))
     lines = [l.split("\t") for l in o.splitlines()]
@@ -105,37 +94,52 @@ def grant_present(grants, want):
 
 
 def db_observe(spec):
-    """The database's state for observe: never writes."""
+    """The database's state for observe, in one client call: never writes."""
     st = {"running": False}
+    name = spec.get("database") or ""
+    users = spec.get("users") or []
+    q = ["SELECT 'vars', @@server_id, @@read_only, @@gtid_current_pos, @@gtid_binlog_pos, @@gtid_slave_pos;",
+         "SELECT 'db', COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME=%s;" % sql_quote(name),
+         "SELECT 'table', TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA=%s;" % sql_quote(name)]
+    for i, u in enumerate(users):
+        q.append("SELECT 'user', %d, authentication_string FROM mysql.user WHERE User=%s AND Host=%s;"
+                 % (i, sql_quote(u["user"]), sql_quote(u["host"])))
     try:
-        rows = run_sql("SELECT @@server_id, @@read_only, @@gtid_current_pos, @@gtid_binlog_pos, @@gtid_slave_pos")
+        rows = run_sql("\n".join(q))
     except AgentError as e:
         st["error"] = e.message
         return st
-    r = rows[0] if rows else [""] * 5
-    st.update(running=True, server_id=int(r[0] or 0), read_only=r[1] == "1",
-              gtid_current_pos=r[2], gtid_binlog_pos=r[3], gtid_slave_pos=r[4])
-    name = spec.get("database")
-    if name:
-        rows = run_sql("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME=%s" % sql_quote(name))
-        st["database_exists"] = bool(rows and rows[0][0] == "1")
-        tables = spec.get("tables") or []
-        if tables and st["database_exists"]:
-            rows = run_sql("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA=%s" % sql_quote(name))
-            have = {r[0] for r in rows}
-            st["missing_tables"] = [t for t in tables if t not in have]
-        else:
-            st["missing_tables"] = list(tables)
-    users = []
-    for u in spec.get("users") or []:
-        rows = run_sql("SELECT authentication_string FROM mysql.user WHERE User=%s AND Host=%s"
-                       % (sql_quote(u["user"]), sql_quote(u["host"])))
-        exists = bool(rows)
-        grants = grants_of(u) if exists else []
-        users.append({"user": u["user"], "host": u["host"], "exists": exists,
-                      "password_ok": exists and rows[0][0] == u.get("hash"),
-                      "grants_ok": exists and all(grant_present(grants, g) for g in u.get("grants") or [])})
-    st["users"] = users
+    found = {}
+    tables = set()
+    for r in rows:
+        if r[0] == "vars" and len(r) >= 6:
+            st.update(running=True, server_id=int(r[1] or 0), read_only=r[2] == "1",
+                      gtid_current_pos=r[3], gtid_binlog_pos=r[4], gtid_slave_pos=r[5])
+        elif r[0] == "db":
+            st["database_exists"] = r[1] == "1"
+        elif r[0] == "table":
+            tables.add(r[1])
+        elif r[0] == "user" and len(r) >= 3:
+            found[int(r[1])] = r[2]
+    if not st["running"]:
+        return st
+    st["missing_tables"] = [t for t in spec.get("tables") or [] if t not in tables]
+    # Grants only for accounts that exist: SHOW GRANTS fails on a missing one.
+    present = [i for i in range(len(users)) if i in found]
+    grants = {}
+    if present:
+        script = "\n".join("SELECT 'grants', %d; SHOW GRANTS FOR %s;" % (i, account(users[i])) for i in present)
+        current = None
+        for r in run_sql(script):
+            if r[0] == "grants" and len(r) == 2 and r[1].isdigit():
+                current = int(r[1])
+                grants[current] = []
+            elif current is not None:
+                grants[current].append(r[0])
+    st["users"] = [{"user": u["user"], "host": u["host"], "exists": i in found,
+                    "password_ok": found.get(i) == u.get("hash"),
+                    "grants_ok": i in found and all(grant_present(grants.get(i, []), g) for g in u.get("grants") or [])}
+                   for i, u in enumerate(users)]
     st["replica"] = replica_status()
     return st
 

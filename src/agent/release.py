@@ -244,7 +244,27 @@ def haproxy_observe():
     return servers
 
 
+def op_history(req):
+    """The last N apply records of this host, oldest first."""
+    n = max(1, min(1000, int(req.get("last", 20))))
+    records = []
+    try:
+        with open(HISTORY, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 512 * 1024))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        lines = []
+    for line in lines[-n:]:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return {"ok": True, "records": records}
+
+
 OPS.update({
+    "history": op_history,
     "release-upload": op_release_upload,
     "release-switch": op_release_switch,
     "haproxy-server": op_haproxy_server,

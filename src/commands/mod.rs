@@ -3,9 +3,11 @@
 pub mod apply;
 pub mod check;
 pub mod diff;
+pub mod history;
 pub mod remote;
 pub mod render;
 pub mod rollback;
+pub mod shell;
 pub mod status;
 
 use anyhow::Result;

@@ -87,7 +87,7 @@ pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>) -> Result<Session> 
     let plan = limit(plan, &args.limit)?;
     let secrets = Secrets::load(&inventory, &secret_names(&plan))?;
     printer.status("Connecting", format!("{} hosts", plan.hosts.len()));
-    let remotes = engine::connect_all(&plan, args.parallel, printer).await?;
+    let remotes = engine::connect_all(&plan, args.parallel, args.persist, printer).await?;
     let refs: Vec<&dyn Remote> = remotes.iter().map(|r| r as &dyn Remote).collect();
     let observed = match engine::observe_all(&plan, &refs, &secrets, args.parallel).await {
         Ok(o) => o,
@@ -97,6 +97,16 @@ pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>) -> Result<Session> 
         }
     };
     let changes = diff(&plan, &observed, &secrets)?;
+    for hc in &changes.hosts {
+        printer.host_done(
+            &hc.host,
+            if hc.is_empty() {
+                "in sync"
+            } else {
+                "changes pending"
+            },
+        );
+    }
     Ok(Session {
         inventory,
         plan,

@@ -20,6 +20,8 @@ pub struct SshRemote {
     name: String,
     sudo: bool,
     session: Session,
+    /// Keep the master connection open after this run (`--persist`).
+    persist: bool,
     printer: Arc<Printer>,
     /// Remote commands run on this connection (for -v and tests).
     pub commands: AtomicUsize,
@@ -32,8 +34,72 @@ pub fn control_dir() -> PathBuf {
         .unwrap_or_else(std::env::temp_dir)
 }
 
-/// Opens the master connection to one host.
+/// Where kept connections are recorded: one small file per destination naming the
+/// control socket of its master.
+fn persist_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("foobar-infra/ssh")
+}
+
+/// The identity of a connection: everything that decides where and how it logs in.
+fn persist_key(host: &Host) -> String {
+    use sha2::{Digest, Sha256};
+    let id = format!(
+        "{}@{}:{}|{:?}|{:?}|{:?}",
+        host.ssh.user,
+        host.address,
+        host.ssh.port,
+        host.ssh.known_hosts,
+        host.ssh.identity_file,
+        host.ssh.config_file
+    );
+    hex::encode(&Sha256::digest(id.as_bytes())[..12])
+}
+
+/// A master kept by an earlier run for the same destination, if it still answers.
+async fn resume(host: &Host) -> Option<Session> {
+    let record = persist_dir().join(persist_key(host));
+    let ctl = PathBuf::from(std::fs::read_to_string(&record).ok()?.trim());
+    if !ctl.exists() {
+        let _ = std::fs::remove_file(&record);
+        return None;
+    }
+    let session = Session::resume_mux(ctl.into_boxed_path(), None);
+    if session.check().await.is_ok() {
+        Some(session)
+    } else {
+        let _ = std::fs::remove_file(&record);
+        None
+    }
+}
+
+/// Opens the master connection to one host (or, with `persist`, reuses the one an
+/// earlier run kept, and keeps this one open for `persist` idle seconds).
 pub async fn connect(host: &Host, printer: Arc<Printer>) -> Result<SshRemote> {
+    connect_with(host, printer, None).await
+}
+
+pub async fn connect_with(
+    host: &Host,
+    printer: Arc<Printer>,
+    persist: Option<u64>,
+) -> Result<SshRemote> {
+    if persist.is_some() {
+        if let Some(session) = resume(host).await {
+            printer.detail("Reusing", format!("{} (kept connection)", host.name));
+            return Ok(SshRemote {
+                name: host.name.clone(),
+                sudo: host.ssh.user != "root",
+                session,
+                persist: true,
+                printer,
+                commands: AtomicUsize::new(0),
+            });
+        }
+    }
     let mut b = SessionBuilder::default();
     b.user(host.ssh.user.clone())
         .port(host.ssh.port)
@@ -50,6 +116,18 @@ pub async fn connect(host: &Host, printer: Arc<Printer>) -> Result<SshRemote> {
     if let Some(c) = &host.ssh.config_file {
         b.config_file(c);
     }
+    if let Some(secs) = persist {
+        let dir = persist_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let idle = std::num::NonZeroUsize::new(secs.max(1) as usize).expect("non-zero");
+        b.control_directory(&dir)
+            .control_persist(openssh::ControlPersist::IdleFor(idle));
+    }
     let target = format!("{}@{}:{}", host.ssh.user, host.address, host.ssh.port);
     printer.detail("Connecting", format!("{} ({target})", host.name));
     let session = b
@@ -57,10 +135,16 @@ pub async fn connect(host: &Host, printer: Arc<Printer>) -> Result<SshRemote> {
         .await
         .map_err(|e| anyhow!("{}", describe(&e)))
         .with_context(|| format!("{}: cannot connect to {target}", host.name))?;
+    if persist.is_some() {
+        let record = persist_dir().join(persist_key(host));
+        std::fs::write(&record, session.control_socket().display().to_string())
+            .with_context(|| format!("recording the kept connection in {}", record.display()))?;
+    }
     Ok(SshRemote {
         name: host.name.clone(),
         sudo: host.ssh.user != "root",
         session,
+        persist: persist.is_some(),
         printer,
         commands: AtomicUsize::new(0),
     })
@@ -86,7 +170,12 @@ fn describe(e: &openssh::Error) -> String {
 }
 
 impl SshRemote {
+    /// Closes the connection, or leaves its master running when it is kept (--persist).
     pub async fn close(self) -> Result<()> {
+        if self.persist {
+            let _ = self.session.detach();
+            return Ok(());
+        }
         self.session
             .close()
             .await

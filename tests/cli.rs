@@ -1,0 +1,112 @@
+//! The command line itself: help with exit codes, version, completions that bash
+//! accepts, the man page.
+
+use assert_cmd::Command;
+
+fn cli() -> Command {
+    let mut c = Command::cargo_bin("foobar-infra").unwrap();
+    c.env("NO_COLOR", "1");
+    c
+}
+
+#[test]
+fn help_documents_exit_codes_and_commands() {
+    let out = cli().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "0  success",
+        "1  error",
+        "2  changes pending",
+        "render",
+        "check",
+        "diff",
+        "apply",
+        "status",
+        "rollback",
+        "history",
+        "completions",
+    ] {
+        assert!(text.contains(needle), "--help lacks {needle:?}:\n{text}");
+    }
+    let out = cli().args(["help", "apply"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Examples:") && text.contains("--dry-run"),
+        "{text}"
+    );
+}
+
+#[test]
+fn version_is_the_crate_version() {
+    let out = cli().arg("--version").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("foobar-infra {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn bash_accepts_the_completion_script() {
+    let out = cli().args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("foobar-infra"));
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("foobar-infra.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+    let check = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "bash -n: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+#[test]
+fn the_man_page_is_roff() {
+    let out = cli().arg("man").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(".ie") || text.contains(".TH"),
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    assert!(text.contains("foobar\\-infra") || text.contains("foobar-infra"));
+}
+
+#[test]
+fn an_unknown_limit_is_an_error_naming_it() {
+    let out = cli()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["diff", "inventory/inventory.yaml", "--limit", "web-99"])
+        .env("FOOBAR_DB_APP_PASSWORD", "x")
+        .env("FOOBAR_DB_REPLICATION_PASSWORD", "y")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("--limit web-99: no host or role of that name"));
+}
+
+#[test]
+fn a_missing_secret_names_the_secret_and_where_it_was_looked_for() {
+    let out = cli()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["diff", "inventory/inventory.yaml"])
+        .env_remove("FOOBAR_DB_APP_PASSWORD")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "secret db_app_password: environment variable FOOBAR_DB_APP_PASSWORD is not set"
+        ),
+        "{err}"
+    );
+}
