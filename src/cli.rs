@@ -86,6 +86,20 @@ Exit codes: 0 all valid, 1 an error or an invalid config.")]
 Exit codes: 0 in sync, 2 changes pending, 1 error.")]
     Diff(RemoteArgs),
 
+    /// Observe the hosts and save what apply would do, for review (`apply PLAN` applies it)
+    #[command(after_help = "Examples:
+  foobar-infra plan inventory/inventory.yaml --out plan.json
+  foobar-infra diff plan.json          # the reviewed diff, offline
+  foobar-infra apply plan.json         # exactly that, or nothing
+
+The plan holds the rendered files (secrets as placeholders), each host's file hashes when
+the plan was made, and the diffs. `apply plan.json` refuses, naming host and file, when a
+host changed since, when the inventory or templates changed, or when the plan is older
+than --max-plan-age.
+
+Exit codes: 0 saved and nothing to change, 2 saved with changes pending, 1 error.")]
+    Plan(PlanArgs),
+
     /// Push the rendered configs to the hosts and reload only what changed
     #[command(after_help = "Examples:
   foobar-infra apply lab/inventory.yaml
@@ -146,6 +160,15 @@ Exit codes: 0, 1 error.")]
 }
 
 #[derive(Args, Debug)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Where to write the plan (JSON)
+    #[arg(long, short, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
 pub struct HistoryArgs {
     #[command(flatten)]
     pub remote: RemoteArgs,
@@ -203,7 +226,7 @@ pub struct CheckArgs {
 
 #[derive(Args, Debug)]
 pub struct RemoteArgs {
-    /// The inventory file
+    /// The inventory file (or, for diff and apply, a plan saved by `plan --out`)
     pub inventory: PathBuf,
     /// Only these hosts or roles (comma-separated or repeated): web-02, web, lb
     #[arg(long, value_name = "HOST|ROLE", value_delimiter = ',')]
@@ -215,6 +238,9 @@ pub struct RemoteArgs {
     /// next run (as ssh's ControlPersist): e.g. `diff` then `apply` within a minute
     #[arg(long, value_name = "SECONDS", env = "FOOBAR_SSH_PERSIST")]
     pub persist: Option<u64>,
+    /// With a saved plan: refuse it when it is older than this
+    #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
+    pub max_plan_age: u64,
     #[command(flatten)]
     pub templates: TemplateArgs,
 }

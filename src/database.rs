@@ -15,7 +15,7 @@ use crate::remote::Remote;
 use crate::secrets::{mysql_native_hash, Secrets};
 
 /// What a run does to a host's database.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "action")]
 pub enum DbChange {
     /// Create what is missing on the primary (steps say what).

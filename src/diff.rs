@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::database::DbChange;
@@ -14,7 +14,7 @@ use crate::remote::agent::{FileState, HostState, ManifestEntry};
 use crate::secrets::Secrets;
 
 /// What happens to one file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FileChangeKind {
     Create,
@@ -24,7 +24,7 @@ pub enum FileChangeKind {
     Delete,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileChange {
     pub path: String,
     pub kind: FileChangeKind,
@@ -35,7 +35,7 @@ pub struct FileChange {
     pub observed_sha256: Option<String>,
     /// sha256 of the resolved content to push (None for deletions).
     pub new_sha256: Option<String>,
-    #[serde(skip)]
+    #[serde(skip, default)]
     pub new_content: Option<String>,
     pub mode: String,
     pub owner: String,
@@ -43,7 +43,7 @@ pub struct FileChange {
 }
 
 /// Why a service is acted on.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServiceChange {
     pub service: Service,
     pub action: ServiceAction,
@@ -51,7 +51,7 @@ pub struct ServiceChange {
 }
 
 /// Everything that would change on one host.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostChanges {
     pub host: String,
     pub files: Vec<FileChange>,
@@ -62,7 +62,7 @@ pub struct HostChanges {
     pub create_users: Vec<String>,
     pub release: Option<ReleaseChange>,
     /// The manifest the host keeps after this apply: every planned file and its hash.
-    #[serde(skip)]
+    #[serde(skip, default)]
     pub manifest: Vec<ManifestEntry>,
 }
 
@@ -81,7 +81,7 @@ impl HostChanges {
 }
 
 /// A web server moving to another application release.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReleaseChange {
     pub from: Option<String>,
     pub to: String,
@@ -89,7 +89,7 @@ pub struct ReleaseChange {
     pub upload: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Changes {
     pub hosts: Vec<HostChanges>,
 }
@@ -131,6 +131,7 @@ fn unified(old: &str, new: &str, path: &str, old_label: &str, new_label: &str) -
 /// Compares one host's plan with its observed state.
 pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<HostChanges> {
     let mut files = Vec::new();
+    let mut stopped: Vec<Service> = Vec::new();
     let mut manifest = Vec::new();
     let mut touched: Vec<Service> = Vec::new();
     let init = if state.init == "systemd" {
@@ -217,8 +218,12 @@ pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<
             .content()
             .map(|c| secrets.mask(&c))
             .unwrap_or_else(|| format!("(content not shown: {} bytes)\n", seen.size.unwrap_or(0)));
-        if hp.services.contains(&service) && !touched.contains(&service) {
-            touched.push(service);
+        if hp.services.contains(&service) {
+            if !touched.contains(&service) {
+                touched.push(service);
+            }
+        } else if !stopped.contains(&service) {
+            stopped.push(service);
         }
         files.push(FileChange {
             path: entry.path.clone(),
@@ -270,6 +275,16 @@ pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<
             None
         };
         services.extend(change);
+    }
+    // A service whose role left the host stops, once its files are gone.
+    for svc in stopped {
+        if state.services.get(svc.unit()).is_some_and(|s| s.running) {
+            services.push(ServiceChange {
+                service: svc,
+                action: ServiceAction::Stop,
+                reason: "no longer planned on this host".into(),
+            });
+        }
     }
     Ok(HostChanges {
         host: hp.name().to_string(),

@@ -344,7 +344,10 @@ fn stage_request(hp: &HostPlan, hc: &HostChanges, run: &RunInfo) -> Value {
 fn actions(hc: &HostChanges) -> Vec<Value> {
     hc.services
         .iter()
-        .map(|s| json!({"service": s.service.unit(), "action": s.action.as_str(), "check": service_check(s.service)}))
+        .map(|s| {
+            let check = (s.action != ServiceAction::Stop).then(|| service_check(s.service));
+            json!({"service": s.service.unit(), "action": s.action.as_str(), "check": check})
+        })
         .collect()
 }
 

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod inventory;
 pub mod output;
 pub mod plan;
+pub mod planfile;
 pub mod release;
 pub mod remote;
 pub mod render;
@@ -31,6 +32,7 @@ pub fn run(cli: &Cli, p: &std::sync::Arc<Printer>) -> Result<Outcome> {
         Command::Check(a) => commands::check::run(a, p),
         Command::Diff(a) => commands::diff::run(a, p),
         Command::Apply(a) => commands::apply::run(a, p),
+        Command::Plan(a) => commands::plan::run(a, p),
         Command::Status(a) => commands::status::run(a, p),
         Command::Rollback(a) => commands::rollback::run(a, p),
         Command::History(a) => commands::history::run(a, p),

@@ -36,6 +36,8 @@ pub enum ServiceAction {
     Restart,
     /// The service is not running; it is started.
     Start,
+    /// The host no longer has the role the service belongs to.
+    Stop,
 }
 
 impl ServiceAction {
@@ -44,6 +46,7 @@ impl ServiceAction {
             ServiceAction::Reload => "reload",
             ServiceAction::Restart => "restart",
             ServiceAction::Start => "start",
+            ServiceAction::Stop => "stop",
         }
     }
 }

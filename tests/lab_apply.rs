@@ -383,18 +383,35 @@ fn a_lock_held_by_another_run_stops_apply_naming_the_holder() {
     let Some(_g) = setup() else { return };
     baseline();
     let before = managed_hashes();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let lock = format!(
         r#"{{"owner": "alice@laptop", "pid": 4242, "started": {now}, "tool_version": "0.1.0", "run_id": "other-run", "host": "web-01"}}"#
     );
-    exec("web-01", &["sh", "-c", &format!("mkdir -p /var/lib/foobar-infra && echo '{lock}' > /var/lib/foobar-infra/lock.json")]);
-    let variant = lab_variant("locked", |t| format!("{t}nginx:\n  client_max_body_size: 12m\n"));
+    exec(
+        "web-01",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "mkdir -p /var/lib/foobar-infra && echo '{lock}' > /var/lib/foobar-infra/lock.json"
+            ),
+        ],
+    );
+    let variant = lab_variant("locked", |t| {
+        format!("{t}nginx:\n  client_max_body_size: 12m\n")
+    });
     let out = cli(&["apply", variant.to_str().unwrap()]);
     exec("web-01", &["rm", "-f", "/var/lib/foobar-infra/lock.json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("web-01"), "{stderr}");
-    assert!(stderr.contains("alice@laptop") && stderr.contains("4242") && stderr.contains("other-run"), "{stderr}");
+    assert!(
+        stderr.contains("alice@laptop") && stderr.contains("4242") && stderr.contains("other-run"),
+        "{stderr}"
+    );
     assert_eq!(before, managed_hashes(), "nothing changed on any host");
 }
 
@@ -402,18 +419,33 @@ fn a_lock_held_by_another_run_stops_apply_naming_the_holder() {
 fn a_non_root_user_works_through_sudo() {
     let Some(_g) = setup() else { return };
     baseline();
-    let variant = lab_variant("deploy-user", |t| t.replace("  user: root", "  user: deploy"));
+    let variant = lab_variant("deploy-user", |t| {
+        t.replace("  user: root", "  user: deploy")
+    });
     let v = variant.to_str().unwrap();
     let out = cli(&["apply", "-v", v]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("deploy@10.231.1.11:22"), "{stderr}");
-    assert!(stderr.contains(": sudo -n python3"), "commands go through sudo -n: {stderr}");
+    assert!(
+        stderr.contains(": sudo -n python3"),
+        "commands go through sudo -n: {stderr}"
+    );
     // A change applied as deploy lands owned by root.
-    exec("web-02", &["sh", "-c", "echo '# drift' >> /etc/nginx/nginx.conf"]);
+    exec(
+        "web-02",
+        &["sh", "-c", "echo '# drift' >> /etc/nginx/nginx.conf"],
+    );
     let out = cli(&["apply", v]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(exec("web-02", &["stat", "-c", "%U:%G %a", "/etc/nginx/nginx.conf"]).trim(), "root:root 644");
+    assert_eq!(
+        exec(
+            "web-02",
+            &["stat", "-c", "%U:%G %a", "/etc/nginx/nginx.conf"]
+        )
+        .trim(),
+        "root:root 644"
+    );
     assert_eq!(cli(&["diff", &inv()]).status.code(), Some(0));
 }
 
@@ -426,9 +458,20 @@ fn limit_touches_only_the_selected_hosts() {
     }
     let out = cli(&["apply", "--limit", "web-02", &inv()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(exec("web-01", &["cat", "/etc/nginx/nginx.conf"]).contains("# drift"), "web-01 untouched");
-    assert!(!exec("web-02", &["cat", "/etc/nginx/nginx.conf"]).contains("# drift"), "web-02 repaired");
+    assert!(
+        exec("web-01", &["cat", "/etc/nginx/nginx.conf"]).contains("# drift"),
+        "web-01 untouched"
+    );
+    assert!(
+        !exec("web-02", &["cat", "/etc/nginx/nginx.conf"]).contains("# drift"),
+        "web-02 repaired"
+    );
     let diff = cli(&["diff", "--limit", "lb", &inv()]);
-    assert_eq!(diff.status.code(), Some(0), "the lb role is in sync: {}", text(&diff));
+    assert_eq!(
+        diff.status.code(),
+        Some(0),
+        "the lb role is in sync: {}",
+        text(&diff)
+    );
     baseline();
 }

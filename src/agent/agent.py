@@ -599,6 +599,11 @@ def op_observe(req):
         if isinstance(p, str) and p not in files:
             files[p] = file_info(p)
 
+    # The services of files managed earlier too: a role taken off stops its service.
+    for entry in manifest:
+        svc = entry.get("service") if isinstance(entry, dict) else None
+        if isinstance(svc, str) and NAME_RE.match(svc) and svc not in services:
+            services.append(svc)
     db = db_observe(req["db"]) if req.get("db") else None  # defined in db.py
     release = release_observe(req["release"]) if req.get("release") else None  # release.py
     users = {u: user_exists(u) for u in req.get("users") or []}  # release.py
@@ -904,7 +909,7 @@ def check_actions(actions):
         raise AgentError("request", "actions must be a list")
     for a in actions:
         name = safe_name(a.get("service") if isinstance(a, dict) else None, "service")
-        if a.get("action") not in ("reload", "restart", "start"):
+        if a.get("action") not in ("reload", "restart", "start", "stop"):
             raise AgentError("request", "unknown action %r for %s" % (a.get("action"), name), service=name)
         c = a.get("check")
         if not c:

@@ -9,6 +9,9 @@ use crate::cli::RemoteArgs;
 use crate::output::Printer;
 
 pub fn run(args: &RemoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
+    if crate::planfile::is_plan(&args.inventory) {
+        return super::plan::show(&args.inventory, p);
+    }
     runtime()?.block_on(async {
         let session = remote::open(args, p).await?;
         let pending = remote::print_changes(&session.changes, p, "diff");

@@ -4,6 +4,7 @@ pub mod apply;
 pub mod check;
 pub mod diff;
 pub mod history;
+pub mod plan;
 pub mod remote;
 pub mod render;
 pub mod rollback;

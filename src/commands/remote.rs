@@ -8,11 +8,12 @@ use anyhow::{bail, Result};
 
 use super::load_and_render;
 use crate::cli::RemoteArgs;
-use crate::diff::{diff, Changes};
+use crate::diff::{desired_hashes, diff, Changes};
 use crate::engine;
 use crate::inventory::{Inventory, Role};
 use crate::output::Printer;
 use crate::plan::Plan;
+use crate::planfile;
 use crate::remote::agent::HostState;
 use crate::remote::ssh::SshRemote;
 use crate::remote::Remote;
@@ -83,8 +84,22 @@ impl Session {
 }
 
 pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>) -> Result<Session> {
-    let (inventory, plan) = load_and_render(&args.inventory, args.templates.templates.as_deref())?;
-    let plan = limit(plan, &args.limit)?;
+    // A saved plan names its inventory and pins the reviewed files.
+    let saved = if planfile::is_plan(&args.inventory) {
+        Some(planfile::read(&args.inventory)?)
+    } else {
+        None
+    };
+    let inventory_path = saved
+        .as_ref()
+        .map(|p| p.inventory.clone())
+        .unwrap_or_else(|| args.inventory.clone());
+    let (inventory, plan) = load_and_render(&inventory_path, args.templates.templates.as_deref())?;
+    let mut plan = limit(plan, &args.limit)?;
+    if let Some(saved) = &saved {
+        saved.check_fresh(&inventory.source_hash, args.max_plan_age, &args.inventory)?;
+        saved.pin(&mut plan, &args.inventory)?;
+    }
     let secrets = Secrets::load(&inventory, &secret_names(&plan))?;
     printer.status("Connecting", format!("{} hosts", plan.hosts.len()));
     let remotes = engine::connect_all(&plan, args.parallel, args.persist, printer).await?;
@@ -96,6 +111,17 @@ pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>) -> Result<Session> 
             return Err(e);
         }
     };
+    if let Some(saved) = &saved {
+        let desired = plan
+            .hosts
+            .iter()
+            .map(|hp| Ok((hp.name().to_string(), desired_hashes(hp, &secrets)?)))
+            .collect::<Result<_>>()?;
+        if let Err(e) = saved.check_hosts(&observed, &desired) {
+            engine::close_all(remotes).await;
+            return Err(e);
+        }
+    }
     let changes = diff(&plan, &observed, &secrets)?;
     for hc in &changes.hosts {
         printer.host_done(
