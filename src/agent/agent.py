@@ -18,23 +18,42 @@ process's argv or environment: file contents arrive base64 in the request and
 are written to files; subprocess output never goes to our own stdout.
 """
 
-import base64
-import datetime
-import fcntl
 import grp
-import hashlib
+import importlib
 import json
 import os
 import pwd
 import re
-import shutil
-import socket
 import stat
-import subprocess
 import sys
-import tempfile
 import time
-import traceback
+
+
+class _Lazy:
+    """A module imported on first use: a no-op observe never pays for what only
+    staging, committing or the database need (startup time is most of its cost)."""
+
+    def __init__(self, name):
+        self._name, self._module = name, None
+
+    def __getattr__(self, attr):
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attr)
+
+
+base64 = _Lazy("base64")
+datetime = _Lazy("datetime")
+fcntl = _Lazy("fcntl")
+shutil = _Lazy("shutil")
+socket = _Lazy("socket")
+subprocess = _Lazy("subprocess")
+tempfile = _Lazy("tempfile")
+traceback = _Lazy("traceback")
+try:  # the builtin sha256 avoids loading OpenSSL
+    from _sha256 import sha256 as _sha256_new
+except ImportError:  # pragma: no cover
+    from hashlib import sha256 as _sha256_new
 
 STATE_DIR = "/var/lib/foobar-infra"
 LOCK = os.path.join(STATE_DIR, "lock.json")
@@ -192,7 +211,7 @@ def parse_mode(m, default=0o644):
 
 
 def sha256_file(path):
-    h = hashlib.sha256()
+    h = _sha256_new()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
@@ -244,7 +263,7 @@ def file_info(path, desired=None, max_content=0, want_content=False):
         return info
     with open(path, "rb") as f:
         data = f.read(max_content + 1) if want_content else b""
-        h = hashlib.sha256(data)
+        h = _sha256_new(data)
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     info["sha256"] = h.hexdigest()
@@ -609,7 +628,7 @@ def op_observe(req):
     users = {u: user_exists(u) for u in req.get("users") or []}  # release.py
     balancer = haproxy_observe() if req.get("haproxy") else None  # release.py
     return {
-        "ok": True, "init": init, "hostname": socket.gethostname(), "files": files, "db": db, "release": release, "users": users, "haproxy": balancer,
+        "ok": True, "init": init, "hostname": os.uname().nodename, "files": files, "db": db, "release": release, "users": users, "haproxy": balancer,
         "services": {s: {"running": service_running(s, init), "pid": service_pid(s)} for s in services},
         "packages": dpkg_installed(packages), "lock": lock, "manifest": manifest,
         "last_history": last_history(),
@@ -652,7 +671,7 @@ def write_staged(entry, rid, record, save):
     make_parents(path, record["dirs"])
     new = staged_name(path, rid)
     record["files"].append({"path": path, "staged": new, "service": entry.get("service"),
-                            "sha256": hashlib.sha256(data).hexdigest()})
+                            "sha256": _sha256_new(data).hexdigest()})
     save()  # recorded before it exists, so a crash can always be cleaned up
     if os.path.lexists(new):
         os.unlink(new)

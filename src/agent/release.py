@@ -6,8 +6,8 @@
 # the local health check after a switch, and the load balancer's runtime API (drain a
 # server before its application restarts, put it back once it answers).
 
-import io
-import tarfile
+io = _Lazy("io")
+tarfile = _Lazy("tarfile")
 
 RELEASE_ID_RE = re.compile(r"^[0-9a-f]{8,64}$")
 HAPROXY_SOCKET = "/run/haproxy/admin.sock"

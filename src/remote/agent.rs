@@ -66,7 +66,7 @@ pub async fn call(remote: &dyn Remote, op: &str, request: Value) -> Result<Value
     stdin.push(0);
     serde_json::to_writer(&mut stdin, &request).context("encoding the agent request")?;
     let out = remote
-        .exec(&["python3", "-c", BOOTSTRAP], stdin, op)
+        .exec(&["python3", "-I", "-S", "-c", BOOTSTRAP], stdin, op)
         .await?;
     let host = remote.name();
     let answer: Value = match serde_json::from_slice(&out.stdout) {
