@@ -135,6 +135,7 @@ fn observe_request(hp: &HostPlan, secrets: &Secrets) -> Result<Value> {
         "release": hp.release.as_ref().map(|r| json!({"root": r.root})),
         "users": hp.users,
         "haproxy": hp.host.has(Role::Lb),
+        "certs": hp.files.iter().filter(|f| f.path.ends_with(".pem")).map(|f| &f.path).collect::<Vec<_>>(),
     }))
 }
 

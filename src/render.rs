@@ -14,6 +14,7 @@ use crate::templates::Templates;
 /// Where the tool installs each managed file.
 pub mod paths {
     pub const HAPROXY_CFG: &str = "/etc/haproxy/haproxy.cfg";
+    pub const HAPROXY_CERTS: &str = "/etc/haproxy/certs";
     pub const NGINX_ROOT: &str = "/etc/nginx";
     pub const NGINX_CONF: &str = "/etc/nginx/nginx.conf";
     pub const NGINX_SITES: &str = "/etc/nginx/sites-foobar";
@@ -55,7 +56,14 @@ struct TimeoutsCtx<'a> {
 }
 
 #[derive(Serialize)]
+struct TlsCtx {
+    pem: String,
+    hsts_max_age: u64,
+}
+
+#[derive(Serialize)]
 struct LbCtx<'a> {
+    tls: Option<TlsCtx>,
     bind: &'static str,
     balance: &'static str,
     mode: &'static str,
@@ -140,6 +148,10 @@ fn lb_ctx(inv: &Inventory) -> LbCtx<'_> {
         })
         .collect();
     LbCtx {
+        tls: inv.tls.as_ref().map(|t| TlsCtx {
+            pem: tls_pem_path(inv),
+            hsts_max_age: t.hsts_max_age,
+        }),
         bind: "*",
         balance: match h.balance {
             crate::inventory::Balance::Roundrobin => "roundrobin",
@@ -165,6 +177,11 @@ fn lb_ctx(inv: &Inventory) -> LbCtx<'_> {
         },
         backends,
     }
+}
+
+/// Where HAProxy reads the certificate and key (one PEM, mode 0600).
+fn tls_pem_path(inv: &Inventory) -> String {
+    format!("{}/{}.pem", paths::HAPROXY_CERTS, inv.domain)
 }
 
 fn web_ctx(inv: &Inventory) -> WebCtx<'_> {
@@ -336,6 +353,25 @@ fn render_host(
             paths::HAPROXY_CFG.into(),
             Service::Haproxy,
         )?);
+        if let Some(t) = &inv.tls {
+            let cert = std::fs::read_to_string(&t.cert)
+                .with_context(|| format!("reading the certificate {}", t.cert.display()))?;
+            // The key stays a placeholder until apply resolves it in memory.
+            files.push(ManagedFile {
+                path: tls_pem_path(inv),
+                content: format!(
+                    "{}\n{}\n",
+                    cert.trim_end(),
+                    crate::secrets::placeholder(&t.key)
+                ),
+                mode: 0o600,
+                owner: "root".into(),
+                group: "root".into(),
+                service: Service::Haproxy,
+                template: "tls.cert + secret tls.key".into(),
+                init: None,
+            });
+        }
         services.push(Service::Haproxy);
     }
     Ok(HostPlan {

@@ -73,11 +73,8 @@ fn validate_host(h: &HostPlan) -> Result<Vec<FileResult>> {
     for f in &h.files {
         let r = match f.service {
             Service::Nginx => continue,
-            Service::Haproxy => run_file_validator(f, "haproxy", |prog, file| {
-                let mut c = Command::new(prog);
-                c.arg("-c").arg("-f").arg(file);
-                c
-            })?,
+            Service::Haproxy if f.path.ends_with(".pem") => validate_certificate(f)?,
+            Service::Haproxy => validate_haproxy(f, &h.files)?,
             Service::Mariadb => validate_mariadb_cnf(f)?,
             Service::Mysql => validate_mysql8_cnf(f)?,
             Service::App if f.path.ends_with(".ini") || f.path.ends_with(".service") => {
@@ -260,4 +257,124 @@ fn validate_mysql8_cnf(f: &ManagedFile) -> Result<(String, Verdict)> {
             .arg("--validate-config");
         c
     })
+}
+
+/// A self-signed certificate and key, for checking a config whose real key is a secret.
+fn stand_in_pem(dir: &Path) -> Result<Option<String>> {
+    let Some(openssl) = find_program("openssl") else {
+        return Ok(None);
+    };
+    let (key, cert) = (dir.join("stand-in.key"), dir.join("stand-in.crt"));
+    let out = Command::new(openssl)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=stand-in",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .context("running openssl")?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "{}{}",
+        std::fs::read_to_string(&cert)?,
+        std::fs::read_to_string(&key)?
+    )))
+}
+
+/// haproxy -c on the config, with the files it names (a certificate) beside it; a
+/// certificate whose key is a secret is replaced by a stand-in.
+fn validate_haproxy(f: &ManagedFile, files: &[ManagedFile]) -> Result<(String, Verdict)> {
+    let name = "haproxy -c".to_string();
+    let Some(prog) = find_program("haproxy") else {
+        return Ok((name, Verdict::NotValidated("haproxy not found".into())));
+    };
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let mut text = f.content.clone();
+    let mut label = name.clone();
+    for other in files
+        .iter()
+        .filter(|o| o.path != f.path && f.content.contains(&o.path))
+    {
+        let dest = dir
+            .path()
+            .join(Path::new(&other.path).file_name().unwrap_or_default());
+        let content = if crate::secrets::placeholders_in(&other.content).is_empty() {
+            other.content.clone()
+        } else {
+            match stand_in_pem(dir.path())? {
+                Some(pem) => {
+                    label = "haproxy -c (stand-in certificate: the key is a secret)".into();
+                    pem
+                }
+                None => {
+                    return Ok((
+                        name,
+                        Verdict::NotValidated(
+                            "openssl not found (for a stand-in certificate)".into(),
+                        ),
+                    ))
+                }
+            }
+        };
+        std::fs::write(&dest, content)?;
+        text = text.replace(&other.path, &dest.display().to_string());
+    }
+    let cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(&cfg, &text)?;
+    let out = Command::new(prog)
+        .arg("-c")
+        .arg("-f")
+        .arg(&cfg)
+        .output()
+        .context("running haproxy")?;
+    let mut report = combined(&out).replace(&cfg.display().to_string(), &f.path);
+    for other in files {
+        let tmp = dir
+            .path()
+            .join(Path::new(&other.path).file_name().unwrap_or_default());
+        report = report.replace(&tmp.display().to_string(), &other.path);
+    }
+    let verdict = if out.status.success() {
+        Verdict::Valid
+    } else {
+        Verdict::Invalid(report)
+    };
+    Ok((label, verdict))
+}
+
+/// The certificate part of a PEM: it parses and has not expired.
+fn validate_certificate(f: &ManagedFile) -> Result<(String, Verdict)> {
+    let name = "openssl x509 -checkend 0".to_string();
+    let Some(openssl) = find_program("openssl") else {
+        return Ok((name, Verdict::NotValidated("openssl not found".into())));
+    };
+    let dir = tempfile::tempdir()?;
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, &f.content)?;
+    let out = Command::new(openssl)
+        .args(["x509", "-noout", "-checkend", "0", "-in"])
+        .arg(&cert)
+        .output()
+        .context("running openssl")?;
+    let verdict = if out.status.success() {
+        Verdict::Valid
+    } else {
+        Verdict::Invalid(format!(
+            "the certificate does not parse or has expired: {}",
+            combined(&out)
+        ))
+    };
+    Ok((name, verdict))
 }

@@ -627,8 +627,9 @@ def op_observe(req):
     release = release_observe(req["release"]) if req.get("release") else None  # release.py
     users = {u: user_exists(u) for u in req.get("users") or []}  # release.py
     balancer = haproxy_observe() if req.get("haproxy") else None  # release.py
+    certs = {safe_path(c, "certs"): cert_not_after(c) for c in req.get("certs") or []}  # release.py
     return {
-        "ok": True, "init": init, "hostname": os.uname().nodename, "files": files, "db": db, "release": release, "users": users, "haproxy": balancer,
+        "ok": True, "init": init, "hostname": os.uname().nodename, "files": files, "db": db, "release": release, "users": users, "haproxy": balancer, "certs": certs,
         "services": {s: {"running": service_running(s, init), "pid": service_pid(s)} for s in services},
         "packages": dpkg_installed(packages), "lock": lock, "manifest": manifest,
         "last_history": last_history(),
@@ -758,6 +759,30 @@ def validate_one(v, rid, staged, record, save):
             ok, out = code == 0 and not bad, err
             if code == 0 and bad:
                 out = "\n".join(bad)
+        elif kind == "haproxy":
+            # The config may name files staged in this run (a certificate): check a copy
+            # that points at the staged versions, since the live ones do not exist yet.
+            with open(f) as fh:
+                text = fh.read()
+            copy = None
+            for p, sp in staged.items():
+                if p != target and p in text:
+                    text = text.replace(p, sp)
+                    copy = f + ".check"
+            if copy:
+                with open(copy, "w") as fh:
+                    fh.write(text)
+                os.chmod(copy, 0o600)
+            try:
+                code, out = run(validator_argv(kind, copy or f), timeout=60)
+            finally:
+                if copy:
+                    remove_quiet(copy)
+            if copy:
+                out = out.replace(copy, target)
+            ok = code == 0
+            out = "\n".join(l for l in out.splitlines()
+                            if not l.startswith("[NOTICE]") and l.strip() != "Configuration file is valid")
         else:
             code, out = run(validator_argv(kind, f), timeout=60)
             ok = code == 0

@@ -244,6 +244,18 @@ def haproxy_observe():
     return servers
 
 
+def cert_not_after(path):
+    """Unix time a PEM certificate expires (None if unreadable)."""
+    code, out, _ = capture(["openssl", "x509", "-noout", "-enddate", "-in", path], timeout=10)
+    if code != 0 or "=" not in out:
+        return None
+    import calendar
+    try:
+        return calendar.timegm(time.strptime(out.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z"))
+    except ValueError:
+        return None
+
+
 def op_history(req):
     """The last N apply records of this host, oldest first."""
     n = max(1, min(1000, int(req.get("last", 20))))

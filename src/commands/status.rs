@@ -30,11 +30,14 @@ struct HostStatus {
     database: Option<Value>,
     backends: Option<Value>,
     last_apply: Option<Value>,
+    certificates: Vec<Value>,
+    warnings: Vec<String>,
     problems: Vec<String>,
 }
 
 fn host_status(hp: &HostPlan, st: &HostState, secrets: &Secrets) -> HostStatus {
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
     let services: Vec<Value> = hp
         .services
         .iter()
@@ -99,6 +102,25 @@ fn host_status(hp: &HostPlan, st: &HostState, secrets: &Secrets) -> HostStatus {
             })),
         })
     });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let mut certificates = Vec::new();
+    for (path, not_after) in &st.certs {
+        match not_after {
+            Some(t) => {
+                let days = (t - now) / 86_400.0;
+                if days < 7.0 {
+                    problems.push(format!("certificate {path} expires in {days:.1} days"));
+                } else if days < 30.0 {
+                    warnings.push(format!("certificate {path} expires in {days:.0} days"));
+                }
+                certificates.push(json!({"path": path, "not_after": t, "days_left": (days * 10.0).round() / 10.0}));
+            }
+            None => warnings.push(format!("certificate {path} is missing or unreadable")),
+        }
+    }
     if let Some(servers) = st.haproxy.as_ref().and_then(|v| v.as_array()) {
         for s in servers {
             let status = s["status"].as_str().unwrap_or("");
@@ -122,6 +144,8 @@ fn host_status(hp: &HostPlan, st: &HostState, secrets: &Secrets) -> HostStatus {
         database,
         backends: st.haproxy.clone(),
         last_apply: st.last_history.clone(),
+        certificates,
+        warnings,
         problems,
     }
 }
@@ -159,6 +183,8 @@ pub fn run(args: &RemoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
                             database: None,
                             backends: None,
                             last_apply: None,
+                            certificates: Vec::new(),
+                            warnings: Vec::new(),
                             problems: vec![format!("unreachable: {e:#}")],
                         },
                     }
@@ -259,6 +285,9 @@ fn print_table(statuses: &[HostStatus], p: &Printer) {
     for s in statuses {
         for d in &s.drift {
             p.out(format!("{}: drift: {d}", s.host));
+        }
+        for w in &s.warnings {
+            p.out(format!("{}: WARNING: {w}", s.host));
         }
         for prob in &s.problems {
             p.out(format!("{}: PROBLEM: {prob}", s.host));

@@ -269,6 +269,23 @@ impl Default for MysqlSettings {
     }
 }
 
+/// HTTPS at the load balancers.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The certificate chain (PEM), relative to the inventory.
+    pub cert: PathBuf,
+    /// The name of the secret holding the private key (PEM).
+    pub key: String,
+    /// Strict-Transport-Security max-age, seconds.
+    #[serde(default = "default_hsts")]
+    pub hsts_max_age: u64,
+}
+
+fn default_hsts() -> u64 {
+    31_536_000
+}
+
 /// The validated inventory.
 #[derive(Clone, Debug, Serialize)]
 pub struct Inventory {
@@ -284,6 +301,7 @@ pub struct Inventory {
     pub nginx: NginxSettings,
     pub haproxy: HaproxySettings,
     pub mysql: MysqlSettings,
+    pub tls: Option<TlsSettings>,
     pub secrets: BTreeMap<String, SecretSource>,
 }
 
@@ -386,6 +404,8 @@ struct RawInventory {
     haproxy: HaproxySettings,
     #[serde(default)]
     mysql: MysqlSettings,
+    #[serde(default)]
+    tls: Option<TlsSettings>,
     #[serde(default)]
     secrets: IndexMap<String, RawSecret>,
 }
@@ -785,6 +805,25 @@ impl Validator {
             }
         }
 
+        let tls = raw.tls.map(|mut t| {
+            t.cert = rel(&t.cert);
+            t
+        });
+        if let Some(t) = &tls {
+            if !t.cert.is_file() {
+                self.err("tls.cert", format!("no such file: {}", t.cert.display()));
+            }
+            if !raw.secrets.contains_key(&t.key) {
+                self.err(
+                    "tls.key",
+                    format!(
+                        "the key's secret {:?} is not defined under `secrets:`",
+                        t.key
+                    ),
+                );
+            }
+        }
+
         Inventory {
             path: path.to_path_buf(),
             source_hash: hex::encode(Sha256::digest(text.as_bytes())),
@@ -795,6 +834,7 @@ impl Validator {
             nginx: raw.nginx,
             haproxy: raw.haproxy,
             mysql: raw.mysql,
+            tls,
             secrets,
         }
     }

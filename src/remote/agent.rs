@@ -236,6 +236,9 @@ pub struct HostState {
     /// On load balancers: every backend server as HAProxy sees it.
     #[serde(default)]
     pub haproxy: Option<Value>,
+    /// Certificates on the host: path -> expiry (Unix seconds), None when unreadable.
+    #[serde(default)]
+    pub certs: BTreeMap<String, Option<f64>>,
 }
 
 /// The application releases on a web server.
