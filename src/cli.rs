@@ -147,6 +147,10 @@ Every apply that touched a host appends a record there
 Exit codes: 0, 1 error.")]
     History(HistoryArgs),
 
+    /// Database operations: backup, restore
+    #[command(subcommand)]
+    Db(DbCommand),
+
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(after_help = "Examples:
   foobar-infra completions bash > /etc/bash_completion.d/foobar-infra
@@ -166,6 +170,54 @@ pub struct PlanArgs {
     /// Where to write the plan (JSON)
     #[arg(long, short, value_name = "FILE")]
     pub out: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DbCommand {
+    /// Dump the primary (or --from a replica) into a local gzip file, streamed over SSH
+    #[command(after_help = "Examples:
+  foobar-infra db backup lab/inventory.yaml --out foobar.sql.gz
+  foobar-infra db backup lab/inventory.yaml --out foobar.sql.gz --from web-02
+
+A consistent dump (mariadb-dump --single-transaction --gtid) of the application's
+database, streamed through the SSH connection and compressed here: nothing is written
+on the host. FILE.json records the host, the GTID position, the size and a sha256.
+
+Exit codes: 0 saved, 1 error.")]
+    Backup(DbBackupArgs),
+    /// Restore a backup into the primary, then reseed every replica (dry run without --yes)
+    #[command(after_help = "Examples:
+  foobar-infra db restore lab/inventory.yaml foobar.sql.gz          # what it would do
+  foobar-infra db restore lab/inventory.yaml foobar.sql.gz --yes
+
+The application's database on the primary is replaced by the backup, then every
+replica is seeded again from the primary and replicates by GTID.
+
+Exit codes: 0 restored, 2 dry run (nothing changed), 1 error.")]
+    Restore(DbRestoreArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DbBackupArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// The backup file to write (gzip)
+    #[arg(long, short, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Dump this database host instead of the primary (e.g. a replica)
+    #[arg(long, value_name = "HOST")]
+    pub from: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DbRestoreArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// The backup file (made by `db backup`)
+    pub file: PathBuf,
+    /// Restore for real (without it: print what would happen, exit 2)
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Args, Debug)]

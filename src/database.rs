@@ -226,7 +226,7 @@ pub async fn converge(
 
 /// Prepares the replica, streams a consistent dump from the primary into it, and
 /// starts replication at the dump's GTID position.
-async fn seed(
+pub async fn seed(
     primary: &dyn Remote,
     replica: &dyn Remote,
     db: &DbPlan,

@@ -208,3 +208,68 @@ fn history_lists_an_applied_and_a_failed_run() {
     assert!(String::from_utf8_lossy(&table.stdout).contains("failed"));
     assert_eq!(cli(&["apply", &inv()]).status.code(), Some(0));
 }
+
+#[test]
+fn a_backup_restores_into_fresh_database_hosts_and_replicas_follow() {
+    let Some(_g) = setup() else { return };
+    for i in 0..25 {
+        let r = http_post(WEB1, "/items", &format!("text=kept+{i}")).unwrap();
+        assert_eq!(r.status, 201);
+    }
+    let rows = sql("web-01", "SELECT COUNT(*) FROM foobar.items");
+    let file = root().join("lab/.state/backup.sql.gz");
+    let f = file.to_str().unwrap();
+    let out = cli(&["db", "backup", &inv(), "--out", f]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{f}.json")).unwrap()).unwrap();
+    assert!(meta["gtid"].as_str().unwrap().starts_with("0-"), "{meta:#}");
+    for h in ["web-01", "web-02"] {
+        let leftovers = exec(
+            h,
+            &[
+                "sh",
+                "-c",
+                "find / -xdev -mmin -3 -name '*.sql*' -not -path '/srv/*' 2>/dev/null | wc -l",
+            ],
+        );
+        assert_eq!(leftovers.trim(), "0", "{h}: nothing written to disk");
+    }
+
+    // The database hosts are wiped: new containers, empty databases.
+    assert!(sh(&root().join("lab/down"), &["web-01", "web-02"])
+        .status
+        .success());
+    let up = sh(&root().join("lab/up"), &["web-01", "web-02"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let out = cli(&["apply", &inv()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(sql("web-01", "SELECT COUNT(*) FROM foobar.items"), "0");
+
+    let dry = cli(&["db", "restore", &inv(), f]);
+    assert_eq!(dry.status.code(), Some(2), "dry run first: {}", text(&dry));
+    assert_eq!(
+        sql("web-01", "SELECT COUNT(*) FROM foobar.items"),
+        "0",
+        "the dry run changed nothing"
+    );
+    let out = cli(&["db", "restore", &inv(), f, "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(sql("web-01", "SELECT COUNT(*) FROM foobar.items"), rows);
+    assert!(wait_until(Duration::from_secs(10), || sql(
+        "web-02",
+        "SELECT COUNT(*) FROM foobar.items"
+    ) == rows));
+    let st = exec("web-02", &["mariadb", "-e", "SHOW SLAVE STATUS\\G"]);
+    assert!(
+        st.contains("Slave_IO_Running: Yes") && st.contains("Slave_SQL_Running: Yes"),
+        "{st}"
+    );
+    let r = http_post(WEB2, "/items", "text=after+restore").unwrap();
+    assert_eq!(r.status, 201);
+    assert!(wait_until(Duration::from_secs(5), || {
+        sql("web-02", "SELECT COUNT(*) FROM foobar.items")
+            == sql("web-01", "SELECT COUNT(*) FROM foobar.items")
+    }));
+    assert_eq!(cli(&["status", &inv()]).status.code(), Some(0));
+}

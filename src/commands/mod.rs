@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod check;
+pub mod db;
 pub mod diff;
 pub mod history;
 pub mod plan;
