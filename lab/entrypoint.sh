@@ -14,7 +14,7 @@ log() { echo "lab-entrypoint: $*" >&2; }
 services=(${LAB_SERVICES:-})
 # Services foobar-infra installed and enabled (update-rc.d) start at boot too, as on a
 # real host.
-for link in /etc/rc2.d/S*foobar-*; do
+for link in /etc/rc2.d/S*foobar-* /etc/rc2.d/S*keepalived; do
     [[ -e $link ]] && services+=("$(basename "$link" | sed 's/^S[0-9]*//')")
 done
 

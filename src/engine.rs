@@ -273,7 +273,7 @@ fn service_check(svc: Service) -> Value {
             json!({"command": ["mariadb-admin", "ping", "--silent"], "timeout_s": 60})
         }
         Service::Mysql => json!({"command": ["mysqladmin", "ping", "--silent"], "timeout_s": 60}),
-        Service::App => json!({"running": true, "timeout_s": 20}),
+        Service::App | Service::Keepalived => json!({"running": true, "timeout_s": 20}),
     }
 }
 
@@ -293,8 +293,13 @@ fn validator(svc: Service, hp: &HostPlan) -> Option<Value> {
         Service::Haproxy => hp
             .files
             .iter()
-            .find(|f| f.service == svc)
+            .find(|f| f.service == svc && f.path == paths::HAPROXY_CFG)
             .map(|f| json!({"kind": "haproxy", "path": f.path})),
+        Service::Keepalived => hp
+            .files
+            .iter()
+            .find(|f| f.path == paths::KEEPALIVED_CONF)
+            .map(|f| json!({"kind": "keepalived", "path": f.path})),
         Service::Mariadb => hp
             .files
             .iter()

@@ -16,6 +16,8 @@ pub enum Service {
     /// The application server (gunicorn).
     #[serde(rename = "foobar-app")]
     App,
+    /// VRRP for the load balancers' floating address.
+    Keepalived,
 }
 
 /// The init system a host runs; some files exist for only one of them.
@@ -60,13 +62,14 @@ impl Service {
             Service::Mariadb => "mariadb",
             Service::Mysql => "mysql",
             Service::App => "foobar-app",
+            Service::Keepalived => "keepalived",
         }
     }
 
     /// Whether a reload rereads this service's config.
     pub fn on_change(self) -> ServiceAction {
         match self {
-            Service::Haproxy | Service::Nginx => ServiceAction::Reload,
+            Service::Haproxy | Service::Nginx | Service::Keepalived => ServiceAction::Reload,
             // A .cnf change is only read at start; the app reads its config at start.
             Service::Mariadb | Service::Mysql | Service::App => ServiceAction::Restart,
         }
@@ -80,6 +83,7 @@ impl Service {
             Service::Mariadb => &["mariadb-server"],
             Service::Mysql => &["mysql-server"],
             Service::App => &["gunicorn", "python3-pymysql"],
+            Service::Keepalived => &["keepalived"],
         }
     }
 

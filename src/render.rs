@@ -15,6 +15,8 @@ use crate::templates::Templates;
 pub mod paths {
     pub const HAPROXY_CFG: &str = "/etc/haproxy/haproxy.cfg";
     pub const HAPROXY_CERTS: &str = "/etc/haproxy/certs";
+    pub const KEEPALIVED_CONF: &str = "/etc/keepalived/keepalived.conf";
+    pub const KEEPALIVED_CHECK: &str = "/etc/keepalived/haproxy-alive";
     pub const NGINX_ROOT: &str = "/etc/nginx";
     pub const NGINX_CONF: &str = "/etc/nginx/nginx.conf";
     pub const NGINX_SITES: &str = "/etc/nginx/sites-foobar";
@@ -120,6 +122,17 @@ struct AppDbCtx<'a> {
 }
 
 #[derive(Serialize)]
+struct VipCtx {
+    address: String,
+    prefix: u8,
+    interface: String,
+    router_id: u8,
+    priority: u32,
+    peers: Vec<String>,
+    check_script: &'static str,
+}
+
+#[derive(Serialize)]
 struct Ctx<'a> {
     domain: &'a str,
     server_names: Vec<&'a str>,
@@ -134,6 +147,8 @@ struct Ctx<'a> {
     app: Option<AppCtx<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     app_db: Option<AppDbCtx<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vip: Option<VipCtx>,
 }
 
 fn lb_ctx(inv: &Inventory) -> LbCtx<'_> {
@@ -177,6 +192,30 @@ fn lb_ctx(inv: &Inventory) -> LbCtx<'_> {
         },
         backends,
     }
+}
+
+/// The VRRP settings of one load balancer: the first in the inventory has the highest
+/// priority and holds the address while it runs.
+fn vip_ctx(inv: &Inventory, host: &Host) -> Option<VipCtx> {
+    let v = inv.vip.as_ref()?;
+    if !host.has(Role::Lb) {
+        return None;
+    }
+    let lbs: Vec<&Host> = inv.with_role(Role::Lb).collect();
+    let rank = lbs.iter().position(|h| h.name == host.name)? as u32;
+    Some(VipCtx {
+        address: v.address.to_string(),
+        prefix: v.prefix,
+        interface: v.interface.clone(),
+        router_id: v.router_id,
+        priority: 150u32.saturating_sub(rank * 10).max(1),
+        peers: lbs
+            .iter()
+            .filter(|h| h.name != host.name)
+            .map(|h| h.address.to_string())
+            .collect(),
+        check_script: paths::KEEPALIVED_CHECK,
+    })
 }
 
 /// Where HAProxy reads the certificate and key (one PEM, mode 0600).
@@ -289,6 +328,7 @@ fn render_host(
         } else {
             None
         },
+        vip: vip_ctx(inv, host),
     };
     let ctx = tera::Context::from_serialize(&ctx).context("building the template context")?;
 
@@ -373,6 +413,26 @@ fn render_host(
             });
         }
         services.push(Service::Haproxy);
+        if inv.vip.is_some() {
+            files.push(file(
+                "keepalived.conf",
+                paths::KEEPALIVED_CONF.into(),
+                Service::Keepalived,
+            )?);
+            files.push(ManagedFile {
+                path: paths::KEEPALIVED_CHECK.into(),
+                content: "#!/bin/sh\n# Managed by foobar-infra: is HAProxy running?\n\
+                          [ -f /run/haproxy.pid ] && kill -0 \"$(cat /run/haproxy.pid)\" 2>/dev/null\n"
+                    .into(),
+                mode: 0o755,
+                owner: "root".into(),
+                group: "root".into(),
+                service: Service::Keepalived,
+                template: "(built in)".into(),
+                init: None,
+            });
+            services.push(Service::Keepalived);
+        }
     }
     Ok(HostPlan {
         host: host.clone(),

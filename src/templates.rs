@@ -7,30 +7,17 @@ use anyhow::{bail, Context, Result};
 use tera::Tera;
 
 /// Built-in templates, by name. The name is also the file name an override must use.
+#[rustfmt::skip]
 pub const BUILTIN: &[(&str, &str)] = &[
     ("haproxy.cfg", include_str!("../templates/haproxy.cfg")),
     ("nginx.conf", include_str!("../templates/nginx.conf")),
-    (
-        "nginx-site.conf",
-        include_str!("../templates/nginx-site.conf"),
-    ),
-    (
-        "mysql-primary.cnf",
-        include_str!("../templates/mysql-primary.cnf"),
-    ),
-    (
-        "mysql-replica.cnf",
-        include_str!("../templates/mysql-replica.cnf"),
-    ),
+    ("nginx-site.conf", include_str!("../templates/nginx-site.conf")),
+    ("mysql-primary.cnf", include_str!("../templates/mysql-primary.cnf")),
+    ("mysql-replica.cnf", include_str!("../templates/mysql-replica.cnf")),
     ("app.ini", include_str!("../templates/app.ini")),
-    (
-        "foobar-app.init",
-        include_str!("../templates/foobar-app.init"),
-    ),
-    (
-        "foobar-app.service",
-        include_str!("../templates/foobar-app.service"),
-    ),
+    ("foobar-app.init", include_str!("../templates/foobar-app.init")),
+    ("foobar-app.service", include_str!("../templates/foobar-app.service")),
+    ("keepalived.conf", include_str!("../templates/keepalived.conf")),
 ];
 
 /// The set of templates a run renders with.

@@ -74,9 +74,18 @@ fn validate_host(h: &HostPlan) -> Result<Vec<FileResult>> {
         let r = match f.service {
             Service::Nginx => continue,
             Service::Haproxy if f.path.ends_with(".pem") => validate_certificate(f)?,
-            Service::Haproxy => validate_haproxy(f, &h.files)?,
+            Service::Haproxy => validate_with_files(f, &h.files, "haproxy", "-c")?,
             Service::Mariadb => validate_mariadb_cnf(f)?,
             Service::Mysql => validate_mysql8_cnf(f)?,
+            Service::Keepalived if f.path.ends_with("haproxy-alive") => {
+                let (_, v) = run_file_validator(f, "sh", |prog, file| {
+                    let mut c = Command::new(prog);
+                    c.arg("-n").arg(file);
+                    c
+                })?;
+                ("sh -n".into(), v)
+            }
+            Service::Keepalived => validate_with_files(f, &h.files, "keepalived", "-t")?,
             Service::App if f.path.ends_with(".ini") || f.path.ends_with(".service") => {
                 let (_, v) = run_file_validator(f, "python3", |prog, file| {
                     let mut c = Command::new(prog);
@@ -293,12 +302,18 @@ fn stand_in_pem(dir: &Path) -> Result<Option<String>> {
     )))
 }
 
-/// haproxy -c on the config, with the files it names (a certificate) beside it; a
-/// certificate whose key is a secret is replaced by a stand-in.
-fn validate_haproxy(f: &ManagedFile, files: &[ManagedFile]) -> Result<(String, Verdict)> {
-    let name = "haproxy -c".to_string();
-    let Some(prog) = find_program("haproxy") else {
-        return Ok((name, Verdict::NotValidated("haproxy not found".into())));
+/// `PROGRAM CHECK -f CONFIG` (haproxy -c, keepalived -t) on the config, with the files
+/// it names (a certificate, a check script) beside it; a certificate whose key is a
+/// secret is replaced by a stand-in.
+fn validate_with_files(
+    f: &ManagedFile,
+    files: &[ManagedFile],
+    program: &str,
+    check: &str,
+) -> Result<(String, Verdict)> {
+    let name = format!("{program} {check}");
+    let Some(prog) = find_program(program) else {
+        return Ok((name, Verdict::NotValidated(format!("{program} not found"))));
     };
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let mut text = f.content.clone();
@@ -315,7 +330,7 @@ fn validate_haproxy(f: &ManagedFile, files: &[ManagedFile]) -> Result<(String, V
         } else {
             match stand_in_pem(dir.path())? {
                 Some(pem) => {
-                    label = "haproxy -c (stand-in certificate: the key is a secret)".into();
+                    label = format!("{name} (stand-in certificate: the key is a secret)");
                     pem
                 }
                 None => {
@@ -329,16 +344,21 @@ fn validate_haproxy(f: &ManagedFile, files: &[ManagedFile]) -> Result<(String, V
             }
         };
         std::fs::write(&dest, content)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(other.mode))?;
+        }
         text = text.replace(&other.path, &dest.display().to_string());
     }
-    let cfg = dir.path().join("haproxy.cfg");
+    let cfg = dir.path().join("config");
     std::fs::write(&cfg, &text)?;
     let out = Command::new(prog)
-        .arg("-c")
+        .arg(check)
         .arg("-f")
         .arg(&cfg)
         .output()
-        .context("running haproxy")?;
+        .with_context(|| format!("running {program}"))?;
     let mut report = combined(&out).replace(&cfg.display().to_string(), &f.path);
     for other in files {
         let tmp = dir

@@ -83,3 +83,98 @@ fn active_passive_serves_from_the_active_and_fails_over_to_the_passive() {
     let out = cli(&["apply", &lab_inventory().display().to_string()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+const VIP: &str = "10.231.0.100";
+
+#[test]
+fn two_load_balancers_share_a_floating_address_that_moves_when_one_dies() {
+    let Some(_g) = lab() else { return };
+    let up = sh(&root().join("lab/up"), &["lb-02"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let variant = lab_variant("vip", |t| {
+        t.replacen(
+            "  web-01:",
+            "  lb-02:\n    address: 10.231.0.12\n    roles: [lb]\n  web-01:",
+            1,
+        )
+        .replace(
+            "secrets:",
+            "vip:\n  address: 10.231.0.100\n  prefix: 16\n  interface: eth0\nsecrets:",
+        )
+    });
+    let v = variant.to_str().unwrap();
+    let out = cli(&["apply", v]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let holder = |h: &str| {
+        exec_raw(h, &["ip", "-4", "addr", "show", "eth0"])
+            .stdout
+            .windows(VIP.len())
+            .any(|w| w == VIP.as_bytes())
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || holder("lb-01")),
+        "lb-01 (highest priority) holds the address"
+    );
+    assert!(!holder("lb-02"));
+    assert!(wait_until(Duration::from_secs(10), || http_get(
+        VIP, "/health"
+    )
+    .map(|r| r.status == 200)
+    .unwrap_or(false)));
+
+    // lb-01 dies; a bounded request loop at the floating address measures the gap.
+    let stop = std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(2));
+        docker(&["kill", "foobar-lab-lb-01"])
+    });
+    let t0 = Instant::now();
+    let (mut first_fail, mut last_fail, mut ok_after) = (None, None, 0);
+    let mut n = 0;
+    while t0.elapsed() < Duration::from_secs(25) && n < 1000 && ok_after < 20 {
+        n += 1;
+        let ok = http_get(VIP, "/health")
+            .map(|r| r.status == 200)
+            .unwrap_or(false);
+        if ok {
+            if last_fail.is_some() {
+                ok_after += 1;
+            }
+        } else {
+            first_fail.get_or_insert(t0.elapsed());
+            last_fail = Some(t0.elapsed());
+            ok_after = 0;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(stop.join().unwrap().status.success());
+    let gap = match (first_fail, last_fail) {
+        (Some(a), Some(b)) => b - a,
+        _ => Duration::ZERO,
+    };
+    eprintln!("floating address: requests failed for {gap:?} after lb-01 was killed ({n} requests in all)");
+    assert!(holder("lb-02"), "lb-02 took the address over");
+    assert!(
+        ok_after >= 20 || first_fail.is_none(),
+        "requests succeed again through lb-02"
+    );
+    assert!(
+        gap < Duration::from_secs(10),
+        "at most a few seconds of failures: {gap:?}"
+    );
+
+    // lb-01 comes back (its entrypoint starts haproxy and keepalived) and takes the address back.
+    assert!(docker(&["start", "foobar-lab-lb-01"]).status.success());
+    assert!(
+        wait_until(Duration::from_secs(30), || holder("lb-01")),
+        "lb-01 holds the address again"
+    );
+    let down = sh(&root().join("lab/down"), &["lb-02"]);
+    assert!(down.status.success());
+    assert!(wait_until(Duration::from_secs(30), || cli(&[
+        "diff",
+        &lab_inventory().display().to_string()
+    ])
+    .status
+    .code()
+    .is_some()));
+}

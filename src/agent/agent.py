@@ -759,7 +759,7 @@ def validate_one(v, rid, staged, record, save):
             ok, out = code == 0 and not bad, err
             if code == 0 and bad:
                 out = "\n".join(bad)
-        elif kind == "haproxy":
+        elif kind in ("haproxy", "keepalived"):
             # The config may name files staged in this run (a certificate): check a copy
             # that points at the staged versions, since the live ones do not exist yet.
             with open(f) as fh:

@@ -269,6 +269,31 @@ impl Default for MysqlSettings {
     }
 }
 
+/// A floating address shared by the load balancers (keepalived, VRRP).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipSettings {
+    pub address: IpAddr,
+    /// Prefix length of the network the address is on.
+    #[serde(default = "default_prefix")]
+    pub prefix: u8,
+    #[serde(default = "default_interface")]
+    pub interface: String,
+    /// VRRP virtual router id (1-255), unique on the network.
+    #[serde(default = "default_router_id")]
+    pub router_id: u8,
+}
+
+fn default_prefix() -> u8 {
+    24
+}
+fn default_interface() -> String {
+    "eth0".into()
+}
+fn default_router_id() -> u8 {
+    51
+}
+
 /// HTTPS at the load balancers.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -302,6 +327,7 @@ pub struct Inventory {
     pub haproxy: HaproxySettings,
     pub mysql: MysqlSettings,
     pub tls: Option<TlsSettings>,
+    pub vip: Option<VipSettings>,
     pub secrets: BTreeMap<String, SecretSource>,
 }
 
@@ -406,6 +432,8 @@ struct RawInventory {
     mysql: MysqlSettings,
     #[serde(default)]
     tls: Option<TlsSettings>,
+    #[serde(default)]
+    vip: Option<VipSettings>,
     #[serde(default)]
     secrets: IndexMap<String, RawSecret>,
 }
@@ -824,6 +852,29 @@ impl Validator {
             }
         }
 
+        if let Some(v) = &raw.vip {
+            if hosts.iter().filter(|h| h.has(Role::Lb)).count() < 2 {
+                self.err(
+                    "vip",
+                    "a floating address needs at least two hosts with the role lb",
+                );
+            }
+            if v.router_id == 0 {
+                self.err("vip.router_id", "VRRP router ids are 1 to 255");
+            }
+            if v.interface.is_empty()
+                || !v
+                    .interface
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                self.err(
+                    "vip.interface",
+                    format!("invalid interface name {:?}", v.interface),
+                );
+            }
+        }
+
         Inventory {
             path: path.to_path_buf(),
             source_hash: hex::encode(Sha256::digest(text.as_bytes())),
@@ -835,6 +886,7 @@ impl Validator {
             haproxy: raw.haproxy,
             mysql: raw.mysql,
             tls,
+            vip: raw.vip,
             secrets,
         }
     }
