@@ -89,8 +89,67 @@ pub struct ReleaseChange {
     pub upload: bool,
 }
 
+/// The shape of the stack changing: said first in a diff, and ordering the apply.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Topology {
+    /// Hosts the tool has never applied to.
+    pub new_hosts: Vec<String>,
+    /// Web servers the load balancers do not have yet: added once they are ready.
+    pub backends_added: Vec<String>,
+    /// Web servers leaving the load balancers: drained first.
+    pub backends_removed: Vec<String>,
+    /// (host, service) pairs whose role left the host.
+    pub services_stopped: Vec<(String, String)>,
+    /// Replicas to seed from the primary.
+    pub replicas_seeded: Vec<String>,
+}
+
+impl Topology {
+    pub fn is_empty(&self) -> bool {
+        *self == Topology::default()
+    }
+
+    /// The order the steps run in, in words.
+    pub fn order(&self) -> Vec<String> {
+        let mut steps = Vec::new();
+        if !self.backends_removed.is_empty() {
+            steps.push(format!(
+                "drain {} on every load balancer and wait for their sessions to end",
+                self.backends_removed.join(", ")
+            ));
+        }
+        steps.push("stage and validate every changed file on every host".into());
+        let mut commit = "swap files and reload; restarts one host at a time".to_string();
+        if !self.services_stopped.is_empty() {
+            let s: Vec<String> = self
+                .services_stopped
+                .iter()
+                .map(|(h, s)| format!("{s} on {h}"))
+                .collect();
+            commit.push_str(&format!("; stop {}", s.join(", ")));
+        }
+        steps.push(commit);
+        if !self.replicas_seeded.is_empty() {
+            steps.push(format!(
+                "seed {} from the primary (streamed dump), replicate by GTID",
+                self.replicas_seeded.join(", ")
+            ));
+        }
+        steps.push("switch web servers to the new release, one at a time".into());
+        if !self.backends_added.is_empty() {
+            steps.push(format!(
+                "only then reload the load balancers with {} in the pool",
+                self.backends_added.join(", ")
+            ));
+        }
+        steps
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Changes {
+    #[serde(default)]
+    pub topology: Topology,
     pub hosts: Vec<HostChanges>,
 }
 
@@ -98,6 +157,7 @@ impl Changes {
     pub fn is_empty(&self) -> bool {
         self.hosts.iter().all(HostChanges::is_empty)
     }
+
     pub fn host(&self, name: &str) -> Option<&HostChanges> {
         self.hosts.iter().find(|h| h.host == name)
     }
@@ -324,10 +384,73 @@ pub fn diff(
     observed: &BTreeMap<String, HostState>,
     secrets: &Secrets,
 ) -> Result<Changes> {
-    let hosts = plan
+    let hosts: Vec<HostChanges> = plan
         .hosts
         .iter()
         .filter_map(|hp| observed.get(hp.name()).map(|st| diff_host(hp, st, secrets)))
         .collect::<Result<_>>()?;
-    Ok(Changes { hosts })
+    let topology = topology(plan, observed, &hosts);
+    Ok(Changes { topology, hosts })
+}
+
+/// What changes in the stack's shape, from the plan and what the hosts report.
+fn topology(
+    plan: &Plan,
+    observed: &BTreeMap<String, HostState>,
+    hosts: &[HostChanges],
+) -> Topology {
+    use crate::inventory::Role;
+    let planned: Vec<&str> = plan
+        .hosts
+        .iter()
+        .filter(|h| h.host.has(Role::Web))
+        .map(|h| h.name())
+        .collect();
+    let mut t = Topology::default();
+    for hp in &plan.hosts {
+        let Some(st) = observed.get(hp.name()) else {
+            continue;
+        };
+        if st.manifest.is_empty() && st.last_history.is_none() {
+            t.new_hosts.push(hp.name().to_string());
+        }
+        if !hp.host.has(Role::Lb) {
+            continue;
+        }
+        let Some(servers) = st.haproxy.as_ref().and_then(|v| v.as_array()) else {
+            continue;
+        };
+        let serving: Vec<&str> = servers
+            .iter()
+            .filter(|s| s["backend"] == "web")
+            .filter_map(|s| s["server"].as_str())
+            .collect();
+        if serving.is_empty() {
+            continue; // not configured by the tool yet
+        }
+        for w in &planned {
+            if !serving.contains(w) && !t.backends_added.iter().any(|x| x == w) {
+                t.backends_added.push(w.to_string());
+            }
+        }
+        for s in serving {
+            if !planned.contains(&s) && !t.backends_removed.iter().any(|x| x == s) {
+                t.backends_removed.push(s.to_string());
+            }
+        }
+    }
+    for hc in hosts {
+        for s in hc
+            .services
+            .iter()
+            .filter(|s| s.action == ServiceAction::Stop)
+        {
+            t.services_stopped
+                .push((hc.host.clone(), s.service.unit().to_string()));
+        }
+        if matches!(hc.db, Some(DbChange::SeedReplica { .. })) {
+            t.replicas_seeded.push(hc.host.clone());
+        }
+    }
+    t
 }

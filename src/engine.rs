@@ -396,7 +396,8 @@ pub async fn apply(
     parallel: usize,
     printer: &Printer,
 ) -> Result<Vec<HostReport>> {
-    let mut reports = apply_files(plan, changes, remotes, run, parallel, printer).await?;
+    let (mut reports, deferred) =
+        apply_files(plan, changes, remotes, run, parallel, printer).await?;
     let db_changes: Vec<(String, database::DbChange)> = changes
         .hosts
         .iter()
@@ -418,7 +419,7 @@ pub async fn apply(
             printer.event(json!({"event": "database", "host": host, "change": change}));
         }
     }
-    // Releases last: the application needs its database accounts to pass its check.
+    // Releases next: the application needs its database accounts to pass its check.
     for (host, secs) in rollout_releases(plan, changes, remotes, printer).await? {
         match reports.iter_mut().find(|r| r.host == host) {
             Some(r) => {
@@ -433,6 +434,10 @@ pub async fn apply(
                 result: "applied".into(),
             }),
         }
+    }
+    // Last, the load balancers that take in the web servers made ready above.
+    if !deferred.is_empty() {
+        reports.extend(commit_deferred(&deferred, run, parallel, printer).await?);
     }
     Ok(reports)
 }
@@ -521,14 +526,14 @@ type Work<'a> = (&'a HostPlan, &'a HostChanges, &'a dyn Remote);
 /// Files, services and releases: upload and stage everywhere first, then commit; hosts
 /// whose application or database restarts go one at a time (drained from the load
 /// balancers while they do); any failure restores every host changed in the run.
-async fn apply_files(
-    plan: &Plan,
-    changes: &Changes,
-    remotes: &[&dyn Remote],
+async fn apply_files<'a>(
+    plan: &'a Plan,
+    changes: &'a Changes,
+    remotes: &[&'a dyn Remote],
     run: &RunInfo,
     parallel: usize,
     printer: &Printer,
-) -> Result<Vec<HostReport>> {
+) -> Result<(Vec<HostReport>, Vec<Work<'a>>)> {
     let work: Vec<Work> = plan
         .hosts
         .iter()
@@ -588,7 +593,7 @@ async fn apply_files(
     }
 
     if work.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
 
     // Phase 1: stage and validate everywhere.
@@ -650,6 +655,27 @@ async fn apply_files(
                 && s.action != ServiceAction::Reload
         })
     };
+    // Load balancers that gain a web server are reloaded last, once it is ready.
+    let adds = !changes.topology.backends_added.is_empty();
+    let (deferred, work): (Vec<Work>, Vec<Work>) = work
+        .into_iter()
+        .partition(|(hp, hc, _)| adds && hp.host.has(Role::Lb) && !hc.files_unchanged());
+    // Web servers that leave are drained before anything else changes.
+    if !changes.topology.backends_removed.is_empty() {
+        let lbs = balancers(plan, remotes);
+        for server in &changes.topology.backends_removed {
+            if let Err(e) = set_backend_state(&lbs, server, "drain", printer).await {
+                abort(
+                    &[to_stage.as_slice(), deferred.as_slice()].concat(),
+                    run,
+                    parallel,
+                    printer,
+                )
+                .await;
+                return Err(e).context("nothing was changed");
+            }
+        }
+    }
     let (mut serial, together): (Vec<Work>, Vec<Work>) =
         work.iter().copied().partition(|(_, hc, _)| rolling(hc));
     serial.sort_by_key(|(hp, _, _)| (hp.host.has(Role::DbPrimary), !hp.host.has(Role::DbReplica)));
@@ -696,11 +722,48 @@ async fn apply_files(
         // Hosts staged but never committed: drop their staged files.
         let staged_only: Vec<Work> = pending
             .into_iter()
+            .chain(deferred.iter().copied())
             .filter(|(_, hc, _)| !hc.files_unchanged())
             .collect();
         abort(&staged_only, run, parallel, printer).await;
         printer.event(json!({"event": "error", "message": msg}));
         let rolled = rollback(&done.committed, run, parallel, printer).await;
+        bail!("{msg}\n{rolled}");
+    }
+    Ok((reports, deferred))
+}
+
+/// Commits the load balancers held back until new web servers were ready.
+async fn commit_deferred(
+    deferred: &[Work<'_>],
+    run: &RunInfo,
+    parallel: usize,
+    printer: &Printer,
+) -> Result<Vec<HostReport>> {
+    let results = bounded(deferred.to_vec(), parallel, |(_, hc, r)| {
+        commit_host(hc, r, run, false)
+    })
+    .await;
+    let mut reports = Vec::new();
+    let mut committed = Vec::new();
+    let mut failure = None;
+    for ((hp, hc, r), (res, took)) in deferred.iter().copied().zip(results) {
+        match res {
+            Ok(_) => {
+                committed.push((hp, hc, r));
+                reports.push(report(hp, hc, took, "applied", printer));
+            }
+            Err(e) => {
+                failure.get_or_insert(host_error(
+                    hp.name(),
+                    "reloading with the new web servers",
+                    &e,
+                ));
+            }
+        }
+    }
+    if let Some(msg) = failure {
+        let rolled = rollback(&committed, run, parallel, printer).await;
         bail!("{msg}\n{rolled}");
     }
     Ok(reports)
@@ -797,6 +860,9 @@ async fn set_backend_state(
         )
         .await
         .map_err(|e| anyhow::anyhow!(host_error(lb.name(), &format!("setting {server} to {state}"), &e)))?;
+        if answer["absent"] == true {
+            continue;
+        }
         if state == "ready" && !answer["status"].as_str().unwrap_or("").starts_with("UP") {
             printer.warn(format!(
                 "{}: {server} is {} after 30 s",

@@ -178,3 +178,182 @@ fn two_load_balancers_share_a_floating_address_that_moves_when_one_dies() {
     .code()
     .is_some()));
 }
+
+const WEB3: &str = "10.231.1.13";
+
+/// Requests at the load balancer in a thread while `f` runs: (ok, failures).
+fn under_load(
+    f: impl FnOnce() -> std::process::Output,
+) -> (std::process::Output, usize, Vec<String>) {
+    let load = std::thread::spawn(|| load_loop("/health", Duration::from_secs(20), 3000));
+    std::thread::sleep(Duration::from_secs(1));
+    let out = f();
+    let (ok, failed) = load.join().unwrap();
+    (out, ok, failed)
+}
+
+fn backends() -> Vec<String> {
+    let stat = exec(
+        "lb-01",
+        &[
+            "sh",
+            "-c",
+            "echo 'show stat' | socat stdio /run/haproxy/admin.sock",
+        ],
+    );
+    let mut names: Vec<String> = stat
+        .lines()
+        .filter(|l| l.starts_with("web,") && !l.starts_with("web,BACKEND"))
+        .map(|l| l.split(',').nth(1).unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn web_servers_join_and_leave_under_load_without_a_failed_request() {
+    let Some(_g) = lab() else { return };
+    let base = lab_inventory().display().to_string();
+    assert_eq!(cli(&["apply", &base]).status.code(), Some(0));
+    for i in 0..10 {
+        assert_eq!(
+            http_post(WEB1, "/items", &format!("text=before+web-03+{i}"))
+                .unwrap()
+                .status,
+            201
+        );
+    }
+    // A new, empty host (also when an earlier run left one behind).
+    sh(&root().join("lab/down"), &["web-03"]);
+    let up = sh(&root().join("lab/up"), &["web-03"]);
+    assert!(up.status.success(), "{}", text(&up));
+
+    // web-03 joins as a web server and a second replica.
+    let with_web3 = |t: &str| {
+        t.replace(
+            "    roles: [web, db-replica]\n",
+            "    roles: [web, db-replica]\n  web-03:\n    address: 10.231.1.13\n    roles: [web, db-replica]\n",
+        )
+    };
+    let grow = lab_variant("grow", with_web3);
+    let g = grow.to_str().unwrap();
+    let diff = cli(&["diff", g]);
+    assert_eq!(diff.status.code(), Some(2), "{}", text(&diff));
+    let stdout = String::from_utf8_lossy(&diff.stdout).to_string();
+    assert!(
+        stdout.starts_with("== topology"),
+        "topology first: {stdout}"
+    );
+    assert!(
+        stdout.contains("+ backend web-03 (added to the load balancers once it is ready)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("+ replica web-03 seeded from the primary"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("order:"), "{stdout}");
+
+    let (out, ok, failed) = under_load(|| cli(&["apply", g]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(ok > 100, "the load loop ran: {ok}");
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!(cli(&["diff", g]).status.code(), Some(0));
+    assert_eq!(backends(), ["web-01", "web-02", "web-03"]);
+    assert!(wait_until(Duration::from_secs(15), || {
+        (0..6).all(|_| {
+            http_get(LB, "/health")
+                .map(|r| r.status == 200)
+                .unwrap_or(false)
+        })
+    }));
+    let mut count = std::collections::BTreeMap::new();
+    for _ in 0..30 {
+        let r = http_get(LB, "/health").unwrap();
+        *count
+            .entry(r.header("X-Served-By").unwrap_or("?").to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        count.values().copied().collect::<Vec<_>>(),
+        [10, 10, 10],
+        "spread evenly: {count:?}"
+    );
+
+    // The new replica holds the primary's rows, replicates new ones, refuses app writes.
+    let rows = || sql("web-03", "SELECT COUNT(*) FROM foobar.items");
+    assert!(wait_until(Duration::from_secs(5), || rows()
+        == sql("web-01", "SELECT COUNT(*) FROM foobar.items")));
+    assert_eq!(
+        http_post(WEB3, "/items", "text=through+web-03")
+            .unwrap()
+            .status,
+        201
+    );
+    assert!(wait_until(Duration::from_secs(5), || rows()
+        == sql("web-01", "SELECT COUNT(*) FROM foobar.items")));
+    let pw = &lab_secrets()[0];
+    let refused = std::process::Command::new("docker")
+        .args([
+            "exec",
+            "-e",
+            &format!("MYSQL_PWD={pw}"),
+            "foobar-lab-web-03",
+            "mariadb",
+            "-u",
+            "foobar",
+            "-h",
+            WEB3,
+        ])
+        .args([
+            "-e",
+            "INSERT INTO foobar.items (text, host) VALUES ('x', 'test')",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+
+    // web-02 leaves the web role (it stays a replica).
+    let cnf = remote_sha("web-02", "/etc/mysql/mariadb.conf.d/60-foobar.cnf");
+    let shrink = lab_variant("shrink", |t| {
+        with_web3(t).replacen("roles: [web, db-replica]", "roles: [db-replica]", 1)
+    });
+    let s = shrink.to_str().unwrap();
+    let diff = cli(&["diff", s]);
+    assert_eq!(diff.status.code(), Some(2), "{}", text(&diff));
+    let stdout = String::from_utf8_lossy(&diff.stdout).to_string();
+    assert!(stdout.starts_with("== topology"), "{stdout}");
+    assert!(
+        stdout.contains("- backend web-02 (drained first, then removed)"),
+        "{stdout}"
+    );
+    let (out, ok, failed) = under_load(|| cli(&["apply", s]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(ok > 100);
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!(backends(), ["web-01", "web-03"]);
+    assert_eq!(
+        remote_sha("web-02", "/etc/mysql/mariadb.conf.d/60-foobar.cnf"),
+        cnf,
+        "the database side of web-02 unchanged"
+    );
+    assert!(exec("web-02", &["mariadb", "-e", "SHOW SLAVE STATUS\\G"])
+        .contains("Slave_SQL_Running: Yes"));
+    assert_eq!(cli(&["diff", s]).status.code(), Some(0));
+
+    // Back to the lab's shape; web-03 goes away.
+    let out = cli(&["apply", &base]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(backends(), ["web-01", "web-02"]);
+    assert!(sh(&root().join("lab/down"), &["web-03"]).status.success());
+}

@@ -502,6 +502,8 @@ def service_action(name, action, init):
     A reload of a stopped service would fail: it becomes a start."""
     if action == "reload" and not service_running(name, init):
         action = "start"
+    if name == "haproxy" and action in ("reload", "restart"):
+        save_haproxy_state()  # release.py: the new processes keep drains and checks
     argv = ["systemctl", action, name] if init == "systemd" else ["service", name, action]
     code, out = run(argv, timeout=300, detach=True)
     if code == 0 and action in ("start", "restart"):
@@ -1066,6 +1068,11 @@ def op_commit(req):
                 copy_preserving(p, backup_path(rid, p))
             entries.append({"path": p, "existed": existed, "kind": "delete"})
         write_json_atomic(bj, state)
+        # A service whose role leaves the host stops while its files (its init script)
+        # are still there.
+        stops = [a for a in actions if a["action"] == "stop"]
+        others = [a for a in actions if a["action"] != "stop"]
+        stopped = run_actions(stops, init)
         # 2. swap files in
         for e in entries:
             changed = True
@@ -1077,16 +1084,22 @@ def op_commit(req):
         for d in sorted({os.path.dirname(e["path"]) for e in entries}):
             fsync_dir(d)
         # 3. services
-        done = run_actions(actions, init)
+        done = stopped + run_actions(others, init)
     except BaseException as e:
         problems = restore_backups(rid, entries, state["dirs"]) if changed else []
         for f in record["files"]:
             remove_quiet(f["staged"])
         if changed:
             try:
-                reload_again(actions, init)
+                reload_again([a for a in actions if a["action"] != "stop"], init)
             except Exception:
                 pass
+        for a in actions:
+            if a["action"] == "stop":  # its files are back: so is the service
+                try:
+                    service_action(a["service"], "start", init)
+                except Exception:
+                    pass
         msg = e.message if isinstance(e, AgentError) else "%s: %s" % (type(e).__name__, e)
         if problems:
             msg += "; RESTORING FAILED for: " + "; ".join(problems)
@@ -1148,6 +1161,8 @@ def op_rollback(req):
             remove_quiet(MANIFEST)
         state["state"] = "rolled-back"
         write_json_atomic(bj, state)
+        # A service stopped by the run comes back with its files.
+        actions = [dict(a, action="start", check=None) if a["action"] == "stop" else a for a in actions]
         done = run_actions(actions, init_system())
     except BaseException as e:
         msg = e.message if isinstance(e, AgentError) else "%s: %s" % (type(e).__name__, e)

@@ -190,6 +190,22 @@ def haproxy_server_stat(backend, server):
     return None, 0
 
 
+def save_haproxy_state():
+    """Dump the servers' runtime state where the next HAProxy process loads it from
+    (server-state-file): a drained server stays drained across a reload, and a server
+    no longer in the running config leaves no stale state behind."""
+    if not os.path.exists(HAPROXY_SOCKET):
+        return
+    try:
+        dump = haproxy_cmd("show servers state")
+        tmp = "/var/lib/haproxy/server-state.tmp"
+        with open(tmp, "w") as f:
+            f.write(dump)
+        os.replace(tmp, "/var/lib/haproxy/server-state")
+    except (AgentError, OSError):
+        pass
+
+
 def op_haproxy_server(req):
     """Set a server's admin state on this load balancer: `drain` (and wait, bounded, for
     its sessions to end), `ready` (and wait until its health check says UP), `maint`."""
@@ -199,15 +215,13 @@ def op_haproxy_server(req):
     if state not in ("drain", "ready", "maint"):
         raise AgentError("request", "state must be drain, ready or maint")
     out = haproxy_cmd("set server %s/%s state %s" % (backend, server, state)).strip()
+    if "No such server" in out or "No such backend" in out:
+        # Not in this balancer's pool (yet): nothing to drain or put back.
+        return {"ok": True, "absent": True, "status": None, "sessions": 0}
     if out:
         raise AgentError("service", "HAProxy refused: %s" % out, service="haproxy")
     # Persist runtime state so a reload keeps it (load-server-state-from-file).
-    try:
-        dump = haproxy_cmd("show servers state")
-        with open("/var/lib/haproxy/server-state", "w") as f:
-            f.write(dump)
-    except (AgentError, OSError):
-        pass
+    save_haproxy_state()
     deadline = now() + float(req.get("timeout_s", 30))
     status, scur = haproxy_server_stat(backend, server)
     while True:

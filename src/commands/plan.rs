@@ -44,7 +44,10 @@ pub fn show(path: &Path, p: &Printer) -> Result<Outcome> {
                 .with_context(|| format!("{}: host {}", path.display(), h.host))
         })
         .collect::<Result<Vec<_>>>()?;
-    let changes = Changes { hosts };
+    let changes = Changes {
+        topology: Default::default(),
+        hosts,
+    };
     let pending = remote::print_changes(&changes, p, "diff");
     Ok(if pending {
         Outcome::ChangesPending

@@ -148,9 +148,35 @@ pub fn print_changes(changes: &Changes, p: &Printer, command: &str) -> bool {
     let pending = !changes.is_empty();
     if p.json {
         p.json_line(&serde_json::json!({
-            "schema": 1, "command": command, "in_sync": !pending, "hosts": changes.hosts,
+            "schema": 1, "command": command, "in_sync": !pending, "topology": changes.topology,
+            "hosts": changes.hosts,
         }));
         return pending;
+    }
+    let t = &changes.topology;
+    if !t.is_empty() {
+        p.out(p.bold("== topology"));
+        for h in &t.new_hosts {
+            p.out(format!("  + host {h} joins (never applied to before)"));
+        }
+        for b in &t.backends_added {
+            p.out(format!(
+                "  + backend {b} (added to the load balancers once it is ready)"
+            ));
+        }
+        for b in &t.backends_removed {
+            p.out(format!("  - backend {b} (drained first, then removed)"));
+        }
+        for (h, svc) in &t.services_stopped {
+            p.out(format!("  - {svc} stops on {h} (its role left the host)"));
+        }
+        for r in &t.replicas_seeded {
+            p.out(format!("  + replica {r} seeded from the primary"));
+        }
+        p.out("  order:");
+        for (i, step) in t.order().iter().enumerate() {
+            p.out(format!("    {}. {step}", i + 1));
+        }
     }
     let mut files = 0;
     let mut actions = 0;
