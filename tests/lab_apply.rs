@@ -3,6 +3,8 @@
 //! Run by `cargo test`; they need Docker (see tests/common).
 
 mod common;
+#[path = "support/overrides.rs"]
+mod overrides;
 
 use std::process::Output;
 use std::sync::OnceLock;
@@ -227,20 +229,14 @@ fn an_invalid_nginx_override_changes_nothing_anywhere() {
     let Some(_g) = setup() else { return };
     baseline();
     let before = managed_hashes();
-    let dir = tempfile::tempdir().unwrap();
-    let site = std::fs::read_to_string(root().join("templates/nginx-site.conf")).unwrap();
-    std::fs::write(
-        dir.path().join("nginx-site.conf"),
-        site.replace("keepalive 16;", "keepalive sixteen;"),
-    )
-    .unwrap();
+    let dir = overrides::broken_nginx_site();
     // Something valid changes too (haproxy), so a half-apply would show.
-    let haproxy = std::fs::read_to_string(root().join("templates/haproxy.cfg")).unwrap();
-    std::fs::write(
-        dir.path().join("haproxy.cfg"),
-        format!("{haproxy}# extra line\n"),
-    )
-    .unwrap();
+    overrides::override_template(
+        &dir,
+        "haproxy.cfg",
+        "frontend stats",
+        "# extra line\nfrontend stats",
+    );
 
     let out = cli(&["apply", &inv(), "--templates", dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

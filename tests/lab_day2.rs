@@ -3,6 +3,8 @@
 //! touched), and the apply history. They need Docker (see tests/common).
 
 mod common;
+#[path = "support/overrides.rs"]
+mod overrides;
 
 use std::time::Duration;
 
@@ -169,13 +171,7 @@ fn history_lists_an_applied_and_a_failed_run() {
     let out = cli(&["apply", ok.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
-    let dir = tempfile::tempdir().unwrap();
-    let site = std::fs::read_to_string(root().join("templates/nginx-site.conf")).unwrap();
-    std::fs::write(
-        dir.path().join("nginx-site.conf"),
-        site.replace("keepalive 16;", "keepalive sixteen;"),
-    )
-    .unwrap();
+    let dir = overrides::broken_nginx_site();
     let out = cli(&["apply", &inv(), "--templates", dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 

@@ -1,6 +1,8 @@
 //! Rendering without servers: determinism, snapshots of every rendered file, the
 //! larger example's shape, and validation by the real tools (`check --strict`).
 
+#[path = "support/overrides.rs"]
+mod overrides;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -162,19 +164,13 @@ fn an_invalid_override_fails_check_naming_template_host_and_tool_message() {
     if !validators_present() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let site = std::fs::read_to_string(root().join("templates/nginx-site.conf")).unwrap();
-    std::fs::write(
-        dir.path().join("nginx-site.conf"),
-        site.replace("keepalive 16;", "keepalive sixteen;"),
-    )
-    .unwrap();
-    let haproxy = std::fs::read_to_string(root().join("templates/haproxy.cfg")).unwrap();
-    std::fs::write(
-        dir.path().join("haproxy.cfg"),
-        haproxy.replace("balance {{ lb.balance }}", "balance bogus"),
-    )
-    .unwrap();
+    let dir = overrides::broken_nginx_site();
+    overrides::override_template(
+        &dir,
+        "haproxy.cfg",
+        "balance {{ lb.balance }}",
+        "balance bogus",
+    );
     let out = cli()
         .args(["check", "inventory/inventory.yaml", "--templates"])
         .arg(dir.path())
