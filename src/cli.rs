@@ -195,6 +195,35 @@ replica is seeded again from the primary and replicates by GTID.
 
 Exit codes: 0 restored, 2 dry run (nothing changed), 1 error.")]
     Restore(DbRestoreArgs),
+    /// Make a replica the primary (failover); --dry-run shows every step first
+    #[command(after_help = "Examples:
+  foobar-infra db promote lab/inventory.yaml web-02 --dry-run
+  foobar-infra db promote lab/inventory.yaml web-02 --write-inventory
+  foobar-infra apply lab/inventory.yaml
+
+Fences the old primary read-only and waits for the replica to catch up when the old
+primary answers; stops replication on the new primary and makes it writable; points the
+other replicas (and the old primary) at it. The inventory change (roles swapped) is
+printed, or written with --write-inventory keeping comments and order. The next apply
+moves the application's writes to the new primary.
+
+Exit codes: 0 promoted (and inventory written), 2 dry run, 1 error (also when the
+inventory was not written: apply would refuse until it is).")]
+    Promote(DbPromoteArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DbPromoteArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// The replica to promote
+    pub host: String,
+    /// Show the steps and the inventory change, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write the inventory change (keeps comments and order)
+    #[arg(long)]
+    pub write_inventory: bool,
 }
 
 #[derive(Args, Debug)]

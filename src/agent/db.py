@@ -207,14 +207,16 @@ def op_db_seed_prepare(req):
 
 def op_db_replica_start(req):
     """Point the replica at the primary by GTID, start it, and wait (bounded) until both
-    threads run. The replication password arrives here, on stdin, and goes to the SQL
+    threads run. current_pos, not slave_pos: a demoted primary's own transactions are in
+    its binary log, not in its slave position (a seeded replica has no binary log of its
+    own, so both are the same there). The replication password arrives here, on stdin, and goes to the SQL
     client on its stdin."""
     p = req.get("primary") or {}
     host, port, user, pw = p.get("host"), int(p.get("port", 3306)), p.get("user"), p.get("password")
     if not SQL_HOST_RE.match(str(host)) or not SQL_NAME_RE.match(str(user)) or not isinstance(pw, str):
         raise AgentError("request", "invalid primary for replication")
     run_sql("STOP SLAVE;\nCHANGE MASTER TO MASTER_HOST=%s, MASTER_PORT=%d, MASTER_USER=%s, "
-            "MASTER_PASSWORD=%s, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=5;\nSTART SLAVE;"
+            "MASTER_PASSWORD=%s, MASTER_USE_GTID=current_pos, MASTER_CONNECT_RETRY=5;\nSTART SLAVE;"
             % (sql_quote(host), port, sql_quote(user), sql_quote(pw)))
     deadline = now() + float(req.get("timeout_s", 30))
     while True:
@@ -248,4 +250,38 @@ OPS.update({
     "db-seed-prepare": op_db_seed_prepare,
     "db-replica-start": op_db_replica_start,
     "db-wait-replica": op_db_wait_replica,
+})
+
+
+def op_db_fence(req):
+    """Make this server read-only (the old primary, before a promotion) and answer its
+    binary log position, for the new primary to catch up to."""
+    run_sql("SET GLOBAL read_only=ON;")
+    rows = run_sql("SELECT @@gtid_binlog_pos")
+    return {"ok": True, "gtid_binlog_pos": rows[0][0] if rows and rows[0] else ""}
+
+
+def op_db_catch_up(req):
+    """Wait (bounded) until this replica has applied everything up to a GTID position."""
+    gtid = str(req.get("gtid") or "")
+    if not re.match(r"^[0-9,\-]*$", gtid):
+        raise AgentError("request", "invalid GTID position %r" % gtid)
+    timeout = int(req.get("timeout_s", 60))
+    rows = run_sql("SELECT MASTER_GTID_WAIT(%s, %d)" % (sql_quote(gtid), timeout), timeout=timeout + 10)
+    if not rows or rows[0][0] != "0":
+        raise AgentError("db", "did not reach GTID %s within %ss" % (gtid, timeout))
+    return {"ok": True}
+
+
+def op_db_promote(req):
+    """This replica becomes the primary: replication stopped and forgotten, writable."""
+    run_sql("STOP SLAVE;\nRESET SLAVE ALL;\nSET GLOBAL read_only=OFF;")
+    rows = run_sql("SELECT @@read_only, @@gtid_current_pos")
+    return {"ok": True, "read_only": rows[0][0] == "1", "gtid_current_pos": rows[0][1]}
+
+
+OPS.update({
+    "db-fence": op_db_fence,
+    "db-catch-up": op_db_catch_up,
+    "db-promote": op_db_promote,
 })

@@ -6,6 +6,7 @@ pub mod db;
 pub mod diff;
 pub mod history;
 pub mod plan;
+pub mod promote;
 pub mod remote;
 pub mod render;
 pub mod rollback;

@@ -111,6 +111,10 @@ pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>) -> Result<Session> 
             return Err(e);
         }
     };
+    if let Err(e) = live_primary_matches(&plan, &observed) {
+        engine::close_all(remotes).await;
+        return Err(e);
+    }
     if let Some(saved) = &saved {
         let desired = plan
             .hosts
@@ -141,6 +145,47 @@ pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>) -> Result<Session> 
         observed,
         changes,
     })
+}
+
+/// `apply` never undoes a failover: when the inventory's db-primary is read-only and
+/// replicates from another host, which is writable, stop before changing anything.
+fn live_primary_matches(plan: &Plan, observed: &BTreeMap<String, HostState>) -> Result<()> {
+    use crate::plan::DbRole;
+    let Some(primary) = plan
+        .hosts
+        .iter()
+        .find(|h| h.db.as_ref().is_some_and(|d| d.role == DbRole::Primary))
+    else {
+        return Ok(());
+    };
+    let Some(st) = observed
+        .get(primary.name())
+        .and_then(|s| s.db.as_ref())
+        .filter(|d| d.running)
+    else {
+        return Ok(());
+    };
+    let demoted = st.read_only == Some(true) || st.replica.is_some();
+    if !demoted {
+        return Ok(());
+    }
+    let live = plan.hosts.iter().find(|h| {
+        h.name() != primary.name()
+            && observed
+                .get(h.name())
+                .and_then(|s| s.db.as_ref())
+                .is_some_and(|d| d.running && d.read_only == Some(false) && d.replica.is_none())
+    });
+    if let Some(live) = live {
+        bail!(
+            "the live database primary is {} (writable, replicating from nobody), but the inventory names {}: \
+             run `foobar-infra db promote {} --write-inventory` (or change the roles in the inventory) before apply",
+            live.name(),
+            primary.name(),
+            live.name()
+        );
+    }
+    Ok(())
 }
 
 /// Prints the changes as unified diffs (or one JSON document); true when any.

@@ -393,6 +393,45 @@ impl Inventory {
     }
 }
 
+/// The inventory text with `db-primary` moved from host `from` to host `to` (which had
+/// `db-replica`, now given to `from`): only those two role words change, so comments,
+/// order and layout stay as the user wrote them.
+pub fn swap_db_primary(text: &str, from: &Host, to: &Host) -> Result<String> {
+    let (map, _) = SourceMap::build(text);
+    let mut edits = Vec::new();
+    for (host, old, new) in [
+        (from, Role::DbPrimary, Role::DbReplica),
+        (to, Role::DbReplica, Role::DbPrimary),
+    ] {
+        let i = host
+            .roles
+            .iter()
+            .position(|r| *r == old)
+            .with_context(|| format!("{} does not have the role {old}", host.name))?;
+        let pos = map
+            .value(&format!("hosts.{}.roles[{i}]", host.name))
+            .with_context(|| format!("finding hosts.{}.roles in the inventory", host.name))?;
+        edits.push((pos, old.as_str(), new.as_str()));
+    }
+    let mut lines: Vec<String> = text.split('\n').map(str::to_string).collect();
+    for (pos, old, new) in edits {
+        let line = lines.get_mut(pos.line - 1).context("inventory line")?;
+        let start = line
+            .char_indices()
+            .nth(pos.col - 1)
+            .map(|(b, _)| b)
+            .context("inventory column")?;
+        if !line[start..].starts_with(old) {
+            anyhow::bail!(
+                "line {} of the inventory does not read {old} where expected",
+                pos.line
+            );
+        }
+        line.replace_range(start..start + old.len(), new);
+    }
+    Ok(lines.join("\n"))
+}
+
 /// Formats a serde_yaml error as `file:line:col: path: message`.
 fn yaml_error(file: &str, e: &serde_yaml::Error) -> String {
     let mut msg = e.to_string();
