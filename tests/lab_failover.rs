@@ -71,8 +71,15 @@ fn promote_web_02_after_web_01_database_died() {
         let r = http_post(target, "/items", "text=after+failover").unwrap();
         assert_eq!(r.status, 201, "write through {target}: {}", r.body);
     }
+    assert!(
+        wait_until(Duration::from_secs(30), || cli(&["status", v])
+            .status
+            .code()
+            == Some(0)),
+        "{}",
+        text(&cli(&["status", v]))
+    );
     let status = cli(&["status", "--json", v]);
-    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
     let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let web2 = doc["hosts"]
         .as_array()
@@ -108,5 +115,13 @@ fn promote_web_02_after_web_01_database_died() {
     let out = cli(&["apply", &base]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(http_post(LB, "/items", "text=back").unwrap().status, 201);
-    assert_eq!(cli(&["status", &base]).status.code(), Some(0));
+    // Healthy again once the restarted servers pass their checks.
+    assert!(
+        wait_until(Duration::from_secs(30), || cli(&["status", &base])
+            .status
+            .code()
+            == Some(0)),
+        "{}",
+        text(&cli(&["status", &base]))
+    );
 }
