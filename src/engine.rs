@@ -166,6 +166,19 @@ pub struct RunInfo {
 }
 
 impl RunInfo {
+    /// For a run with nothing to change (never sent to a host).
+    pub fn none() -> RunInfo {
+        RunInfo {
+            run_id: String::new(),
+            user: String::new(),
+            started: 0.0,
+            lock_timeout: 0,
+            inventory: String::new(),
+            inventory_hash: String::new(),
+            git_commit: None,
+        }
+    }
+
     pub fn new(inv: &Inventory, lock_timeout: u64) -> RunInfo {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -78,6 +78,7 @@ if in_group("db_primary") or in_group("db_replica"):
 
 if in_group("web"):
     web = {
+        "app": False,  # the application server behind nginx: not in the bench job
         "app_port": APP_PORT,
         "app_root": APP_ROOT,
         "public_root": f"{APP_ROOT}/current/public",
@@ -111,6 +112,7 @@ if in_group("web"):
 if in_group("lb"):
     lb = {
         "bind": "*",
+        "tls": None,  # HTTPS at the load balancer: not in the bench job
         "balance": "roundrobin",
         "mode": "active-active",
         "maxconn": 4096,

@@ -28,7 +28,13 @@ pub fn run(args: &ApplyArgs, p: &Arc<Printer>) -> Result<Outcome> {
         if !p.json {
             remote::print_changes(&session.changes, p, "apply");
         }
-        let run = RunInfo::new(&session.inventory, args.lock_timeout);
+        // Who runs it (git commit, user) matters only when something changes: a no-op
+        // apply starts no local process.
+        let run = if session.changes.is_empty() {
+            RunInfo::none()
+        } else {
+            RunInfo::new(&session.inventory, args.lock_timeout)
+        };
         let result = engine::apply(
             &session.plan,
             &session.changes,
