@@ -256,7 +256,7 @@ fn web_servers_join_and_leave_under_load_without_a_failed_request() {
 
     let (out, ok, failed) = under_load(|| cli(&["apply", g]));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(ok > 100, "the load loop ran: {ok}");
+    assert!(ok > 20, "the load loop ran: {ok}");
     assert!(
         failed.is_empty(),
         "{} failed: {:?}",
@@ -334,7 +334,7 @@ fn web_servers_join_and_leave_under_load_without_a_failed_request() {
     );
     let (out, ok, failed) = under_load(|| cli(&["apply", s]));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(ok > 100);
+    assert!(ok > 20);
     assert!(
         failed.is_empty(),
         "{} failed: {:?}",
