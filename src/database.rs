@@ -150,11 +150,7 @@ pub async fn converge(
             .find(|(h, _)| h.name() == name)
             .map(|(_, r)| *r)
     };
-    let Some(primary) = plan
-        .hosts
-        .iter()
-        .find(|h| h.db.as_ref().is_some_and(|d| d.role == DbRole::Primary))
-    else {
+    let Some(primary) = plan.db_primary() else {
         return Ok(());
     };
     let primary_db = primary.db.as_ref().expect("primary has a db plan");

@@ -226,6 +226,13 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The host whose database is the primary.
+    pub fn db_primary(&self) -> Option<&HostPlan> {
+        self.hosts
+            .iter()
+            .find(|h| h.db.as_ref().is_some_and(|d| d.role == DbRole::Primary))
+    }
+
     pub fn host(&self, name: &str) -> Option<&HostPlan> {
         self.hosts.iter().find(|h| h.host.name == name)
     }

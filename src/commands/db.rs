@@ -46,9 +46,7 @@ pub fn backup(args: &DbBackupArgs, p: &Arc<Printer>) -> Result<Outcome> {
             .filter(|h| h.db.is_some())
             .with_context(|| format!("--from {name}: no database host of that name"))?,
         None => plan
-            .hosts
-            .iter()
-            .find(|h| h.db.as_ref().is_some_and(|d| d.role == DbRole::Primary))
+            .db_primary()
             .context("the inventory has no db-primary")?,
     };
     let db = source
@@ -187,9 +185,7 @@ pub fn restore(args: &DbRestoreArgs, p: &Arc<Printer>) -> Result<Outcome> {
         )
     })?;
     let primary = plan
-        .hosts
-        .iter()
-        .find(|h| h.db.as_ref().is_some_and(|d| d.role == DbRole::Primary))
+        .db_primary()
         .context("the inventory has no db-primary (or --limit left it out)")?;
     let replicas: Vec<&HostPlan> = plan
         .hosts

@@ -150,12 +150,7 @@ pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>) -> Result<Session> 
 /// `apply` never undoes a failover: when the inventory's db-primary is read-only and
 /// replicates from another host, which is writable, stop before changing anything.
 fn live_primary_matches(plan: &Plan, observed: &BTreeMap<String, HostState>) -> Result<()> {
-    use crate::plan::DbRole;
-    let Some(primary) = plan
-        .hosts
-        .iter()
-        .find(|h| h.db.as_ref().is_some_and(|d| d.role == DbRole::Primary))
-    else {
+    let Some(primary) = plan.db_primary() else {
         return Ok(());
     };
     let Some(st) = observed
