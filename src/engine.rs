@@ -287,6 +287,7 @@ fn service_check(svc: Service) -> Value {
         }
         Service::Mysql => json!({"command": ["mysqladmin", "ping", "--silent"], "timeout_s": 60}),
         Service::App | Service::Keepalived => json!({"running": true, "timeout_s": 20}),
+        Service::Firewall => json!({"running": true, "timeout_s": 10}),
     }
 }
 
@@ -323,6 +324,9 @@ fn validator(svc: Service, hp: &HostPlan) -> Option<Value> {
             .iter()
             .find(|f| f.service == svc)
             .map(|f| json!({"kind": "mysql8", "path": f.path})),
+        Service::Firewall => hp
+            .file(paths::FIREWALL)
+            .map(|f| json!({"kind": "nft", "path": f.path})),
         // Checked by its restart and health check, rolled back if they fail.
         Service::App => None,
     }
@@ -360,17 +364,96 @@ fn stage_request(hp: &HostPlan, hc: &HostChanges, run: &RunInfo) -> Value {
     })
 }
 
-fn actions(hc: &HostChanges) -> Vec<Value> {
+fn actions(hp: &HostPlan, hc: &HostChanges) -> Vec<Value> {
     hc.services
         .iter()
         .map(|s| {
             let check = (s.action != ServiceAction::Stop).then(|| service_check(s.service));
-            json!({"service": s.service.unit(), "action": s.action.as_str(), "check": check})
+            let mut a =
+                json!({"service": s.service.unit(), "action": s.action.as_str(), "check": check});
+            if let (Service::Firewall, Some(secs)) = (s.service, hp.firewall_guard_s) {
+                if s.action != ServiceAction::Stop {
+                    a["guard"] = json!({"path": paths::FIREWALL, "seconds": secs});
+                }
+            }
+            a
         })
         .collect()
 }
 
-fn commit_request(hc: &HostChanges, run: &RunInfo) -> Value {
+/// Whether committing this host loads a new firewall (and so needs the fresh-login test).
+fn loads_firewall(hp: &HostPlan, hc: &HostChanges) -> bool {
+    hp.firewall_guard_s.is_some()
+        && hc
+            .services
+            .iter()
+            .any(|s| s.service == Service::Firewall && s.action != ServiceAction::Stop)
+}
+
+/// After a new firewall is loaded: a fresh SSH connection (not the multiplexed one)
+/// must log in and cancel the host's anti-lockout guard. If it cannot, the guard
+/// restores the previous ruleset on its own; this waits (bounded) until it has, then
+/// restores the host's other files of this run, and fails naming the host.
+async fn confirm_firewall(
+    hp: &HostPlan,
+    hc: &HostChanges,
+    r: &dyn Remote,
+    run: &RunInfo,
+) -> Result<()> {
+    let secs = hp.firewall_guard_s.unwrap_or(30);
+    let req = json!({"op": "firewall-confirm", "run_id": run.run_id});
+    let fresh_error = match agent::call_fresh(r, "firewall-confirm", req).await {
+        Ok(v) if v["confirmed"] == true => return Ok(()),
+        Ok(v) if v["fired"] == true => {
+            "the anti-lockout guard fired before a fresh connection confirmed it".to_string()
+        }
+        Ok(v) => format!("the anti-lockout guard was not armed ({v})"),
+        Err(e) => format!("{e:#}"),
+    };
+    // Wait for the guard over the connection that is still open (established
+    // connections stay allowed), a little longer than its deadline.
+    let deadline = Instant::now() + Duration::from_secs(secs + 15);
+    let fired = loop {
+        let state = agent::call(
+            r,
+            "firewall-guard",
+            json!({"op": "firewall-guard", "run_id": run.run_id}),
+        )
+        .await;
+        match state {
+            Ok(v) if v["fired"] == true => break Some(v),
+            Ok(_) | Err(_) if Instant::now() >= deadline => break None,
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    };
+    let mut history = run.history(hc);
+    history["result"] = json!("rolled-back");
+    let restored = agent::call(
+        r,
+        "rollback",
+        json!({"op": "rollback", "run_id": run.run_id, "actions": actions(hp, hc),
+               "history": history, "force": true}),
+    )
+    .await;
+    let what = match (&fired, &restored) {
+        (Some(_), Ok(_)) => format!(
+            "the host restored its previous firewall on its own after {secs} s (anti-lockout), and the run's other files there were restored"
+        ),
+        (Some(_), Err(e)) => format!(
+            "the host restored its previous firewall on its own after {secs} s (anti-lockout), but restoring its other files failed: {e:#}"
+        ),
+        (None, _) => format!(
+            "the anti-lockout guard did not report within {} s: check the host's console",
+            secs + 15
+        ),
+    };
+    bail!(
+        "{}: the new firewall blocks new SSH connections ({fresh_error}); {what}",
+        hp.name()
+    )
+}
+
+fn commit_request(hp: &HostPlan, hc: &HostChanges, run: &RunInfo) -> Value {
     let staged: Vec<&str> = hc
         .files
         .iter()
@@ -385,7 +468,7 @@ fn commit_request(hc: &HostChanges, run: &RunInfo) -> Value {
         .collect();
     json!({
         "op": "commit", "run_id": run.run_id, "files": staged, "deletes": deletes,
-        "actions": actions(hc), "manifest": hc.manifest, "history": run.history(hc),
+        "actions": actions(hp, hc), "manifest": hc.manifest, "history": run.history(hc),
     })
 }
 
@@ -702,8 +785,8 @@ async fn apply_files<'a>(
         .copied()
         .filter(|(_, hc, _)| !hc.files_unchanged())
         .collect();
-    let results = bounded(together_staged.clone(), parallel, |(_, hc, r)| {
-        commit_host(hc, r, run, false)
+    let results = bounded(together_staged.clone(), parallel, |(hp, hc, r)| {
+        commit_host(hp, hc, r, run, false)
     })
     .await;
     for ((hp, hc, r), (res, took)) in together_staged.into_iter().zip(results) {
@@ -753,8 +836,8 @@ async fn commit_deferred(
     parallel: usize,
     printer: &Printer,
 ) -> Result<Vec<HostReport>> {
-    let results = bounded(deferred.to_vec(), parallel, |(_, hc, r)| {
-        commit_host(hc, r, run, false)
+    let results = bounded(deferred.to_vec(), parallel, |(hp, hc, r)| {
+        commit_host(hp, hc, r, run, false)
     })
     .await;
     let mut reports = Vec::new();
@@ -806,7 +889,7 @@ async fn roll_host<'a>(
     let result = async {
         if !hc.files_unchanged() {
             printer.status("Restarting", format!("{} (one host at a time)", hp.name()));
-            let (res, _) = commit_host(hc, r, run, hc.release.is_some()).await;
+            let (res, _) = commit_host(hp, hc, r, run, hc.release.is_some()).await;
             res.map_err(|e| anyhow::anyhow!(host_error(hp.name(), "applying", &e)))?;
             done.committed.push((hp, hc, r));
         }
@@ -890,19 +973,26 @@ async fn set_backend_state(
 /// Commits a host's staged files; `skip_app` leaves the application's restart to the
 /// release switch that follows.
 async fn commit_host(
+    hp: &HostPlan,
     hc: &HostChanges,
     r: &dyn Remote,
     run: &RunInfo,
     skip_app: bool,
 ) -> (Result<Value>, Duration) {
     let t0 = Instant::now();
-    let mut req = commit_request(hc, run);
+    let mut req = commit_request(hp, hc, run);
     if skip_app {
         if let Some(actions) = req["actions"].as_array_mut() {
             actions.retain(|a| a["service"] != Service::App.unit());
         }
     }
-    let res = agent::call(r, "commit", req).await;
+    let mut res = agent::call(r, "commit", req).await;
+    if res.is_ok() && loads_firewall(hp, hc) {
+        // On failure the host is already restored: it must not count as committed.
+        if let Err(e) = confirm_firewall(hp, hc, r, run).await {
+            res = Err(e);
+        }
+    }
     (res, t0.elapsed())
 }
 
@@ -977,13 +1067,13 @@ async fn rollback(
     if hosts.is_empty() {
         return "No other host had been changed.".into();
     }
-    let results = bounded(hosts.to_vec(), parallel, |(_, hc, r)| async move {
+    let results = bounded(hosts.to_vec(), parallel, |(hp, hc, r)| async move {
         let mut history = run.history(hc);
         history["result"] = json!("rolled-back");
         agent::call(
             r,
             "rollback",
-            json!({"op": "rollback", "run_id": run.run_id, "actions": actions(hc), "history": history}),
+            json!({"op": "rollback", "run_id": run.run_id, "actions": actions(hp, hc), "history": history}),
         )
         .await
     })

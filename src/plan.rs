@@ -18,6 +18,9 @@ pub enum Service {
     App,
     /// VRRP for the load balancers' floating address.
     Keepalived,
+    /// The host firewall (nftables table `inet foobar`).
+    #[serde(rename = "foobar-firewall")]
+    Firewall,
 }
 
 /// The init system a host runs; some files exist for only one of them.
@@ -63,13 +66,16 @@ impl Service {
             Service::Mysql => "mysql",
             Service::App => "foobar-app",
             Service::Keepalived => "keepalived",
+            Service::Firewall => "foobar-firewall",
         }
     }
 
     /// Whether a reload rereads this service's config.
     pub fn on_change(self) -> ServiceAction {
         match self {
-            Service::Haproxy | Service::Nginx | Service::Keepalived => ServiceAction::Reload,
+            Service::Haproxy | Service::Nginx | Service::Keepalived | Service::Firewall => {
+                ServiceAction::Reload
+            }
             // A .cnf change is only read at start; the app reads its config at start.
             Service::Mariadb | Service::Mysql | Service::App => ServiceAction::Restart,
         }
@@ -84,6 +90,7 @@ impl Service {
             Service::Mysql => &["mysql-server"],
             Service::App => &["gunicorn", "python3-pymysql"],
             Service::Keepalived => &["keepalived"],
+            Service::Firewall => &["nftables"],
         }
     }
 
@@ -185,6 +192,9 @@ pub struct HostPlan {
     pub release: Option<ReleasePlan>,
     /// System users the host needs (created before files owned by them are written).
     pub users: Vec<String>,
+    /// With a firewall: seconds after which the host restores its previous ruleset
+    /// unless a fresh SSH connection confirmed the new one.
+    pub firewall_guard_s: Option<u64>,
 }
 
 /// An application release: the files, packed, and their content hash as id.

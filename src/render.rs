@@ -25,6 +25,20 @@ pub mod paths {
     pub const APP_INI: &str = "/etc/foobar/app.ini";
     pub const APP_INIT: &str = "/etc/init.d/foobar-app";
     pub const APP_UNIT: &str = "/etc/systemd/system/foobar-app.service";
+    pub const FIREWALL: &str = "/etc/foobar/firewall.nft";
+    pub const FIREWALL_INIT: &str = "/etc/init.d/foobar-firewall";
+    pub const FIREWALL_UNIT: &str = "/etc/systemd/system/foobar-firewall.service";
+}
+
+/// Ports of the monitoring exporters (their Debian packages' defaults).
+pub mod ports {
+    pub const NODE_EXPORTER: u16 = 9100;
+    pub const MYSQLD_EXPORTER: u16 = 9104;
+    pub const NGINX_EXPORTER: u16 = 9113;
+    pub const PROMETHEUS: u16 = 9090;
+    pub const BLACKBOX_EXPORTER: u16 = 9115;
+    /// nginx's stub_status, on localhost only.
+    pub const NGINX_STATUS: u16 = 8081;
 }
 
 #[derive(Serialize)]
@@ -132,6 +146,38 @@ struct VipCtx {
     check_script: &'static str,
 }
 
+/// A named set of source networks in the firewall.
+#[derive(Serialize)]
+struct FwSet {
+    name: String,
+    /// ipv4_addr or ipv6_addr
+    kind: &'static str,
+    elements: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct FwSetRef {
+    /// ip or ip6
+    family: &'static str,
+    name: String,
+}
+
+#[derive(Serialize)]
+struct FwRule {
+    comment: String,
+    /// nft match, e.g. `tcp dport { 80, 443 }`.
+    matcher: String,
+    /// From anywhere.
+    any: bool,
+    sets: Vec<FwSetRef>,
+}
+
+#[derive(Serialize)]
+struct FwCtx {
+    sets: Vec<FwSet>,
+    rules: Vec<FwRule>,
+}
+
 #[derive(Serialize)]
 struct Ctx<'a> {
     domain: &'a str,
@@ -149,6 +195,8 @@ struct Ctx<'a> {
     app_db: Option<AppDbCtx<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     vip: Option<VipCtx>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fw: Option<FwCtx>,
 }
 
 fn lb_ctx(inv: &Inventory) -> LbCtx<'_> {
@@ -216,6 +264,134 @@ fn vip_ctx(inv: &Inventory, host: &Host) -> Option<VipCtx> {
             .collect(),
         check_script: paths::KEEPALIVED_CHECK,
     })
+}
+
+/// The firewall of one host: who may reach which of its ports, by role.
+fn fw_ctx(inv: &Inventory, host: &Host) -> Option<FwCtx> {
+    let fw = inv.firewall.as_ref()?;
+    let addrs = |pred: &dyn Fn(&Host) -> bool| -> Vec<String> {
+        inv.hosts
+            .iter()
+            .filter(|h| pred(h))
+            .map(|h| h.address.to_string())
+            .collect()
+    };
+    // Source groups, each split into an IPv4 and an IPv6 set (nft sets have one type).
+    let mut groups: Vec<(&str, Vec<String>)> = vec![("admin", fw.admin.clone())];
+    groups.push((
+        "balancers",
+        addrs(&|h| h.has(Role::Lb) && h.name != host.name),
+    ));
+    groups.push((
+        "db_clients",
+        addrs(&|h| (h.has(Role::Web) || h.is_db()) && h.name != host.name),
+    ));
+    groups.push(("monitors", addrs(&|h| h.has(Role::Monitor))));
+    let mut sets = Vec::new();
+    for (name, elements) in &groups {
+        for (suffix, kind, v4) in [("v4", "ipv4_addr", true), ("v6", "ipv6_addr", false)] {
+            let mut el: Vec<String> = elements
+                .iter()
+                .filter(|e| crate::inventory::parse_cidr(e).is_some_and(|(a, _)| a.is_ipv4() == v4))
+                .cloned()
+                .collect();
+            el.sort();
+            el.dedup();
+            if !el.is_empty() {
+                sets.push(FwSet {
+                    name: format!("{name}_{suffix}"),
+                    kind,
+                    elements: el,
+                });
+            }
+        }
+    }
+    let refs = |group: &str| -> Vec<FwSetRef> {
+        sets.iter()
+            .filter(|s| s.name.rsplit_once('_').is_some_and(|(g, _)| g == group))
+            .map(|s| FwSetRef {
+                family: if s.kind == "ipv4_addr" { "ip" } else { "ip6" },
+                name: s.name.clone(),
+            })
+            .collect()
+    };
+    let mut rules = Vec::new();
+    let mut rule = |comment: String, matcher: String, from: Option<&str>| {
+        let sets = from.map(refs).unwrap_or_default();
+        // A rule for a group with no members would accept nothing: leave it out.
+        if from.is_none() || !sets.is_empty() {
+            rules.push(FwRule {
+                comment,
+                matcher,
+                any: from.is_none(),
+                sets,
+            });
+        }
+    };
+    rule(
+        "SSH from the admin networks".into(),
+        format!("tcp dport {}", host.ssh.port),
+        Some("admin"),
+    );
+    if host.has(Role::Lb) {
+        let ports = if inv.tls.is_some() {
+            "{ 80, 443 }"
+        } else {
+            "80"
+        };
+        rule(
+            "the site, from anywhere".into(),
+            format!("tcp dport {ports}"),
+            None,
+        );
+        if inv.vip.is_some() {
+            rule(
+                "VRRP between the load balancers (keepalived)".into(),
+                "meta l4proto 112".into(), // vrrp, by number (no /etc/protocols needed)
+                Some("balancers"),
+            );
+        }
+    }
+    if host.has(Role::Web) {
+        rule(
+            "HTTP from the load balancers".into(),
+            "tcp dport 80".into(),
+            Some("balancers"),
+        );
+    }
+    if host.is_db() {
+        rule(
+            "MySQL from the application servers and the other database hosts".into(),
+            format!("tcp dport {}", inv.mysql.port),
+            Some("db_clients"),
+        );
+    }
+    if let Some(m) = &inv.monitoring {
+        let mut exporters = vec![ports::NODE_EXPORTER];
+        if host.has(Role::Lb) {
+            exporters.push(m.haproxy_port);
+        }
+        if host.has(Role::Web) {
+            exporters.push(ports::NGINX_EXPORTER);
+        }
+        if host.is_db() {
+            exporters.push(ports::MYSQLD_EXPORTER);
+        }
+        let list: Vec<String> = exporters.iter().map(u16::to_string).collect();
+        rule(
+            "metrics, from the monitoring hosts".into(),
+            format!("tcp dport {{ {} }}", list.join(", ")),
+            Some("monitors"),
+        );
+        if host.has(Role::Monitor) {
+            rule(
+                "Prometheus, from the admin networks".into(),
+                format!("tcp dport {}", ports::PROMETHEUS),
+                Some("admin"),
+            );
+        }
+    }
+    Some(FwCtx { sets, rules })
 }
 
 /// Where HAProxy reads the certificate and key (one PEM, mode 0600).
@@ -329,6 +505,7 @@ fn render_host(
             None
         },
         vip: vip_ctx(inv, host),
+        fw: fw_ctx(inv, host),
     };
     let ctx = tera::Context::from_serialize(&ctx).context("building the template context")?;
 
@@ -434,7 +611,35 @@ fn render_host(
             services.push(Service::Keepalived);
         }
     }
+    if inv.firewall.is_some() {
+        let mut rules = file("firewall.nft", paths::FIREWALL.into(), Service::Firewall)?;
+        rules.mode = 0o640;
+        files.push(rules);
+        files.push(ManagedFile {
+            path: paths::FIREWALL_INIT.into(),
+            content: FIREWALL_INIT.into(),
+            mode: 0o755,
+            owner: "root".into(),
+            group: "root".into(),
+            service: Service::Firewall,
+            template: "(built in)".into(),
+            init: Some(Init::Sysv),
+        });
+        files.push(ManagedFile {
+            path: paths::FIREWALL_UNIT.into(),
+            content: FIREWALL_UNIT.into(),
+            mode: 0o644,
+            owner: "root".into(),
+            group: "root".into(),
+            service: Service::Firewall,
+            template: "(built in)".into(),
+            init: Some(Init::Systemd),
+        });
+        // Last: the fresh-connection test after it then covers the whole change.
+        services.push(Service::Firewall);
+    }
     Ok(HostPlan {
+        firewall_guard_s: inv.firewall.as_ref().map(|f| f.rollback_after),
         host: host.clone(),
         files,
         services,
@@ -447,6 +652,57 @@ fn render_host(
         },
     })
 }
+
+/// Loads the firewall at boot on hosts without systemd (and is how the tool loads it).
+const FIREWALL_INIT: &str = r#"#!/bin/sh
+### BEGIN INIT INFO
+# Provides:          foobar-firewall
+# Required-Start:    $local_fs
+# Required-Stop:     $local_fs
+# Default-Start:     2 3 4 5
+# Default-Stop:
+# Short-Description: foobar-infra host firewall (nftables table inet foobar)
+### END INIT INFO
+# Managed by foobar-infra. Touches only the table inet foobar, never the whole ruleset.
+RULES=/etc/foobar/firewall.nft
+case "$1" in
+    start|reload|restart|force-reload)
+        if [ ! -f "$RULES" ]; then
+            # no rules file (being removed): no table either
+            /usr/sbin/nft list table inet foobar >/dev/null 2>&1 || exit 0
+            exec /usr/sbin/nft delete table inet foobar
+        fi
+        exec /usr/sbin/nft -f "$RULES" ;;
+    stop)
+        /usr/sbin/nft list table inet foobar >/dev/null 2>&1 || exit 0
+        exec /usr/sbin/nft delete table inet foobar ;;
+    status)
+        exec /usr/sbin/nft list table inet foobar >/dev/null 2>&1 ;;
+    *)
+        echo "Usage: $0 {start|stop|reload|restart|status}" >&2
+        exit 3 ;;
+esac
+"#;
+
+/// The same on systemd hosts.
+const FIREWALL_UNIT: &str = r#"# Managed by foobar-infra: the host firewall (nftables table inet foobar).
+[Unit]
+Description=foobar-infra host firewall
+Wants=network-pre.target
+Before=network-pre.target
+DefaultDependencies=no
+After=local-fs.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/sbin/nft -f /etc/foobar/firewall.nft
+ExecReload=/usr/sbin/nft -f /etc/foobar/firewall.nft
+ExecStop=/bin/sh -c '/usr/sbin/nft list table inet foobar >/dev/null 2>&1 && /usr/sbin/nft delete table inet foobar || true'
+
+[Install]
+WantedBy=sysinit.target
+"#;
 
 /// The accounts the stack needs: the application's from every web server (and the
 /// database hosts themselves), replication's from every database host (so any can be

@@ -18,6 +18,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("foobar-app.init", include_str!("../templates/foobar-app.init")),
     ("foobar-app.service", include_str!("../templates/foobar-app.service")),
     ("keepalived.conf", include_str!("../templates/keepalived.conf")),
+    ("firewall.nft", include_str!("../templates/firewall.nft")),
 ];
 
 /// The set of templates a run renders with.

@@ -86,7 +86,25 @@ fn validate_host(h: &HostPlan) -> Result<Vec<FileResult>> {
                 ("sh -n".into(), v)
             }
             Service::Keepalived => validate_with_files(f, &h.files, "keepalived", "-t")?,
-            Service::App if f.path.ends_with(".ini") || f.path.ends_with(".service") => {
+            Service::Firewall if f.path.ends_with(".nft") => {
+                let (_, v) = run_file_validator(f, "nft", |prog, file| {
+                    let mut c = Command::new(prog);
+                    c.arg("-c").arg("-f").arg(file);
+                    c
+                })?;
+                // nft needs CAP_NET_ADMIN even to check: without it, say so rather
+                // than call the file invalid.
+                let v = match v {
+                    Verdict::Invalid(t) if t.contains("Operation not permitted") => {
+                        Verdict::NotValidated("nft -c needs CAP_NET_ADMIN (run as root)".into())
+                    }
+                    v => v,
+                };
+                ("nft -c".into(), v)
+            }
+            Service::App | Service::Firewall
+                if f.path.ends_with(".ini") || f.path.ends_with(".service") =>
+            {
                 let (_, v) = run_file_validator(f, "python3", |prog, file| {
                     let mut c = Command::new(prog);
                     c.arg("-c")
@@ -96,7 +114,7 @@ fn validate_host(h: &HostPlan) -> Result<Vec<FileResult>> {
                 })?;
                 ("ini syntax (python3 configparser)".into(), v)
             }
-            Service::App => {
+            Service::App | Service::Firewall => {
                 let (_, v) = run_file_validator(f, "sh", |prog, file| {
                     let mut c = Command::new(prog);
                     c.arg("-n").arg(file);

@@ -957,6 +957,10 @@ def check_actions(actions):
         name = safe_name(a.get("service") if isinstance(a, dict) else None, "service")
         if a.get("action") not in ("reload", "restart", "start", "stop"):
             raise AgentError("request", "unknown action %r for %s" % (a.get("action"), name), service=name)
+        g = a.get("guard")
+        if g is not None and not (isinstance(g, dict) and isinstance(g.get("path"), str)
+                                  and isinstance(g.get("seconds"), (int, float)) and 5 <= g["seconds"] <= 3600):
+            raise AgentError("request", "invalid guard for %s" % name, service=name)
         c = a.get("check")
         if not c:
             continue
@@ -977,18 +981,31 @@ def check_actions(actions):
     return actions
 
 
-def run_actions(actions, init):
-    """Run actions and their checks in order; raise AgentError(service) at the first failure."""
+def run_actions(actions, init, rid=None):
+    """Run actions and their checks in order; raise AgentError(service) at the first failure.
+    An action with "guard" (the firewall) arms the anti-lockout guard first."""
     done = []
     for a in actions:
         name = a["service"]
         t0 = now()
-        code, out, ran = service_action(name, a["action"], init)
+        guard = a.get("guard")
+        if guard and rid and a["action"] != "stop":
+            firewall_arm(rid, safe_path(guard["path"], "guard.path"), float(guard["seconds"]))
+        try:
+            code, out, ran = service_action(name, a["action"], init)
+        except BaseException:
+            if guard:
+                firewall_disarm()
+            raise
+        if code != 0 and guard:
+            firewall_disarm()
         if code != 0:
             raise AgentError("service", "%s %s failed (exit %s)" % (name, ran, code), service=name,
                              action=ran, output=tail(out.strip() + log_tail(name)))
         problem = run_check(name, a.get("check"), init)
         if problem:
+            if guard:
+                firewall_disarm()
             raise AgentError("service", "%s %s: check failed: %s" % (name, ran, problem.splitlines()[0]),
                              service=name, action=ran,
                              output=tail((out.strip() + "\n" + problem).strip() + log_tail(name)))
@@ -1072,7 +1089,7 @@ def op_commit(req):
         # are still there.
         stops = [a for a in actions if a["action"] == "stop"]
         others = [a for a in actions if a["action"] != "stop"]
-        stopped = run_actions(stops, init)
+        stopped = run_actions(stops, init, rid)
         # 2. swap files in
         for e in entries:
             changed = True
@@ -1084,8 +1101,10 @@ def op_commit(req):
         for d in sorted({os.path.dirname(e["path"]) for e in entries}):
             fsync_dir(d)
         # 3. services
-        done = stopped + run_actions(others, init)
+        done = stopped + run_actions(others, init, rid)
     except BaseException as e:
+        if any(a.get("guard") for a in actions):
+            firewall_disarm()  # the restore below puts the old ruleset back itself
         problems = restore_backups(rid, entries, state["dirs"]) if changed else []
         for f in record["files"]:
             remove_quiet(f["staged"])

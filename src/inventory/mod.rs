@@ -139,6 +139,8 @@ impl fmt::Display for SecretSource {
 
 /// The secrets the stack needs when it has databases.
 pub const DB_SECRETS: [&str; 2] = ["db_app_password", "db_replication_password"];
+/// The MySQL exporter's password, when a host has the role monitor.
+pub const MONITOR_SECRET: &str = "db_monitor_password";
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -311,6 +313,94 @@ fn default_hsts() -> u64 {
     31_536_000
 }
 
+/// The host firewall (nftables), on every host when the section is present.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallSettings {
+    /// Networks allowed to reach SSH (and Prometheus on a monitor host), as CIDRs.
+    pub admin: Vec<String>,
+    /// Seconds after which a host restores its previous ruleset on its own unless a
+    /// fresh SSH connection has confirmed the new one.
+    #[serde(default = "default_rollback_after")]
+    pub rollback_after: u64,
+}
+
+fn default_rollback_after() -> u64 {
+    30
+}
+
+/// Monitoring: exporters on every host, Prometheus on the `monitor` hosts.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringSettings {
+    /// Prometheus scrape and rule evaluation interval.
+    #[serde(default = "default_scrape_interval")]
+    pub scrape_interval: String,
+    /// How long a condition holds before its alert fires.
+    #[serde(default = "default_alert_for")]
+    pub alert_for: String,
+    /// Replication lag (seconds) above which the lagging alert fires.
+    #[serde(default = "default_max_lag")]
+    pub max_replication_lag: u64,
+    /// Days before a certificate's expiry at which its alert fires.
+    #[serde(default = "default_cert_days")]
+    pub cert_expiry_days: u64,
+    /// Port of HAProxy's Prometheus exporter on the load balancers.
+    #[serde(default = "default_haproxy_exporter_port")]
+    pub haproxy_port: u16,
+    /// The MySQL account the exporter uses (its password is the secret db_monitor_password).
+    #[serde(default = "default_monitor_user")]
+    pub mysql_user: String,
+}
+
+fn default_scrape_interval() -> String {
+    "15s".into()
+}
+fn default_alert_for() -> String {
+    "30s".into()
+}
+fn default_max_lag() -> u64 {
+    30
+}
+fn default_cert_days() -> u64 {
+    21
+}
+fn default_haproxy_exporter_port() -> u16 {
+    8405
+}
+fn default_monitor_user() -> String {
+    "exporter".into()
+}
+
+impl Default for MonitoringSettings {
+    fn default() -> Self {
+        MonitoringSettings {
+            scrape_interval: default_scrape_interval(),
+            alert_for: default_alert_for(),
+            max_replication_lag: default_max_lag(),
+            cert_expiry_days: default_cert_days(),
+            haproxy_port: default_haproxy_exporter_port(),
+            mysql_user: default_monitor_user(),
+        }
+    }
+}
+
+/// An IPv4 or IPv6 network written as ADDRESS/PREFIX (a bare address is a /32 or /128).
+pub fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
+    let (a, p) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let addr: IpAddr = a.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match p {
+        Some(p) if !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) => p.parse().ok()?,
+        Some(_) => return None,
+        None => max,
+    };
+    (prefix <= max).then_some((addr, prefix))
+}
+
 /// The validated inventory.
 #[derive(Clone, Debug, Serialize)]
 pub struct Inventory {
@@ -328,6 +418,9 @@ pub struct Inventory {
     pub mysql: MysqlSettings,
     pub tls: Option<TlsSettings>,
     pub vip: Option<VipSettings>,
+    pub firewall: Option<FirewallSettings>,
+    /// Present when a host has the role `monitor`.
+    pub monitoring: Option<MonitoringSettings>,
     pub secrets: BTreeMap<String, SecretSource>,
 }
 
@@ -473,6 +566,10 @@ struct RawInventory {
     tls: Option<TlsSettings>,
     #[serde(default)]
     vip: Option<VipSettings>,
+    #[serde(default)]
+    firewall: Option<FirewallSettings>,
+    #[serde(default)]
+    monitoring: Option<MonitoringSettings>,
     #[serde(default)]
     secrets: IndexMap<String, RawSecret>,
 }
@@ -914,6 +1011,59 @@ impl Validator {
             }
         }
 
+        if let Some(f) = &raw.firewall {
+            if f.admin.is_empty() {
+                self.err(
+                    "firewall.admin",
+                    "name at least one network allowed to reach SSH (or the tool locks itself out)",
+                );
+            }
+            for (i, c) in f.admin.iter().enumerate() {
+                self.check(
+                    parse_cidr(c).is_some(),
+                    &format!("firewall.admin[{i}]"),
+                    || format!("invalid network {c:?} (want ADDRESS/PREFIX, e.g. 192.0.2.0/24)"),
+                );
+            }
+            self.check(
+                (5..=3600).contains(&f.rollback_after),
+                "firewall.rollback_after",
+                || {
+                    format!(
+                        "rollback_after must be 5 to 3600 seconds, got {}",
+                        f.rollback_after
+                    )
+                },
+            );
+        }
+        let monitored = hosts.iter().any(|h| h.has(Role::Monitor));
+        if raw.monitoring.is_some() && !monitored {
+            self.err(
+                "monitoring",
+                "monitoring settings but no host has the role monitor",
+            );
+        }
+        let monitoring = monitored.then(|| raw.monitoring.clone().unwrap_or_default());
+        if let Some(m) = &monitoring {
+            for (field, value) in [
+                ("monitoring.scrape_interval", &m.scrape_interval),
+                ("monitoring.alert_for", &m.alert_for),
+            ] {
+                self.check(is_duration(value) && !value.ends_with("ms"), field, || {
+                    format!("invalid duration {value:?} (e.g. 15s, 1m)")
+                });
+            }
+            self.check(is_sql_name(&m.mysql_user), "monitoring.mysql_user", || {
+                format!("invalid name {:?}", m.mysql_user)
+            });
+            if hosts.iter().any(Host::is_db) && !raw.secrets.contains_key(MONITOR_SECRET) {
+                self.err(
+                    "secrets",
+                    format!("secret {MONITOR_SECRET} is required by the monitor role (the MySQL exporter's account) but not defined"),
+                );
+            }
+        }
+
         Inventory {
             path: path.to_path_buf(),
             source_hash: hex::encode(Sha256::digest(text.as_bytes())),
@@ -926,6 +1076,8 @@ impl Validator {
             mysql: raw.mysql,
             tls,
             vip: raw.vip,
+            firewall: raw.firewall,
+            monitoring,
             secrets,
         }
     }

@@ -16,6 +16,7 @@ pub const AGENT: &str = concat!(
     include_str!("../agent/agent.py"),
     include_str!("../agent/db.py"),
     include_str!("../agent/release.py"),
+    include_str!("../agent/firewall.py"),
     include_str!("../agent/run.py"),
 );
 
@@ -61,13 +62,25 @@ impl AgentError {
 /// Runs one agent operation on a host and returns its answer (`ok: true`), or the
 /// agent's error as an [`AgentError`] inside the anyhow chain.
 pub async fn call(remote: &dyn Remote, op: &str, request: Value) -> Result<Value> {
+    call_with(remote, op, request, false).await
+}
+
+/// [`call`] over a new connection of its own ([`Remote::exec_fresh`]).
+pub async fn call_fresh(remote: &dyn Remote, op: &str, request: Value) -> Result<Value> {
+    call_with(remote, op, request, true).await
+}
+
+async fn call_with(remote: &dyn Remote, op: &str, request: Value, fresh: bool) -> Result<Value> {
     let mut stdin = Vec::with_capacity(AGENT.len() + 4096);
     stdin.extend_from_slice(AGENT.as_bytes());
     stdin.push(0);
     serde_json::to_writer(&mut stdin, &request).context("encoding the agent request")?;
-    let out = remote
-        .exec(&["python3", "-I", "-S", "-c", BOOTSTRAP], stdin, op)
-        .await?;
+    let argv = ["python3", "-I", "-S", "-c", BOOTSTRAP];
+    let out = if fresh {
+        remote.exec_fresh(&argv, stdin, op).await?
+    } else {
+        remote.exec(&argv, stdin, op).await?
+    };
     let host = remote.name();
     let answer: Value = match serde_json::from_slice(&out.stdout) {
         Ok(v) => v,

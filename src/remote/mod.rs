@@ -37,6 +37,13 @@ pub trait Remote: Send + Sync {
         label: &str,
     ) -> Result<ExecOutput>;
 
+    /// Runs one command over a NEW connection (a fresh TCP connection and login, not
+    /// the multiplexed master): proves that a new login still works, e.g. after a
+    /// firewall change. A transport without connections (a test fake) runs it as usual.
+    async fn exec_fresh(&self, argv: &[&str], stdin: Vec<u8>, label: &str) -> Result<ExecOutput> {
+        self.exec(argv, stdin, label).await
+    }
+
     /// Runs one command with `stdin` bytes, collecting its output.
     async fn exec(&self, argv: &[&str], stdin: Vec<u8>, label: &str) -> Result<ExecOutput> {
         self.exec_io(argv, Box::new(std::io::Cursor::new(stdin)), None, label)

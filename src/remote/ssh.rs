@@ -18,6 +18,7 @@ use crate::output::Printer;
 /// A connected host.
 pub struct SshRemote {
     name: String,
+    host: Host,
     sudo: bool,
     session: Session,
     /// Keep the master connection open after this run (`--persist`).
@@ -92,6 +93,7 @@ pub async fn connect_with(
             printer.detail("Reusing", format!("{} (kept connection)", host.name));
             return Ok(SshRemote {
                 name: host.name.clone(),
+                host: host.clone(),
                 sudo: host.ssh.user != "root",
                 session,
                 persist: true,
@@ -142,6 +144,7 @@ pub async fn connect_with(
     }
     Ok(SshRemote {
         name: host.name.clone(),
+        host: host.clone(),
         sudo: host.ssh.user != "root",
         session,
         persist: persist.is_some(),
@@ -187,6 +190,20 @@ impl SshRemote {
 impl Remote for SshRemote {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    async fn exec_fresh(&self, argv: &[&str], stdin: Vec<u8>, label: &str) -> Result<ExecOutput> {
+        self.printer
+            .detail("Connecting", format!("{} (a fresh connection)", self.name));
+        // Never persisted, never resumed: its own master, its own TCP connection.
+        let fresh = connect_with(&self.host, self.printer.clone(), None)
+            .await
+            .with_context(|| format!("{}: a fresh SSH connection failed", self.name))?;
+        let out = fresh.exec(argv, stdin, label).await;
+        let closed = fresh.close().await;
+        let out = out?;
+        closed?;
+        Ok(out)
     }
 
     async fn exec_io(

@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! Template overrides for tests: a directory holding built-in templates with one text
 //! replaced (e.g. an nginx directive made invalid), for `--templates DIR`.
 
