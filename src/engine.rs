@@ -21,7 +21,7 @@ use crate::plan::{HostPlan, Plan, Service, ServiceAction};
 use crate::remote::agent::{self, AgentError, HostState};
 use crate::remote::ssh::{self, SshRemote};
 use crate::remote::Remote;
-use crate::render::paths;
+use crate::render::{paths, ports};
 use crate::secrets::Secrets;
 
 /// Runs `f` for every item with at most `limit` at once, keeping the input order.
@@ -288,6 +288,21 @@ fn service_check(svc: Service) -> Value {
         Service::Mysql => json!({"command": ["mysqladmin", "ping", "--silent"], "timeout_s": 60}),
         Service::App | Service::Keepalived => json!({"running": true, "timeout_s": 20}),
         Service::Firewall => json!({"running": true, "timeout_s": 10}),
+        Service::Prometheus => {
+            json!({"tcp": format!("127.0.0.1:{}", ports::PROMETHEUS), "timeout_s": 30})
+        }
+        Service::NodeExporter => {
+            json!({"tcp": format!("127.0.0.1:{}", ports::NODE_EXPORTER), "timeout_s": 20})
+        }
+        Service::NginxExporter => {
+            json!({"tcp": format!("127.0.0.1:{}", ports::NGINX_EXPORTER), "timeout_s": 20})
+        }
+        Service::MysqldExporter => {
+            json!({"tcp": format!("127.0.0.1:{}", ports::MYSQLD_EXPORTER), "timeout_s": 20})
+        }
+        Service::BlackboxExporter => {
+            json!({"tcp": format!("127.0.0.1:{}", ports::BLACKBOX_EXPORTER), "timeout_s": 20})
+        }
     }
 }
 
@@ -327,8 +342,16 @@ fn validator(svc: Service, hp: &HostPlan) -> Option<Value> {
         Service::Firewall => hp
             .file(paths::FIREWALL)
             .map(|f| json!({"kind": "nft", "path": f.path})),
-        // Checked by its restart and health check, rolled back if they fail.
-        Service::App => None,
+        Service::Prometheus => hp
+            .file(paths::PROMETHEUS_YML)
+            .map(|f| json!({"kind": "prometheus", "path": f.path})),
+        Service::BlackboxExporter => hp
+            .file(paths::BLACKBOX_YML)
+            .map(|f| json!({"kind": "blackbox", "path": f.path})),
+        // Checked by their restart and health check, rolled back if they fail.
+        Service::App | Service::NodeExporter | Service::NginxExporter | Service::MysqldExporter => {
+            None
+        }
     }
 }
 

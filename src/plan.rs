@@ -21,6 +21,17 @@ pub enum Service {
     /// The host firewall (nftables table `inet foobar`).
     #[serde(rename = "foobar-firewall")]
     Firewall,
+    /// Prometheus on the monitoring hosts.
+    Prometheus,
+    #[serde(rename = "prometheus-node-exporter")]
+    NodeExporter,
+    #[serde(rename = "prometheus-nginx-exporter")]
+    NginxExporter,
+    #[serde(rename = "prometheus-mysqld-exporter")]
+    MysqldExporter,
+    /// Probes HTTPS for the certificate-expiry alert.
+    #[serde(rename = "prometheus-blackbox-exporter")]
+    BlackboxExporter,
 }
 
 /// The init system a host runs; some files exist for only one of them.
@@ -67,17 +78,31 @@ impl Service {
             Service::App => "foobar-app",
             Service::Keepalived => "keepalived",
             Service::Firewall => "foobar-firewall",
+            Service::Prometheus => "prometheus",
+            Service::NodeExporter => "prometheus-node-exporter",
+            Service::NginxExporter => "prometheus-nginx-exporter",
+            Service::MysqldExporter => "prometheus-mysqld-exporter",
+            Service::BlackboxExporter => "prometheus-blackbox-exporter",
         }
     }
 
     /// Whether a reload rereads this service's config.
     pub fn on_change(self) -> ServiceAction {
         match self {
-            Service::Haproxy | Service::Nginx | Service::Keepalived | Service::Firewall => {
-                ServiceAction::Reload
-            }
-            // A .cnf change is only read at start; the app reads its config at start.
-            Service::Mariadb | Service::Mysql | Service::App => ServiceAction::Restart,
+            Service::Haproxy
+            | Service::Nginx
+            | Service::Keepalived
+            | Service::Firewall
+            | Service::Prometheus => ServiceAction::Reload,
+            // A .cnf change is only read at start; the app and the exporters read their
+            // settings (/etc/default) at start.
+            Service::Mariadb
+            | Service::Mysql
+            | Service::App
+            | Service::NodeExporter
+            | Service::NginxExporter
+            | Service::MysqldExporter
+            | Service::BlackboxExporter => ServiceAction::Restart,
         }
     }
 
@@ -91,6 +116,11 @@ impl Service {
             Service::App => &["gunicorn", "python3-pymysql"],
             Service::Keepalived => &["keepalived"],
             Service::Firewall => &["nftables"],
+            Service::Prometheus => &["prometheus"],
+            Service::NodeExporter => &["prometheus-node-exporter"],
+            Service::NginxExporter => &["prometheus-nginx-exporter"],
+            Service::MysqldExporter => &["prometheus-mysqld-exporter"],
+            Service::BlackboxExporter => &["prometheus-blackbox-exporter"],
         }
     }
 

@@ -26,6 +26,14 @@ pub mod paths {
     pub const APP_INIT: &str = "/etc/init.d/foobar-app";
     pub const APP_UNIT: &str = "/etc/systemd/system/foobar-app.service";
     pub const FIREWALL: &str = "/etc/foobar/firewall.nft";
+    pub const PROMETHEUS_YML: &str = "/etc/prometheus/prometheus.yml";
+    pub const PROMETHEUS_RULES: &str = "/etc/prometheus/foobar-rules.yml";
+    pub const BLACKBOX_YML: &str = "/etc/prometheus/blackbox.yml";
+    pub const MYSQLD_EXPORTER_CNF: &str = "/etc/prometheus/mysqld-exporter.cnf";
+    /// Debian's per-service settings (`ARGS=...`), read by the init scripts.
+    pub fn default_file(service: &str) -> String {
+        format!("/etc/default/{service}")
+    }
     pub const FIREWALL_INIT: &str = "/etc/init.d/foobar-firewall";
     pub const FIREWALL_UNIT: &str = "/etc/systemd/system/foobar-firewall.service";
 }
@@ -179,6 +187,50 @@ struct FwCtx {
 }
 
 #[derive(Serialize)]
+struct MonTarget {
+    address: String,
+    host: String,
+    role: &'static str,
+}
+
+#[derive(Serialize)]
+struct MonJob {
+    name: &'static str,
+    port: u16,
+    targets: Vec<MonTarget>,
+}
+
+#[derive(Serialize)]
+struct BlackboxCtx {
+    port: u16,
+    targets: Vec<MonTarget>,
+}
+
+/// Prometheus on a monitoring host: what it scrapes and when it alerts.
+#[derive(Serialize)]
+struct MonCtx<'a> {
+    scrape_interval: &'a str,
+    alert_for: &'a str,
+    max_lag: u64,
+    cert_days: u64,
+    rules_path: &'static str,
+    prometheus_port: u16,
+    jobs: Vec<MonJob>,
+    blackbox: Option<BlackboxCtx>,
+}
+
+/// What every host exposes to the monitoring hosts.
+#[derive(Serialize)]
+struct MetricsCtx {
+    /// HAProxy's exporter port (load balancers).
+    haproxy_port: u16,
+    /// nginx stub_status on localhost (web servers).
+    nginx_status_port: u16,
+    /// Who may scrape.
+    monitors: Vec<String>,
+}
+
+#[derive(Serialize)]
 struct Ctx<'a> {
     domain: &'a str,
     server_names: Vec<&'a str>,
@@ -197,6 +249,10 @@ struct Ctx<'a> {
     vip: Option<VipCtx>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fw: Option<FwCtx>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<MetricsCtx>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mon: Option<MonCtx<'a>>,
 }
 
 fn lb_ctx(inv: &Inventory) -> LbCtx<'_> {
@@ -394,6 +450,89 @@ fn fw_ctx(inv: &Inventory, host: &Host) -> Option<FwCtx> {
     Some(FwCtx { sets, rules })
 }
 
+fn metrics_ctx(inv: &Inventory) -> Option<MetricsCtx> {
+    let m = inv.monitoring.as_ref()?;
+    Some(MetricsCtx {
+        haproxy_port: m.haproxy_port,
+        nginx_status_port: ports::NGINX_STATUS,
+        monitors: inv
+            .with_role(Role::Monitor)
+            .map(|h| h.address.to_string())
+            .collect(),
+    })
+}
+
+fn mon_ctx<'a>(inv: &'a Inventory, host: &Host) -> Option<MonCtx<'a>> {
+    let m = inv.monitoring.as_ref()?;
+    if !host.has(Role::Monitor) {
+        return None;
+    }
+    let role_of = |h: &Host| -> &'static str {
+        [
+            Role::DbPrimary,
+            Role::DbReplica,
+            Role::Lb,
+            Role::Web,
+            Role::Monitor,
+        ]
+        .into_iter()
+        .find(|r| h.has(*r))
+        .map(|r| match r {
+            Role::DbPrimary => "primary",
+            Role::DbReplica => "replica",
+            r => r.as_str(),
+        })
+        .unwrap_or("host")
+    };
+    let targets = |pred: &dyn Fn(&Host) -> bool| -> Vec<MonTarget> {
+        inv.hosts
+            .iter()
+            .filter(|h| pred(h))
+            .map(|h| MonTarget {
+                address: h.address.to_string(),
+                host: h.name.clone(),
+                role: role_of(h),
+            })
+            .collect()
+    };
+    let mut jobs = vec![MonJob {
+        name: "node",
+        port: ports::NODE_EXPORTER,
+        targets: targets(&|_| true),
+    }];
+    for (name, port, pred) in [
+        (
+            "haproxy",
+            m.haproxy_port,
+            &(|h: &Host| h.has(Role::Lb)) as &dyn Fn(&Host) -> bool,
+        ),
+        ("nginx", ports::NGINX_EXPORTER, &|h: &Host| h.has(Role::Web)),
+        ("mysqld", ports::MYSQLD_EXPORTER, &|h: &Host| h.is_db()),
+    ] {
+        let t = targets(pred);
+        if !t.is_empty() {
+            jobs.push(MonJob {
+                name,
+                port,
+                targets: t,
+            });
+        }
+    }
+    Some(MonCtx {
+        scrape_interval: &m.scrape_interval,
+        alert_for: &m.alert_for,
+        max_lag: m.max_replication_lag,
+        cert_days: m.cert_expiry_days,
+        rules_path: paths::PROMETHEUS_RULES,
+        prometheus_port: ports::PROMETHEUS,
+        jobs,
+        blackbox: inv.tls.as_ref().map(|_| BlackboxCtx {
+            port: ports::BLACKBOX_EXPORTER,
+            targets: targets(&|h| h.has(Role::Lb)),
+        }),
+    })
+}
+
 /// Where HAProxy reads the certificate and key (one PEM, mode 0600).
 fn tls_pem_path(inv: &Inventory) -> String {
     format!("{}/{}.pem", paths::HAPROXY_CERTS, inv.domain)
@@ -506,6 +645,8 @@ fn render_host(
         },
         vip: vip_ctx(inv, host),
         fw: fw_ctx(inv, host),
+        metrics: metrics_ctx(inv),
+        mon: mon_ctx(inv, host),
     };
     let ctx = tera::Context::from_serialize(&ctx).context("building the template context")?;
 
@@ -611,6 +752,9 @@ fn render_host(
             services.push(Service::Keepalived);
         }
     }
+    if let Some(m) = &inv.monitoring {
+        monitoring_files(inv, m, host, &mut files, &mut services, &file)?;
+    }
     if inv.firewall.is_some() {
         let mut rules = file("firewall.nft", paths::FIREWALL.into(), Service::Firewall)?;
         rules.mode = 0o640;
@@ -651,6 +795,105 @@ fn render_host(
             Vec::new()
         },
     })
+}
+
+/// A file the tool writes itself (no template), owned by root.
+fn builtin(path: String, content: String, mode: u32, service: Service) -> ManagedFile {
+    ManagedFile {
+        path,
+        content,
+        mode,
+        owner: "root".into(),
+        group: "root".into(),
+        service,
+        template: "(built in)".into(),
+        init: None,
+    }
+}
+
+/// The exporters every host runs for the monitoring hosts, and Prometheus itself.
+fn monitoring_files(
+    inv: &Inventory,
+    m: &crate::inventory::MonitoringSettings,
+    host: &Host,
+    files: &mut Vec<ManagedFile>,
+    services: &mut Vec<Service>,
+    file: &dyn Fn(&str, String, Service) -> Result<ManagedFile>,
+) -> Result<()> {
+    let defaults = |svc: Service, args: &str| {
+        builtin(
+            paths::default_file(svc.unit()),
+            format!("# Managed by foobar-infra: options of {svc}.\nARGS=\"{args}\"\n"),
+            0o644,
+            svc,
+        )
+    };
+    // No systemd collector: there may be no systemd (and no D-Bus) to ask.
+    files.push(defaults(Service::NodeExporter, "--no-collector.systemd"));
+    services.push(Service::NodeExporter);
+    if host.has(Role::Web) {
+        files.push(defaults(
+            Service::NginxExporter,
+            &format!(
+                "-nginx.scrape-uri=http://127.0.0.1:{}/stub_status",
+                ports::NGINX_STATUS
+            ),
+        ));
+        services.push(Service::NginxExporter);
+    }
+    if host.is_db() {
+        files.push(defaults(
+            Service::MysqldExporter,
+            &format!("--config.my-cnf={}", paths::MYSQLD_EXPORTER_CNF),
+        ));
+        let mut cnf = builtin(
+            paths::MYSQLD_EXPORTER_CNF.into(),
+            format!(
+                "# Managed by foobar-infra: the MySQL exporter's least-privilege account.\n\
+                 [client]\nuser={}\npassword={}\nsocket=/run/mysqld/mysqld.sock\n",
+                m.mysql_user,
+                crate::secrets::placeholder(crate::inventory::MONITOR_SECRET)
+            ),
+            0o640,
+            Service::MysqldExporter,
+        );
+        cnf.group = "prometheus".into();
+        files.push(cnf);
+        services.push(Service::MysqldExporter);
+    }
+    if host.has(Role::Monitor) {
+        files.push(file(
+            "prometheus.yml",
+            paths::PROMETHEUS_YML.into(),
+            Service::Prometheus,
+        )?);
+        files.push(file(
+            "prometheus-rules.yml",
+            paths::PROMETHEUS_RULES.into(),
+            Service::Prometheus,
+        )?);
+        services.push(Service::Prometheus);
+        if inv.tls.is_some() {
+            files.push(file(
+                "blackbox.yml",
+                paths::BLACKBOX_YML.into(),
+                Service::BlackboxExporter,
+            )?);
+            // Debian's init script checks this file with promtool, which rejects every
+            // blackbox config: check it with the exporter itself instead.
+            let mut d = defaults(
+                Service::BlackboxExporter,
+                &format!("--config.file {}", paths::BLACKBOX_YML),
+            );
+            d.content.push_str(&format!(
+                "config_check() {{ /usr/bin/prometheus-blackbox-exporter --config.file={} --config.check >/dev/null 2>&1 || {{ echo \"blackbox config invalid\" >&2; exit 2; }}; }}\n",
+                paths::BLACKBOX_YML
+            ));
+            files.push(d);
+            services.push(Service::BlackboxExporter);
+        }
+    }
+    Ok(())
 }
 
 /// Loads the firewall at boot on hosts without systemd (and is how the tool loads it).
@@ -724,6 +967,19 @@ fn db_users(inv: &Inventory) -> Vec<DbUser> {
                 "SELECT, INSERT, UPDATE, DELETE ON `{}`.*",
                 m.database
             )],
+        });
+    }
+    if let Some(mon) = &inv.monitoring {
+        // The MySQL exporter's account: status and replication state, no data.
+        let privileges = match m.flavor {
+            Flavor::Mariadb => "PROCESS, BINLOG MONITOR, SLAVE MONITOR ON *.*",
+            Flavor::Mysql8 => "PROCESS, REPLICATION CLIENT ON *.*",
+        };
+        users.push(DbUser {
+            user: mon.mysql_user.clone(),
+            host: "localhost".into(),
+            secret: crate::inventory::MONITOR_SECRET.into(),
+            grants: vec![privileges.into()],
         });
     }
     for h in inv.hosts.iter().filter(|h| h.is_db()) {

@@ -19,6 +19,9 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("foobar-app.service", include_str!("../templates/foobar-app.service")),
     ("keepalived.conf", include_str!("../templates/keepalived.conf")),
     ("firewall.nft", include_str!("../templates/firewall.nft")),
+    ("prometheus.yml", include_str!("../templates/prometheus.yml")),
+    ("prometheus-rules.yml", include_str!("../templates/prometheus-rules.yml")),
+    ("blackbox.yml", include_str!("../templates/blackbox.yml")),
 ];
 
 /// The set of templates a run renders with.

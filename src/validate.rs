@@ -74,7 +74,7 @@ fn validate_host(h: &HostPlan) -> Result<Vec<FileResult>> {
         let r = match f.service {
             Service::Nginx => continue,
             Service::Haproxy if f.path.ends_with(".pem") => validate_certificate(f)?,
-            Service::Haproxy => validate_with_files(f, &h.files, "haproxy", "-c")?,
+            Service::Haproxy => validate_with_files(f, &h.files, "haproxy", &["-c", "-f"])?,
             Service::Mariadb => validate_mariadb_cnf(f)?,
             Service::Mysql => validate_mysql8_cnf(f)?,
             Service::Keepalived if f.path.ends_with("haproxy-alive") => {
@@ -85,7 +85,7 @@ fn validate_host(h: &HostPlan) -> Result<Vec<FileResult>> {
                 })?;
                 ("sh -n".into(), v)
             }
-            Service::Keepalived => validate_with_files(f, &h.files, "keepalived", "-t")?,
+            Service::Keepalived => validate_with_files(f, &h.files, "keepalived", &["-t", "-f"])?,
             Service::Firewall if f.path.ends_with(".nft") => {
                 let (_, v) = run_file_validator(f, "nft", |prog, file| {
                     let mut c = Command::new(prog);
@@ -102,6 +102,37 @@ fn validate_host(h: &HostPlan) -> Result<Vec<FileResult>> {
                 };
                 ("nft -c".into(), v)
             }
+            Service::Prometheus if f.path == paths::PROMETHEUS_YML => {
+                validate_with_files(f, &h.files, "promtool", &["check", "config"])?
+            }
+            Service::Prometheus => {
+                let (_, v) = run_file_validator(f, "promtool", |prog, file| {
+                    let mut c = Command::new(prog);
+                    c.args(["check", "rules"]).arg(file);
+                    c
+                })?;
+                ("promtool check rules".into(), v)
+            }
+            Service::BlackboxExporter if f.path == paths::BLACKBOX_YML => {
+                let (_, v) =
+                    run_file_validator(f, "prometheus-blackbox-exporter", |prog, file| {
+                        let mut c = Command::new(prog);
+                        c.arg("--config.check")
+                            .arg(format!("--config.file={}", file.display()));
+                        c
+                    })?;
+                ("prometheus-blackbox-exporter --config.check".into(), v)
+            }
+            Service::MysqldExporter if f.path == paths::MYSQLD_EXPORTER_CNF => {
+                let (_, v) = run_file_validator(f, "python3", |prog, file| {
+                    let mut c = Command::new(prog);
+                    c.arg("-c")
+                        .arg("import configparser,sys; configparser.ConfigParser(strict=False, interpolation=None).read_file(open(sys.argv[1]))")
+                        .arg(file);
+                    c
+                })?;
+                ("ini syntax (python3 configparser)".into(), v)
+            }
             Service::App | Service::Firewall
                 if f.path.ends_with(".ini") || f.path.ends_with(".service") =>
             {
@@ -114,7 +145,12 @@ fn validate_host(h: &HostPlan) -> Result<Vec<FileResult>> {
                 })?;
                 ("ini syntax (python3 configparser)".into(), v)
             }
-            Service::App | Service::Firewall => {
+            Service::App
+            | Service::Firewall
+            | Service::NodeExporter
+            | Service::NginxExporter
+            | Service::MysqldExporter
+            | Service::BlackboxExporter => {
                 let (_, v) = run_file_validator(f, "sh", |prog, file| {
                     let mut c = Command::new(prog);
                     c.arg("-n").arg(file);
@@ -327,9 +363,9 @@ fn validate_with_files(
     f: &ManagedFile,
     files: &[ManagedFile],
     program: &str,
-    check: &str,
+    args: &[&str],
 ) -> Result<(String, Verdict)> {
-    let name = format!("{program} {check}");
+    let name = format!("{program} {}", args.join(" "));
     let Some(prog) = find_program(program) else {
         return Ok((name, Verdict::NotValidated(format!("{program} not found"))));
     };
@@ -372,8 +408,7 @@ fn validate_with_files(
     let cfg = dir.path().join("config");
     std::fs::write(&cfg, &text)?;
     let out = Command::new(prog)
-        .arg(check)
-        .arg("-f")
+        .args(args)
         .arg(&cfg)
         .output()
         .with_context(|| format!("running {program}"))?;

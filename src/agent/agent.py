@@ -70,6 +70,11 @@ PIDFILES = {
     "mariadb": "/run/mysqld/mysqld.pid",
     "mysql": "/run/mysqld/mysqld.pid",
     "keepalived": "/run/keepalived.pid",
+    "prometheus": "/run/prometheus/prometheus.pid",
+    "prometheus-node-exporter": "/run/prometheus/prometheus-node-exporter.pid",
+    "prometheus-nginx-exporter": "/run/prometheus/prometheus-nginx-exporter.pid",
+    "prometheus-mysqld-exporter": "/run/prometheus/prometheus-mysqld-exporter.pid",
+    "prometheus-blackbox-exporter": "/run/prometheus/prometheus-blackbox-exporter.pid",
 }
 ERROR_LOGS = {
     "nginx": ("/var/log/nginx/error.log", 5),
@@ -711,11 +716,14 @@ def validator_argv(kind, f):
         "mysql8": ["mysqld", "--defaults-file=" + f, "--validate-config"],
         "nft": ["nft", "-c", "-f", f],
         "keepalived": ["keepalived", "-t", "-f", f],
+        "prometheus": ["promtool", "check", "config", f],
+        "blackbox": ["prometheus-blackbox-exporter", "--config.check", "--config.file=" + f],
     }[kind]
 
 
 SERVICE_OF_KIND = {"nginx": "nginx", "haproxy": "haproxy", "mariadb": "mariadb", "mysql8": "mysql",
-                   "nft": "nftables", "keepalived": "keepalived"}
+                   "nft": "nftables", "keepalived": "keepalived", "prometheus": "prometheus",
+                   "blackbox": "prometheus-blackbox-exporter"}
 
 
 def validate_one(v, rid, staged, record, save):
@@ -749,7 +757,7 @@ def validate_one(v, rid, staged, record, save):
             remove_quiet(stage)
         out = out.replace(stage + "/", root + "/").replace(stage, root)
         ok, target = code == 0, conf
-    elif kind in ("haproxy", "mariadb", "mysql8", "nft", "keepalived"):
+    elif kind in ("haproxy", "mariadb", "mysql8", "nft", "keepalived", "prometheus", "blackbox"):
         target = safe_path(v.get("path"), "validate.path")
         f = staged.get(target, target)
         if not os.path.exists(f):
@@ -761,7 +769,7 @@ def validate_one(v, rid, staged, record, save):
             ok, out = code == 0 and not bad, err
             if code == 0 and bad:
                 out = "\n".join(bad)
-        elif kind in ("haproxy", "keepalived"):
+        elif kind in ("haproxy", "keepalived", "prometheus"):
             # The config may name files staged in this run (a certificate): check a copy
             # that points at the staged versions, since the live ones do not exist yet.
             with open(f) as fh:

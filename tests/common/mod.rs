@@ -176,7 +176,12 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<Res
         addr.starts_with("10.231.") || addr.starts_with("127."),
         "tests only talk to the lab or loopback, not {addr}"
     );
-    let sock: SocketAddr = format!("{addr}:80").parse().unwrap();
+    // "ADDRESS" (port 80) or "ADDRESS:PORT"
+    let sock: SocketAddr = if addr.contains(':') {
+        addr.parse().unwrap()
+    } else {
+        format!("{addr}:80").parse().unwrap()
+    };
     let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
@@ -265,15 +270,19 @@ pub fn sql(host: &str, query: &str) -> String {
 
 /// The lab's secret values (to prove they never show up anywhere).
 pub fn lab_secrets() -> Vec<String> {
-    ["db_app_password", "db_replication_password"]
-        .iter()
-        .map(|n| {
-            std::fs::read_to_string(root().join("lab/.state").join(n))
-                .unwrap()
-                .trim()
-                .to_string()
-        })
-        .collect()
+    [
+        "db_app_password",
+        "db_replication_password",
+        "db_monitor_password",
+    ]
+    .iter()
+    .map(|n| {
+        std::fs::read_to_string(root().join("lab/.state").join(n))
+            .unwrap()
+            .trim()
+            .to_string()
+    })
+    .collect()
 }
 
 /// Samples every process's argv on the lab hosts until `stop` is set (bounded to
