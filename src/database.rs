@@ -18,8 +18,16 @@ use crate::secrets::{mysql_native_hash, Secrets};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "action")]
 pub enum DbChange {
-    /// Create what is missing on the primary (steps say what).
-    ConvergePrimary { steps: Vec<String> },
+    /// Create what is missing on the primary (steps say what). `rotate`: accounts
+    /// (user@host) whose password changes, which a rolling run changes one web server
+    /// at a time, just before that server's application restarts with it.
+    ConvergePrimary {
+        steps: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        rotate: Vec<String>,
+    },
+    /// The replication secret changed: the replica logs in with the new one.
+    ReplicaPassword { from: String },
     /// Copy the primary into this replica and start replication by GTID.
     SeedReplica { from: String, reason: String },
     /// The server was not running when observed: decide once it runs.
@@ -29,7 +37,12 @@ pub enum DbChange {
 impl DbChange {
     pub fn describe(&self) -> String {
         match self {
-            DbChange::ConvergePrimary { steps } => format!("database: {}", steps.join("; ")),
+            DbChange::ConvergePrimary { steps, .. } => {
+                format!("database: {}", steps.join("; "))
+            }
+            DbChange::ReplicaPassword { from } => format!(
+                "database: log in to {from} with the new replication password (IO thread restarted, position kept)"
+            ),
             DbChange::SeedReplica { from, reason } => {
                 format!(
                     "database: seed from {from} (streamed dump) and replicate by GTID ({reason})"
@@ -54,9 +67,13 @@ pub fn spec(db: &DbPlan, secrets: &Secrets) -> Result<Value> {
             }))
         })
         .collect::<Result<Vec<_>>>()?;
+    let replication = match &db.primary {
+        Some(p) => json!({"user": p.user, "hash": mysql_native_hash(secrets.require(&p.secret)?)}),
+        None => Value::Null,
+    };
     Ok(json!({
         "role": db.role, "database": db.database, "users": users,
-        "schema": db.schema, "tables": db.tables,
+        "schema": db.schema, "tables": db.tables, "replication": replication,
     }))
 }
 
@@ -69,9 +86,11 @@ pub fn diff(hp: &HostPlan, state: Option<&DbState>) -> Option<DbChange> {
             if !st.running {
                 return Some(DbChange::ConvergePrimary {
                     steps: vec!["create the database, tables and accounts that are missing (server not running when observed)".into()],
+                    rotate: Vec::new(),
                 });
             }
             let mut steps = Vec::new();
+            let mut rotate = Vec::new();
             if st.database_exists != Some(true) {
                 steps.push(format!("create database {}", db.database));
             }
@@ -87,6 +106,7 @@ pub fn diff(hp: &HostPlan, state: Option<&DbState>) -> Option<DbChange> {
                     }
                     Some(s) => {
                         if !s.password_ok {
+                            rotate.push(format!("{}@{}", u.user, u.host));
                             steps.push(format!(
                                 "set the password of {}@{} (from secret {})",
                                 u.user, u.host, u.secret
@@ -106,7 +126,7 @@ pub fn diff(hp: &HostPlan, state: Option<&DbState>) -> Option<DbChange> {
             if db.schema.is_some() && !st.missing_tables.is_empty() {
                 steps.push(format!("create tables {}", st.missing_tables.join(", ")));
             }
-            (!steps.is_empty()).then_some(DbChange::ConvergePrimary { steps })
+            (!steps.is_empty()).then_some(DbChange::ConvergePrimary { steps, rotate })
         }
         DbRole::Replica => {
             let primary = db.primary.as_ref()?;
@@ -127,6 +147,11 @@ pub fn diff(hp: &HostPlan, state: Option<&DbState>) -> Option<DbChange> {
                             "replicates from {} instead",
                             r.master_host.as_deref().unwrap_or("nowhere")
                         ),
+                    })
+                }
+                Some(_) if st.replica_password_ok == Some(false) => {
+                    Some(DbChange::ReplicaPassword {
+                        from: primary.name.clone(),
                     })
                 }
                 Some(_) => None,
@@ -193,6 +218,22 @@ pub async fn converge(
             continue;
         };
         let needs_seed = match change {
+            DbChange::ReplicaPassword { .. } => {
+                let pref = db.primary.as_ref().context("replica without primary")?;
+                let password = secrets.require(&pref.secret)?;
+                printer.status(
+                    "Database",
+                    format!("{host}: new replication password (from {})", pref.name),
+                );
+                agent::call(
+                    replica,
+                    "db-replica-password",
+                    json!({"op": "db-replica-password", "password": password.expose(), "timeout_s": 30}),
+                )
+                .await
+                .with_context(|| format!("{host}: changing the replication password"))?;
+                false
+            }
             DbChange::SeedReplica { .. } => true,
             DbChange::CheckReplica { .. } => {
                 // Observe again now that the server runs.
@@ -293,4 +334,81 @@ pub async fn seed(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::agent::{DbUserState, ReplicaState};
+
+    fn lab_plan() -> Plan {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let inv = crate::inventory::Inventory::load(&root.join("lab/inventory.yaml")).unwrap();
+        let templates = crate::templates::Templates::load(None).unwrap();
+        crate::render::render(&inv, &templates).unwrap()
+    }
+
+    /// The primary as observed with every account in place, but `stale` with an old
+    /// password.
+    fn primary_state(hp: &HostPlan, stale: &str) -> DbState {
+        let db = hp.db.as_ref().unwrap();
+        DbState {
+            running: true,
+            database_exists: Some(true),
+            users: db
+                .users
+                .iter()
+                .map(|u| DbUserState {
+                    user: u.user.clone(),
+                    host: u.host.clone(),
+                    exists: true,
+                    password_ok: format!("{}@{}", u.user, u.host) != stale,
+                    grants_ok: true,
+                })
+                .collect(),
+            ..DbState::default()
+        }
+    }
+
+    #[test]
+    fn a_changed_password_is_a_rotation_of_exactly_that_account() {
+        let plan = lab_plan();
+        let primary = plan.db_primary().unwrap();
+        assert_eq!(diff(primary, Some(&primary_state(primary, "none"))), None);
+        match diff(primary, Some(&primary_state(primary, "foobar@10.231.1.12"))) {
+            Some(DbChange::ConvergePrimary { steps, rotate }) => {
+                assert_eq!(rotate, ["foobar@10.231.1.12"]);
+                assert_eq!(steps.len(), 1);
+                assert!(steps[0].contains("set the password of foobar@10.231.1.12"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_replica_with_an_old_replication_password_gets_the_new_one() {
+        let plan = lab_plan();
+        let replica = plan.host("web-02").unwrap();
+        let state = |ok| DbState {
+            running: true,
+            replica: Some(ReplicaState {
+                master_host: Some("10.231.1.11".into()),
+                ..ReplicaState::default()
+            }),
+            replica_password_ok: ok,
+            ..DbState::default()
+        };
+        assert_eq!(diff(replica, Some(&state(Some(true)))), None);
+        assert_eq!(
+            diff(replica, Some(&state(None))),
+            None,
+            "unknown is not a change"
+        );
+        assert_eq!(
+            diff(replica, Some(&state(Some(false)))),
+            Some(DbChange::ReplicaPassword {
+                from: "web-01".into()
+            })
+        );
+    }
 }

@@ -515,8 +515,17 @@ pub async fn apply(
     parallel: usize,
     printer: &Printer,
 ) -> Result<Vec<HostReport>> {
-    let (mut reports, deferred) =
-        apply_files(plan, changes, remotes, run, parallel, printer).await?;
+    let rotation = rotation(plan, changes, remotes, secrets)?;
+    let (mut reports, deferred) = apply_files(
+        plan,
+        changes,
+        remotes,
+        run,
+        rotation.as_ref(),
+        parallel,
+        printer,
+    )
+    .await?;
     let db_changes: Vec<(String, database::DbChange)> = changes
         .hosts
         .iter()
@@ -645,11 +654,131 @@ type Work<'a> = (&'a HostPlan, &'a HostChanges, &'a dyn Remote);
 /// Files, services and releases: upload and stage everywhere first, then commit; hosts
 /// whose application or database restarts go one at a time (drained from the load
 /// balancers while they do); any failure restores every host changed in the run.
+/// Database passwords that change in this run, on the primary: each web server's own
+/// account is changed just before its application restarts with the new password
+/// (drained), so the others keep working with theirs until their turn.
+struct Rotation<'a> {
+    primary: &'a HostPlan,
+    remote: &'a dyn Remote,
+    /// The primary's database spec (accounts with password hashes).
+    spec: Value,
+    /// user@host of each account whose password changes.
+    accounts: Vec<String>,
+}
+
+fn rotation<'a>(
+    plan: &'a Plan,
+    changes: &Changes,
+    remotes: &[&'a dyn Remote],
+    secrets: &Secrets,
+) -> Result<Option<Rotation<'a>>> {
+    let Some(primary) = plan.db_primary() else {
+        return Ok(None);
+    };
+    let Some(database::DbChange::ConvergePrimary { rotate, .. }) =
+        changes.host(primary.name()).and_then(|hc| hc.db.as_ref())
+    else {
+        return Ok(None);
+    };
+    let Some(remote) = plan
+        .hosts
+        .iter()
+        .zip(remotes)
+        .find(|(h, _)| h.name() == primary.name())
+        .map(|(_, r)| *r)
+    else {
+        return Ok(None);
+    };
+    if rotate.is_empty() {
+        return Ok(None);
+    }
+    let db = primary
+        .db
+        .as_ref()
+        .context("the primary has a database plan")?;
+    Ok(Some(Rotation {
+        primary,
+        remote,
+        spec: database::spec(db, secrets)?,
+        accounts: rotate.clone(),
+    }))
+}
+
+/// Changes the database accounts a web server's application uses (if their password
+/// changes in this run) on the primary, and waits until the host's own database (a
+/// replica it reads from) has the change too.
+async fn rotate_accounts_of(
+    hp: &HostPlan,
+    r: &dyn Remote,
+    rot: &Rotation<'_>,
+    printer: &Printer,
+) -> Result<()> {
+    let suffix = format!("@{}", hp.host.address);
+    let mut spec = rot.spec.clone();
+    let Some(users) = spec["users"].as_array_mut() else {
+        return Ok(());
+    };
+    users.retain(|u| {
+        let account = format!(
+            "{}@{}",
+            u["user"].as_str().unwrap_or(""),
+            u["host"].as_str().unwrap_or("")
+        );
+        account.ends_with(&suffix) && rot.accounts.contains(&account)
+    });
+    if users.is_empty() {
+        return Ok(());
+    }
+    printer.status(
+        "Database",
+        format!(
+            "{}: new password for {}'s account(s)",
+            rot.primary.name(),
+            hp.name()
+        ),
+    );
+    let answer = agent::call(
+        rot.remote,
+        "db-primary",
+        json!({"op": "db-primary", "db": spec}),
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(host_error(
+            rot.primary.name(),
+            &format!("changing {}'s database password", hp.name()),
+            &e
+        ))
+    })?;
+    if hp
+        .db
+        .as_ref()
+        .is_some_and(|d| d.role == crate::plan::DbRole::Replica)
+    {
+        let gtid = answer["gtid"].as_str().unwrap_or("");
+        agent::call(
+            r,
+            "db-catch-up",
+            json!({"op": "db-catch-up", "gtid": gtid, "timeout_s": 30}),
+        )
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(host_error(
+                hp.name(),
+                "waiting for the password change to replicate",
+                &e
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 async fn apply_files<'a>(
     plan: &'a Plan,
     changes: &'a Changes,
     remotes: &[&'a dyn Remote],
     run: &RunInfo,
+    rotation: Option<&Rotation<'_>>,
     parallel: usize,
     printer: &Printer,
 ) -> Result<(Vec<HostReport>, Vec<Work<'a>>)> {
@@ -828,7 +957,7 @@ async fn apply_files<'a>(
         for (hp, hc, r) in serial {
             pending.retain(|(p, _, _)| p.name() != hp.name());
             let t0 = Instant::now();
-            match roll_host(hp, hc, r, &lbs, run, printer, &mut done).await {
+            match roll_host(hp, hc, r, &lbs, run, rotation, printer, &mut done).await {
                 Ok(()) => reports.push(report(hp, hc, t0.elapsed(), "applied", printer)),
                 Err(e) => {
                     failure = Some(format!("{e:#}"));
@@ -896,12 +1025,14 @@ struct Done<'a> {
 
 /// One host of the rolling group: drained on every load balancer, committed, switched
 /// to its new release, checked, and put back into the pool.
+#[allow(clippy::too_many_arguments)] // one host's step of the rolling group: all of it is needed
 async fn roll_host<'a>(
     hp: &'a HostPlan,
     hc: &'a HostChanges,
     r: &'a dyn Remote,
     lbs: &[(&HostPlan, &dyn Remote)],
     run: &RunInfo,
+    rotation: Option<&Rotation<'_>>,
     printer: &Printer,
     done: &mut Done<'a>,
 ) -> Result<()> {
@@ -910,6 +1041,13 @@ async fn roll_host<'a>(
         set_backend_state(lbs, hp.name(), "drain", printer).await?;
     }
     let result = async {
+        let app_restarts = hc
+            .services
+            .iter()
+            .any(|s| s.service == Service::App && s.action != ServiceAction::Stop);
+        if let (Some(rot), true) = (rotation, app_restarts) {
+            rotate_accounts_of(hp, r, rot, printer).await?;
+        }
         if !hc.files_unchanged() {
             printer.status("Restarting", format!("{} (one host at a time)", hp.name()));
             let (res, _) = commit_host(hp, hc, r, run, hc.release.is_some()).await;

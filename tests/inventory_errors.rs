@@ -22,6 +22,8 @@ const CASES: &[(&str, &str)] = &[
     ("malformed-secret-kind", "13:22: secrets.db_app_password.vault: unknown field `vault`, expected `env` or `file`"),
     ("missing-secret", "13:18: secrets: secret db_replication_password is required"),
     ("yaml-syntax", "6:1: did not find expected ',' or ']'"),
+    ("firewall-bad-network", "13:25: firewall.admin[1]: invalid network \"10.0.0.0/33\" (want ADDRESS/PREFIX"),
+    ("monitor-missing-secret", "13:18: secrets: secret db_monitor_password is required by the monitor role"),
 ];
 
 #[test]

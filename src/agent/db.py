@@ -141,7 +141,40 @@ def db_observe(spec):
                     "grants_ok": i in found and all(grant_present(grants.get(i, []), g) for g in u.get("grants") or [])}
                    for i, u in enumerate(users)]
     st["replica"] = replica_status()
+    repl = spec.get("replication")
+    if st["replica"] and isinstance(repl, dict):
+        st["replica_password_ok"] = replica_password_hash() == repl.get("hash")
     return st
+
+
+def native_hash(password):
+    """mysql_native_password's stored form: '*' + upper hex of SHA1(SHA1(password))."""
+    import hashlib
+    return "*" + hashlib.sha1(hashlib.sha1(password.encode()).digest()).hexdigest().upper()
+
+
+def replica_password_hash():
+    """The hash of the password this replica logs in to its primary with (master.info,
+    root-only), so that a rotated replication secret shows as a change. None if unreadable."""
+    try:
+        rows = run_sql("SELECT @@datadir")
+        path = os.path.join(rows[0][0], "master.info")
+        with open(path) as f:
+            lines = f.read().split("\n")
+        return native_hash(lines[5]) if len(lines) > 5 else None
+    except (AgentError, OSError, IndexError):
+        return None
+
+
+def op_db_replica_password(req):
+    """A rotated replication secret: the replica logs in with the new password from its
+    next connection on. Only the IO thread restarts; the position (GTID) is kept. The
+    password arrives on stdin and goes to the SQL client on its stdin."""
+    pw = req.get("password")
+    if not isinstance(pw, str):
+        raise AgentError("request", "invalid replication password")
+    run_sql("STOP SLAVE IO_THREAD;\nCHANGE MASTER TO MASTER_PASSWORD=%s;\nSTART SLAVE IO_THREAD;" % sql_quote(pw))
+    return op_db_wait_replica({"timeout_s": req.get("timeout_s", 30)})
 
 
 def user_statements(users, observed=None):
@@ -186,7 +219,8 @@ def op_db_primary(req):
         run_sql(schema, extra=["--database=%s" % name])
         done.append("schema: created %s" % ", ".join(st["missing_tables"]))
     masked = [re.sub(r"PASSWORD '\*[0-9A-F]{40}'", "PASSWORD '***'", s) for s in done]
-    return {"ok": True, "done": masked, "state": db_observe(spec)}
+    gtid = run_sql("SELECT @@GLOBAL.gtid_binlog_pos")
+    return {"ok": True, "done": masked, "state": db_observe(spec), "gtid": gtid[0][0] if gtid and gtid[0] else ""}
 
 
 def op_db_seed_prepare(req):
@@ -246,6 +280,7 @@ def op_db_wait_replica(req):
 
 
 OPS.update({
+    "db-replica-password": op_db_replica_password,
     "db-primary": op_db_primary,
     "db-seed-prepare": op_db_seed_prepare,
     "db-replica-start": op_db_replica_start,

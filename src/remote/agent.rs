@@ -222,6 +222,10 @@ pub struct DbState {
     pub users: Vec<DbUserState>,
     #[serde(default)]
     pub replica: Option<ReplicaState>,
+    /// On a replica: whether it logs in to its primary with the current replication
+    /// secret (None: not known).
+    #[serde(default)]
+    pub replica_password_ok: Option<bool>,
 }
 
 /// Everything one `observe` call reports about a host.
