@@ -322,6 +322,11 @@ pub struct RemoteArgs {
     /// With a saved plan: refuse it when it is older than this
     #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
     pub max_plan_age: u64,
+    /// A host removed from the inventory entirely: drain it, remove every file the tool
+    /// manages there and stop its services. Its address comes from the last apply
+    /// record on the other hosts unless given (NAME=ADDRESS). Repeatable.
+    #[arg(long, value_name = "NAME[=ADDRESS]", value_delimiter = ',')]
+    pub prune_host: Vec<String>,
     #[command(flatten)]
     pub templates: TemplateArgs,
 }

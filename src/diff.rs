@@ -102,6 +102,9 @@ pub struct Topology {
     pub services_stopped: Vec<(String, String)>,
     /// Replicas to seed from the primary.
     pub replicas_seeded: Vec<String>,
+    /// Hosts removed from the inventory and named by --prune-host.
+    #[serde(default)]
+    pub pruned_hosts: Vec<String>,
 }
 
 impl Topology {

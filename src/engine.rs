@@ -163,6 +163,9 @@ pub struct RunInfo {
     pub inventory: String,
     pub inventory_hash: String,
     pub git_commit: Option<String>,
+    /// The inventory's hosts and addresses, recorded in the history (where
+    /// `--prune-host NAME` finds a removed host's address).
+    pub hosts: BTreeMap<String, String>,
 }
 
 impl RunInfo {
@@ -176,6 +179,7 @@ impl RunInfo {
             inventory: String::new(),
             inventory_hash: String::new(),
             git_commit: None,
+            hosts: BTreeMap::new(),
         }
     }
 
@@ -203,6 +207,11 @@ impl RunInfo {
             inventory: inv.path.display().to_string(),
             inventory_hash: inv.source_hash.clone(),
             git_commit: git_commit(&inv.path),
+            hosts: inv
+                .hosts
+                .iter()
+                .map(|h| (h.name.clone(), h.address.to_string()))
+                .collect(),
         }
     }
 
@@ -228,7 +237,7 @@ impl RunInfo {
             "time": chrono_now(), "user": self.user, "tool_version": env!("CARGO_PKG_VERSION"),
             "run_id": self.run_id, "inventory": self.inventory,
             "inventory_hash": self.inventory_hash, "git_commit": self.git_commit,
-            "files": files, "services": services,
+            "files": files, "services": services, "hosts": self.hosts,
         })
     }
 }

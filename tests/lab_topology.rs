@@ -357,3 +357,75 @@ fn web_servers_join_and_leave_under_load_without_a_failed_request() {
     assert_eq!(backends(), ["web-01", "web-02"]);
     assert!(sh(&root().join("lab/down"), &["web-03"]).status.success());
 }
+
+#[test]
+fn a_host_removed_from_the_inventory_is_pruned_only_when_named() {
+    let Some(_g) = lab() else { return };
+    let base = lab_inventory().display().to_string();
+    let out = cli(&["apply", &base]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let without = lab_variant("without-web-02", |t| {
+        t.replace(
+            "  web-02:\n    address: 10.231.1.12\n    roles: [web, db-replica]\n",
+            "",
+        )
+    });
+    let v = without.to_str().unwrap();
+    let refused = cli(&["diff", v, "--prune-host", "web-01"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("web-01 is in the inventory"));
+
+    // The address comes from the last apply record on the remaining hosts.
+    let diff = cli(&["diff", v, "--prune-host", "web-02"]);
+    assert_eq!(diff.status.code(), Some(2), "{}", text(&diff));
+    let shown = String::from_utf8_lossy(&diff.stdout);
+    assert!(shown.starts_with("== topology"), "{shown}");
+    assert!(
+        shown.contains("- host web-02 leaves (--prune-host)"),
+        "{shown}"
+    );
+    assert!(shown.contains("- backend web-02 (drained first"), "{shown}");
+    assert!(
+        shown.contains("delete /etc/nginx/sites-foobar/www.foobar.com.conf"),
+        "{shown}"
+    );
+
+    exec(
+        "web-02",
+        &["sh", "-c", "echo mine > /etc/foobar/placed-by-hand"],
+    );
+    let load = std::thread::spawn(|| load_loop("/health", Duration::from_secs(20), 3000));
+    let out = cli(&["apply", v, "--prune-host", "web-02"]);
+    let (ok, failed) = load.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    eprintln!(
+        "prune web-02 under load: {ok} answered, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "no failed request: {failed:?}");
+    let cfg = exec("lb-01", &["cat", "/etc/haproxy/haproxy.cfg"]);
+    assert!(!cfg.contains("server web-02"), "web-02 left the pool");
+    assert_eq!(
+        remote_sha("web-02", "/etc/nginx/sites-foobar/www.foobar.com.conf"),
+        ""
+    );
+    assert!(!exec_raw("web-02", &["service", "nginx", "status"])
+        .status
+        .success());
+    assert_eq!(
+        exec("web-02", &["cat", "/etc/foobar/placed-by-hand"]).trim(),
+        "mine"
+    );
+    let again = cli(&["diff", v, "--prune-host", "web-02=10.231.1.12"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+
+    // Back in the inventory: a full web server again.
+    let out = cli(&["apply", &base]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(wait_until(Duration::from_secs(20), || {
+        let mut seen: Vec<String> = served_by(10);
+        seen.sort();
+        seen.dedup();
+        seen == ["web-01", "web-02"]
+    }));
+}

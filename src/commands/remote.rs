@@ -2,6 +2,7 @@
 //! secrets the plan needs, connect to every host and observe it.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
@@ -101,8 +102,24 @@ pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>) -> Result<Session> 
         saved.pin(&mut plan, &args.inventory)?;
     }
     let secrets = Secrets::load(&inventory, &secret_names(&plan))?;
+    let prune = parse_prune(&args.prune_host, &inventory)?;
     printer.status("Connecting", format!("{} hosts", plan.hosts.len()));
-    let remotes = engine::connect_all(&plan, args.parallel, args.persist, printer).await?;
+    let mut remotes = engine::connect_all(&plan, args.parallel, args.persist, printer).await?;
+    if !prune.is_empty() {
+        if let Err(e) = add_pruned(
+            &mut plan,
+            &mut remotes,
+            &prune,
+            &inventory,
+            args.persist,
+            printer,
+        )
+        .await
+        {
+            engine::close_all(remotes).await;
+            return Err(e);
+        }
+    }
     let refs: Vec<&dyn Remote> = remotes.iter().map(|r| r as &dyn Remote).collect();
     let observed = match engine::observe_all(&plan, &refs, &secrets, args.parallel).await {
         Ok(o) => o,
@@ -126,7 +143,8 @@ pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>) -> Result<Session> 
             return Err(e);
         }
     }
-    let changes = diff(&plan, &observed, &secrets)?;
+    let mut changes = diff(&plan, &observed, &secrets)?;
+    changes.topology.pruned_hosts = prune.iter().map(|(n, _)| n.clone()).collect();
     for hc in &changes.hosts {
         printer.host_done(
             &hc.host,
@@ -145,6 +163,97 @@ pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>) -> Result<Session> 
         observed,
         changes,
     })
+}
+
+/// `--prune-host NAME[=ADDRESS]`: hosts that must not be in the inventory.
+fn parse_prune(args: &[String], inv: &Inventory) -> Result<Vec<(String, Option<IpAddr>)>> {
+    let mut out = Vec::new();
+    for a in args {
+        let (name, addr) = match a.split_once('=') {
+            Some((n, ad)) => {
+                let ip: IpAddr = ad.trim().parse().map_err(|_| {
+                    anyhow::anyhow!("--prune-host {a}: {ad:?} is not an IP address")
+                })?;
+                (n.trim().to_string(), Some(ip))
+            }
+            None => (a.trim().to_string(), None),
+        };
+        if inv.host(&name).is_some() {
+            bail!(
+                "--prune-host {name}: {name} is in the inventory; --prune-host is for hosts removed from it \
+                 (to take a role off a host, edit its roles)"
+            );
+        }
+        out.push((name, addr));
+    }
+    Ok(out)
+}
+
+/// Adds each pruned host to the plan with no roles (so the diff removes every file its
+/// manifest lists and stops their services) and connects to it. A host without an
+/// address on the command line gets the one the last apply record of another host
+/// knew it by.
+async fn add_pruned(
+    plan: &mut Plan,
+    remotes: &mut Vec<SshRemote>,
+    prune: &[(String, Option<IpAddr>)],
+    inventory: &Inventory,
+    persist: Option<u64>,
+    printer: &Arc<Printer>,
+) -> Result<()> {
+    let mut known: BTreeMap<String, String> = BTreeMap::new();
+    if prune.iter().any(|(_, a)| a.is_none()) {
+        for r in remotes.iter() {
+            let answer = crate::remote::agent::call(
+                r,
+                "history",
+                serde_json::json!({"op": "history", "last": 1000}),
+            )
+            .await?;
+            // Oldest first: later records overwrite earlier ones.
+            for rec in answer["records"].as_array().into_iter().flatten() {
+                for (name, addr) in rec["hosts"].as_object().into_iter().flatten() {
+                    if let Some(a) = addr.as_str() {
+                        known.insert(name.clone(), a.to_string());
+                    }
+                }
+            }
+        }
+    }
+    for (name, addr) in prune {
+        let address = match addr {
+            Some(a) => *a,
+            None => known
+                .get(name)
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--prune-host {name}: no apply record on the inventory's hosts names {name}'s address; \
+                         give it as --prune-host {name}=ADDRESS"
+                    )
+                })?,
+        };
+        let host = crate::inventory::Host {
+            name: name.clone(),
+            address,
+            roles: Vec::new(),
+            ssh: inventory.ssh.clone(),
+            server_id: 0,
+        };
+        printer.status("Pruning", format!("{name} ({address})"));
+        let remote = crate::remote::ssh::connect_with(&host, printer.clone(), persist).await?;
+        plan.hosts.push(crate::plan::HostPlan {
+            host,
+            files: Vec::new(),
+            services: Vec::new(),
+            db: None,
+            release: None,
+            users: Vec::new(),
+            firewall_guard_s: None,
+        });
+        remotes.push(remote);
+    }
+    Ok(())
 }
 
 /// `apply` never undoes a failover: when the inventory's db-primary is read-only and
@@ -198,6 +307,11 @@ pub fn print_changes(changes: &Changes, p: &Printer, command: &str) -> bool {
         p.out(p.bold("== topology"));
         for h in &t.new_hosts {
             p.out(format!("  + host {h} joins (never applied to before)"));
+        }
+        for h in &t.pruned_hosts {
+            p.out(format!(
+                "  - host {h} leaves (--prune-host): its managed files removed, its services stopped"
+            ));
         }
         for b in &t.backends_added {
             p.out(format!(

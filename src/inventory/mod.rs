@@ -412,6 +412,8 @@ pub struct Inventory {
     pub aliases: Vec<String>,
     /// Hosts in file order.
     pub hosts: Vec<Host>,
+    /// The top-level SSH settings (for a host given on the command line).
+    pub ssh: SshSettings,
     pub app: AppSettings,
     pub nginx: NginxSettings,
     pub haproxy: HaproxySettings,
@@ -1064,7 +1066,16 @@ impl Validator {
             }
         }
 
+        let ssh = SshSettings {
+            user: raw.ssh.user.clone().unwrap_or_else(|| "root".into()),
+            port: raw.ssh.port.unwrap_or(22),
+            known_hosts: raw.ssh.known_hosts.as_ref().map(rel),
+            identity_file: raw.ssh.identity_file.as_ref().map(rel),
+            config_file: raw.ssh.config_file.as_ref().map(rel),
+            connect_timeout: raw.ssh.connect_timeout.unwrap_or(10),
+        };
         Inventory {
+            ssh,
             path: path.to_path_buf(),
             source_hash: hex::encode(Sha256::digest(text.as_bytes())),
             domain: raw.domain,
