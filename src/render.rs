@@ -759,26 +759,21 @@ fn render_host(
         let mut rules = file("firewall.nft", paths::FIREWALL.into(), Service::Firewall)?;
         rules.mode = 0o640;
         files.push(rules);
-        files.push(ManagedFile {
-            path: paths::FIREWALL_INIT.into(),
-            content: FIREWALL_INIT.into(),
-            mode: 0o755,
-            owner: "root".into(),
-            group: "root".into(),
-            service: Service::Firewall,
-            template: "(built in)".into(),
-            init: Some(Init::Sysv),
-        });
-        files.push(ManagedFile {
-            path: paths::FIREWALL_UNIT.into(),
-            content: FIREWALL_UNIT.into(),
-            mode: 0o644,
-            owner: "root".into(),
-            group: "root".into(),
-            service: Service::Firewall,
-            template: "(built in)".into(),
-            init: Some(Init::Systemd),
-        });
+        let mut init = builtin(
+            paths::FIREWALL_INIT.into(),
+            FIREWALL_INIT.into(),
+            0o755,
+            Service::Firewall,
+        );
+        init.init = Some(Init::Sysv);
+        let mut unit = builtin(
+            paths::FIREWALL_UNIT.into(),
+            FIREWALL_UNIT.into(),
+            0o644,
+            Service::Firewall,
+        );
+        unit.init = Some(Init::Systemd);
+        files.extend([init, unit]);
         // Last: the fresh-connection test after it then covers the whole change.
         services.push(Service::Firewall);
     }

@@ -123,18 +123,10 @@ fn validate_host(h: &HostPlan) -> Result<Vec<FileResult>> {
                     })?;
                 ("prometheus-blackbox-exporter --config.check".into(), v)
             }
-            Service::MysqldExporter if f.path == paths::MYSQLD_EXPORTER_CNF => {
-                let (_, v) = run_file_validator(f, "python3", |prog, file| {
-                    let mut c = Command::new(prog);
-                    c.arg("-c")
-                        .arg("import configparser,sys; configparser.ConfigParser(strict=False, interpolation=None).read_file(open(sys.argv[1]))")
-                        .arg(file);
-                    c
-                })?;
-                ("ini syntax (python3 configparser)".into(), v)
-            }
-            Service::App | Service::Firewall
-                if f.path.ends_with(".ini") || f.path.ends_with(".service") =>
+            Service::App | Service::Firewall | Service::MysqldExporter
+                if f.path.ends_with(".ini")
+                    || f.path.ends_with(".service")
+                    || f.path == paths::MYSQLD_EXPORTER_CNF =>
             {
                 let (_, v) = run_file_validator(f, "python3", |prog, file| {
                     let mut c = Command::new(prog);
