@@ -41,7 +41,7 @@ impl DbChange {
                 format!("database: {}", steps.join("; "))
             }
             DbChange::ReplicaPassword { from } => format!(
-                "database: log in to {from} with the new replication password (IO thread restarted, position kept)"
+                "database: log in to {from} with the new replication password (replication restarted, GTID position kept)"
             ),
             DbChange::SeedReplica { from, reason } => {
                 format!(
@@ -218,22 +218,8 @@ pub async fn converge(
             continue;
         };
         let needs_seed = match change {
-            DbChange::ReplicaPassword { .. } => {
-                let pref = db.primary.as_ref().context("replica without primary")?;
-                let password = secrets.require(&pref.secret)?;
-                printer.status(
-                    "Database",
-                    format!("{host}: new replication password (from {})", pref.name),
-                );
-                agent::call(
-                    replica,
-                    "db-replica-password",
-                    json!({"op": "db-replica-password", "password": password.expose(), "timeout_s": 30}),
-                )
-                .await
-                .with_context(|| format!("{host}: changing the replication password"))?;
-                false
-            }
+            // Done before the files (rotate_replication).
+            DbChange::ReplicaPassword { .. } => false,
             DbChange::SeedReplica { .. } => true,
             DbChange::CheckReplica { .. } => {
                 // Observe again now that the server runs.
@@ -257,6 +243,84 @@ pub async fn converge(
             .await
             .with_context(|| format!("{host}: seeding the replica from {}", pref.name))?;
         printer.status("Replicating", format!("{host} from {} (GTID)", pref.name));
+    }
+    Ok(())
+}
+
+/// A rotated replication secret, before anything else in the run (a replica must
+/// replicate while the application accounts rotate): the replicas' accounts change on
+/// the primary, then each replica logs in with the new password.
+pub async fn rotate_replication(
+    plan: &Plan,
+    replicas: &[String],
+    remotes: &[&dyn Remote],
+    secrets: &Secrets,
+    printer: &Printer,
+) -> Result<()> {
+    let remote_of = |name: &str| -> Option<&dyn Remote> {
+        plan.hosts
+            .iter()
+            .zip(remotes)
+            .find(|(h, _)| h.name() == name)
+            .map(|(_, r)| *r)
+    };
+    let primary = plan.db_primary().context("no database primary")?;
+    let primary_remote = remote_of(primary.name()).with_context(|| {
+        format!(
+            "the database primary {} is not among the selected hosts (--limit)",
+            primary.name()
+        )
+    })?;
+    let mut accounts = Vec::new();
+    for name in replicas {
+        let hp = plan.host(name).context("replica of a password change")?;
+        let pref = hp
+            .db
+            .as_ref()
+            .and_then(|d| d.primary.as_ref())
+            .context("replica without primary")?;
+        accounts.push((pref.user.clone(), hp.host.address.to_string()));
+    }
+    let mut spec = spec(primary.db.as_ref().context("primary db plan")?, secrets)?;
+    if let Some(users) = spec["users"].as_array_mut() {
+        users.retain(|u| {
+            accounts
+                .iter()
+                .any(|(user, host)| u["user"] == user.as_str() && u["host"] == host.as_str())
+        });
+    }
+    printer.status(
+        "Database",
+        format!(
+            "{}: new replication password for {}",
+            primary.name(),
+            replicas.join(", ")
+        ),
+    );
+    agent::call(
+        primary_remote,
+        "db-primary",
+        json!({"op": "db-primary", "db": spec}),
+    )
+    .await
+    .with_context(|| format!("{}: changing the replication accounts", primary.name()))?;
+    for name in replicas {
+        let hp = plan.host(name).context("replica")?;
+        let pref = hp
+            .db
+            .as_ref()
+            .and_then(|d| d.primary.as_ref())
+            .context("replica without primary")?;
+        let r = remote_of(name).with_context(|| format!("{name} is not connected"))?;
+        let password = secrets.require(&pref.secret)?;
+        agent::call(
+            r,
+            "db-replica-password",
+            json!({"op": "db-replica-password", "password": password.expose(), "timeout_s": 30}),
+        )
+        .await
+        .with_context(|| format!("{name}: changing the replication password"))?;
+        printer.status("Replicating", format!("{name} with the new password"));
     }
     Ok(())
 }

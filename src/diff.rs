@@ -231,9 +231,12 @@ pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<
         let diff = match kind {
             FileChangeKind::Create => unified("", &f.content, &f.path, "/dev/null", "b"),
             FileChangeKind::Modify => {
-                let old = seen.content().map(|c| secrets.mask(&c)).unwrap_or_else(|| {
-                    format!("(content not shown: {} bytes)\n", seen.size.unwrap_or(0))
-                });
+                let old = seen
+                    .content()
+                    .map(|c| secrets.mask_like(&c, &f.content))
+                    .unwrap_or_else(|| {
+                        format!("(content not shown: {} bytes)\n", seen.size.unwrap_or(0))
+                    });
                 unified(&old, &f.content, &f.path, "a", "b")
             }
             FileChangeKind::Metadata => format!(
@@ -279,7 +282,7 @@ pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<
         let Some(service) = service else { continue };
         let old = seen
             .content()
-            .map(|c| secrets.mask(&c))
+            .map(|c| secrets.mask_like(&c, ""))
             .unwrap_or_else(|| format!("(content not shown: {} bytes)\n", seen.size.unwrap_or(0)));
         if hp.services.contains(&service) {
             if !touched.contains(&service) {

@@ -524,6 +524,15 @@ pub async fn apply(
     parallel: usize,
     printer: &Printer,
 ) -> Result<Vec<HostReport>> {
+    let replica_passwords: Vec<String> = changes
+        .hosts
+        .iter()
+        .filter(|hc| matches!(hc.db, Some(database::DbChange::ReplicaPassword { .. })))
+        .map(|hc| hc.host.clone())
+        .collect();
+    if !replica_passwords.is_empty() {
+        database::rotate_replication(plan, &replica_passwords, remotes, secrets, printer).await?;
+    }
     let rotation = rotation(plan, changes, remotes, secrets)?;
     let (mut reports, deferred) = apply_files(
         plan,

@@ -136,6 +136,52 @@ impl Secrets {
 }
 
 impl Secrets {
+    /// A host's copy of a file, for display: current secret values masked, and also
+    /// values that are no longer current (a secret being rotated, or a hand edit) where
+    /// the template (`planned`, with placeholders) puts a secret: on a line of the same
+    /// shape (`password = {{secret:x}}` masks any `password = ...`), and in any PEM
+    /// private-key block.
+    pub fn mask_like(&self, host_text: &str, planned: &str) -> String {
+        let masked = self.mask(host_text);
+        let mut shapes: Vec<(String, String, String)> = Vec::new();
+        for line in planned.lines() {
+            if let Some(start) = line.find("{{secret:") {
+                if let Some(len) = line[start..].find("}}") {
+                    let name = line[start + 9..start + len].to_string();
+                    let (prefix, suffix) = (&line[..start], &line[start + len + 2..]);
+                    if !prefix.trim().is_empty() || !suffix.trim().is_empty() {
+                        shapes.push((prefix.to_string(), suffix.to_string(), name));
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut in_key = false;
+        for line in masked.split_inclusive('\n') {
+            let body = line.trim_end_matches('\n');
+            let eol = &line[body.len()..];
+            if body.starts_with("-----BEGIN") && body.contains("PRIVATE KEY") {
+                in_key = true;
+                out.push(format!("(a private key, not shown){eol}"));
+                continue;
+            }
+            if in_key {
+                in_key = !(body.starts_with("-----END") && body.contains("PRIVATE KEY"));
+                continue;
+            }
+            let hidden = shapes.iter().find_map(|(prefix, suffix, name)| {
+                let middle = body
+                    .strip_prefix(prefix.as_str())?
+                    .strip_suffix(suffix.as_str())?;
+                (!middle.contains("{{secret:")).then(|| {
+                    format!("{prefix}(a value that is not the current secret {name}){suffix}{eol}")
+                })
+            });
+            out.push(hidden.unwrap_or_else(|| line.to_string()));
+        }
+        out.concat()
+    }
+
     /// The same error with every secret value masked (validators echo config lines).
     pub fn mask_error(&self, e: anyhow::Error) -> anyhow::Error {
         let text = format!("{e:#}");
@@ -161,6 +207,21 @@ mod tests {
         assert_eq!(resolved, "password = hunter2\n");
         assert_eq!(s.mask(&resolved), text);
         assert_eq!(format!("{:?}", s.get("db").unwrap()), "***");
+        // A value that is no longer the secret's (rotation) is hidden by the line's shape.
+        let host = "user = app\npassword = oldvalue\n";
+        let shown = s.mask_like(host, text);
+        assert!(!shown.contains("oldvalue"), "{shown}");
+        assert_eq!(
+            shown,
+            "user = app\npassword = (a value that is not the current secret db)\n"
+        );
+        assert_eq!(s.mask_like(&resolved, text), text);
+        let pem = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nSECRETKEY\n-----END PRIVATE KEY-----\n";
+        let shown = s.mask_like(pem, "{{secret:key}}\n");
+        assert!(
+            !shown.contains("SECRETKEY") && shown.contains("AAA"),
+            "{shown}"
+        );
         assert_eq!(
             placeholders_in("a {{secret:x}} b {{secret:y}} {{secret:x}}"),
             ["x", "y"]

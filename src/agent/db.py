@@ -168,12 +168,13 @@ def replica_password_hash():
 
 def op_db_replica_password(req):
     """A rotated replication secret: the replica logs in with the new password from its
-    next connection on. Only the IO thread restarts; the position (GTID) is kept. The
+    next connection on. Replication stops for a moment; the position (GTID) is kept. The
     password arrives on stdin and goes to the SQL client on its stdin."""
     pw = req.get("password")
     if not isinstance(pw, str):
         raise AgentError("request", "invalid replication password")
-    run_sql("STOP SLAVE IO_THREAD;\nCHANGE MASTER TO MASTER_PASSWORD=%s;\nSTART SLAVE IO_THREAD;" % sql_quote(pw))
+    # MariaDB refuses CHANGE MASTER while either thread runs; by GTID the position is kept.
+    run_sql("STOP SLAVE;\nCHANGE MASTER TO MASTER_PASSWORD=%s;\nSTART SLAVE;" % sql_quote(pw))
     return op_db_wait_replica({"timeout_s": req.get("timeout_s", 30)})
 
 
