@@ -160,6 +160,19 @@ pub fn diff(hp: &HostPlan, state: Option<&DbState>) -> Option<DbChange> {
     }
 }
 
+/// The connection to a host of the plan (remotes are in plan order).
+pub fn remote_of<'a>(
+    plan: &Plan,
+    remotes: &[&'a dyn Remote],
+    name: &str,
+) -> Option<&'a dyn Remote> {
+    plan.hosts
+        .iter()
+        .zip(remotes)
+        .find(|(h, _)| h.name() == name)
+        .map(|(_, r)| *r)
+}
+
 /// Carries out the database changes: the primary first, then each replica in turn.
 pub async fn converge(
     plan: &Plan,
@@ -168,13 +181,7 @@ pub async fn converge(
     secrets: &Secrets,
     printer: &Printer,
 ) -> Result<()> {
-    let remote_of = |name: &str| -> Option<&dyn Remote> {
-        plan.hosts
-            .iter()
-            .zip(remotes)
-            .find(|(h, _)| h.name() == name)
-            .map(|(_, r)| *r)
-    };
+    let remote_of = |name: &str| remote_of(plan, remotes, name);
     let Some(primary) = plan.db_primary() else {
         return Ok(());
     };
@@ -257,13 +264,7 @@ pub async fn rotate_replication(
     secrets: &Secrets,
     printer: &Printer,
 ) -> Result<()> {
-    let remote_of = |name: &str| -> Option<&dyn Remote> {
-        plan.hosts
-            .iter()
-            .zip(remotes)
-            .find(|(h, _)| h.name() == name)
-            .map(|(_, r)| *r)
-    };
+    let remote_of = |name: &str| remote_of(plan, remotes, name);
     let primary = plan.db_primary().context("no database primary")?;
     let primary_remote = remote_of(primary.name()).with_context(|| {
         format!(

@@ -698,13 +698,7 @@ fn rotation<'a>(
     else {
         return Ok(None);
     };
-    let Some(remote) = plan
-        .hosts
-        .iter()
-        .zip(remotes)
-        .find(|(h, _)| h.name() == primary.name())
-        .map(|(_, r)| *r)
-    else {
+    let Some(remote) = database::remote_of(plan, remotes, primary.name()) else {
         return Ok(None);
     };
     if rotate.is_empty() {

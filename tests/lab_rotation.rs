@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
@@ -67,17 +66,7 @@ fn rotating_the_database_passwords_fails_no_request() {
     let diff = cli(&["diff", &rotated]);
     assert_eq!(diff.status.code(), Some(2), "{}", text(&diff));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            sample_argv(
-                &["lb-01", "web-01", "web-02"],
-                &stop,
-                Duration::from_secs(90),
-            )
-        })
-    };
+    let (stop, sampler) = spawn_argv_sampler(Duration::from_secs(90));
     let load = std::thread::spawn(|| load_loop("/health", Duration::from_secs(20), 3000));
     let out = cli(&["apply", &rotated]);
     let (ok, failed) = load.join().unwrap();

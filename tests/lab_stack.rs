@@ -5,8 +5,8 @@
 mod common;
 
 use std::process::Output;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::*;
@@ -211,17 +211,7 @@ fn a_wiped_replica_is_seeded_from_the_primary_without_secrets_in_argv() {
         text(&diff)
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            sample_argv(
-                &["lb-01", "web-01", "web-02"],
-                &stop,
-                Duration::from_secs(120),
-            )
-        })
-    };
+    let (stop, sampler) = spawn_argv_sampler(Duration::from_secs(120));
     let out = cli(&["apply", "-v", &inv()]);
     stop.store(true, Ordering::SeqCst);
     let argv = sampler.join().unwrap();

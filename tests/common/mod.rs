@@ -308,6 +308,20 @@ pub fn sample_argv(
     seen
 }
 
+/// [`sample_argv`] on the three base hosts in a thread, until the flag is set.
+pub fn spawn_argv_sampler(
+    limit: Duration,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<Vec<String>>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle =
+        std::thread::spawn(move || sample_argv(&["lb-01", "web-01", "web-02"], &flag, limit));
+    (stop, handle)
+}
+
 /// Requests at the load balancer for `duration` (at most `max` of them), each on a new
 /// connection; returns (ok, failures with their reasons).
 pub fn load_loop(path: &str, duration: Duration, max: usize) -> (usize, Vec<String>) {
