@@ -28,6 +28,9 @@ pub enum DbChange {
     },
     /// The replication secret changed: the replica logs in with the new one.
     ReplicaPassword { from: String },
+    /// The host is no longer a replica: replication stopped and reset before its
+    /// database server stops with its role.
+    RemoveReplica { from: String },
     /// Copy the primary into this replica and start replication by GTID.
     SeedReplica { from: String, reason: String },
     /// The server was not running when observed: decide once it runs.
@@ -40,6 +43,9 @@ impl DbChange {
             DbChange::ConvergePrimary { steps, .. } => {
                 format!("database: {}", steps.join("; "))
             }
+            DbChange::RemoveReplica { from } => format!(
+                "database: stop replicating from {from} and forget it (RESET SLAVE ALL), then the server stops with its role; its data stays"
+            ),
             DbChange::ReplicaPassword { from } => format!(
                 "database: log in to {from} with the new replication password (replication restarted, GTID position kept)"
             ),
@@ -225,8 +231,8 @@ pub async fn converge(
             continue;
         };
         let needs_seed = match change {
-            // Done before the files (rotate_replication).
-            DbChange::ReplicaPassword { .. } => false,
+            // Done before the files (rotate_replication, remove_replicas).
+            DbChange::ReplicaPassword { .. } | DbChange::RemoveReplica { .. } => false,
             DbChange::SeedReplica { .. } => true,
             DbChange::CheckReplica { .. } => {
                 // Observe again now that the server runs.
@@ -322,6 +328,27 @@ pub async fn rotate_replication(
         .await
         .with_context(|| format!("{name}: changing the replication password"))?;
         printer.status("Replicating", format!("{name} with the new password"));
+    }
+    Ok(())
+}
+
+/// Replicas leaving the stack, before their database server stops with the role.
+pub async fn remove_replicas(
+    plan: &Plan,
+    hosts: &[String],
+    remotes: &[&dyn Remote],
+    printer: &Printer,
+) -> Result<()> {
+    for name in hosts {
+        let r =
+            remote_of(plan, remotes, name).with_context(|| format!("{name} is not connected"))?;
+        printer.status(
+            "Database",
+            format!("{name}: replication stopped and reset (no longer a replica)"),
+        );
+        agent::call(r, "db-replica-remove", json!({"op": "db-replica-remove"}))
+            .await
+            .with_context(|| format!("{name}: removing the replica"))?;
     }
     Ok(())
 }

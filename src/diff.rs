@@ -102,6 +102,9 @@ pub struct Topology {
     pub services_stopped: Vec<(String, String)>,
     /// Replicas to seed from the primary.
     pub replicas_seeded: Vec<String>,
+    /// Hosts that stop being replicas.
+    #[serde(default)]
+    pub replicas_removed: Vec<String>,
     /// Hosts removed from the inventory and named by --prune-host.
     #[serde(default)]
     pub pruned_hosts: Vec<String>,
@@ -119,6 +122,12 @@ impl Topology {
             steps.push(format!(
                 "drain {} on every load balancer and wait for their sessions to end",
                 self.backends_removed.join(", ")
+            ));
+        }
+        if !self.replicas_removed.is_empty() {
+            steps.push(format!(
+                "stop and reset replication on {}",
+                self.replicas_removed.join(", ")
             ));
         }
         steps.push("stage and validate every changed file on every host".into());
@@ -357,7 +366,12 @@ pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<
         files,
         services,
         install,
-        db: crate::database::diff(hp, state.db.as_ref()),
+        db: crate::database::diff(hp, state.db.as_ref()).or_else(|| {
+            let r = state.former_replica.as_ref().filter(|_| hp.db.is_none())?;
+            Some(DbChange::RemoveReplica {
+                from: r.master_host.clone().unwrap_or_default(),
+            })
+        }),
         create_users: hp
             .users
             .iter()
@@ -456,6 +470,9 @@ fn topology(
         }
         if matches!(hc.db, Some(DbChange::SeedReplica { .. })) {
             t.replicas_seeded.push(hc.host.clone());
+        }
+        if matches!(hc.db, Some(DbChange::RemoveReplica { .. })) {
+            t.replicas_removed.push(hc.host.clone());
         }
     }
     t

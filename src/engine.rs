@@ -530,6 +530,10 @@ pub async fn apply(
         .filter(|hc| matches!(hc.db, Some(database::DbChange::ReplicaPassword { .. })))
         .map(|hc| hc.host.clone())
         .collect();
+    if !changes.topology.replicas_removed.is_empty() {
+        database::remove_replicas(plan, &changes.topology.replicas_removed, remotes, printer)
+            .await?;
+    }
     if !replica_passwords.is_empty() {
         database::rotate_replication(plan, &replica_passwords, remotes, secrets, printer).await?;
     }

@@ -389,6 +389,7 @@ fn a_host_removed_from_the_inventory_is_pruned_only_when_named() {
         shown.contains("delete /etc/nginx/sites-foobar/www.foobar.com.conf"),
         "{shown}"
     );
+    assert!(shown.contains("- replica web-02 leaves"), "{shown}");
 
     exec(
         "web-02",
@@ -416,12 +417,21 @@ fn a_host_removed_from_the_inventory_is_pruned_only_when_named() {
         exec("web-02", &["cat", "/etc/foobar/placed-by-hand"]).trim(),
         "mine"
     );
+    // It was a replica: replication was reset before its database server stopped.
+    assert!(
+        !exec_raw("web-02", &["test", "-e", "/var/lib/mysql/master.info"])
+            .status
+            .success(),
+        "replication forgotten on web-02"
+    );
     let again = cli(&["diff", v, "--prune-host", "web-02=10.231.1.12"]);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
 
-    // Back in the inventory: a full web server again.
+    // Back in the inventory: a full web server and a replica (seeded again).
     let out = cli(&["apply", &base]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let status = exec("web-02", &["mariadb", "-e", "SHOW SLAVE STATUS\\G"]);
+    assert!(status.contains("Slave_SQL_Running: Yes"), "{status}");
     assert!(wait_until(Duration::from_secs(20), || {
         let mut seen: Vec<String> = served_by(10);
         seen.sort();

@@ -631,6 +631,15 @@ def op_observe(req):
         if isinstance(svc, str) and NAME_RE.match(svc) and svc not in services:
             services.append(svc)
     db = db_observe(req["db"]) if req.get("db") else None  # defined in db.py
+    # A database host no longer planned as one: is it still a replica? (Only where the
+    # tool managed a database config, and only while the server runs.)
+    former_replica = None
+    if db is None and any(isinstance(e, dict) and e.get("service") in ("mariadb", "mysql") for e in manifest) \
+            and any(service_running(n, init) for n in ("mariadb", "mysql")):
+        try:
+            former_replica = replica_status()
+        except AgentError:
+            former_replica = None
     release = release_observe(req["release"]) if req.get("release") else None  # release.py
     users = {u: user_exists(u) for u in req.get("users") or []}  # release.py
     balancer = haproxy_observe() if req.get("haproxy") else None  # release.py
@@ -639,7 +648,7 @@ def op_observe(req):
         "ok": True, "init": init, "hostname": os.uname().nodename, "files": files, "db": db, "release": release, "users": users, "haproxy": balancer, "certs": certs,
         "services": {s: {"running": service_running(s, init), "pid": service_pid(s)} for s in services},
         "packages": dpkg_installed(packages), "lock": lock, "manifest": manifest,
-        "last_history": last_history(),
+        "last_history": last_history(), "former_replica": former_replica,
     }
 
 

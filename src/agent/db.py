@@ -265,6 +265,13 @@ def op_db_replica_start(req):
         time.sleep(0.3)
 
 
+def op_db_replica_remove(req):
+    """A replica leaves the stack: replication stopped and forgotten, so that the server
+    never replicates again if someone starts it later (its data stays)."""
+    run_sql("STOP SLAVE;\nRESET SLAVE ALL;")
+    return {"ok": True, "replica": replica_status()}
+
+
 def op_db_wait_replica(req):
     """Wait (bounded) until replication runs again, e.g. after a restart."""
     deadline = now() + float(req.get("timeout_s", 60))
@@ -282,6 +289,7 @@ def op_db_wait_replica(req):
 
 OPS.update({
     "db-replica-password": op_db_replica_password,
+    "db-replica-remove": op_db_replica_remove,
     "db-primary": op_db_primary,
     "db-seed-prepare": op_db_seed_prepare,
     "db-replica-start": op_db_replica_start,

@@ -327,6 +327,11 @@ pub fn print_changes(changes: &Changes, p: &Printer, command: &str) -> bool {
         for r in &t.replicas_seeded {
             p.out(format!("  + replica {r} seeded from the primary"));
         }
+        for r in &t.replicas_removed {
+            p.out(format!(
+                "  - replica {r} leaves (replication stopped and reset first)"
+            ));
+        }
         p.out("  order:");
         for (i, step) in t.order().iter().enumerate() {
             p.out(format!("    {}. {step}", i + 1));

@@ -246,6 +246,9 @@ pub struct HostState {
     pub last_history: Option<Value>,
     #[serde(default)]
     pub db: Option<DbState>,
+    /// A host whose database role left it: its replication, if it still replicates.
+    #[serde(default)]
+    pub former_replica: Option<ReplicaState>,
     #[serde(default)]
     pub release: Option<ReleaseState>,
     #[serde(default)]
