@@ -83,6 +83,22 @@ pub fn spec(db: &DbPlan, secrets: &Secrets) -> Result<Value> {
     }))
 }
 
+/// A database spec keeping only the accounts (`user@host`) that `keep` accepts: for
+/// changing some passwords on the primary and nothing else.
+pub fn spec_with_accounts(spec: &Value, keep: impl Fn(&str) -> bool) -> Value {
+    let mut spec = spec.clone();
+    if let Some(users) = spec["users"].as_array_mut() {
+        users.retain(|u| {
+            keep(&format!(
+                "{}@{}",
+                u["user"].as_str().unwrap_or(""),
+                u["host"].as_str().unwrap_or("")
+            ))
+        });
+    }
+    spec
+}
+
 /// Plans a host's database change from what was observed. Pure.
 pub fn diff(hp: &HostPlan, state: Option<&DbState>) -> Option<DbChange> {
     let db = hp.db.as_ref()?;
@@ -278,7 +294,8 @@ pub async fn rotate_replication(
             primary.name()
         )
     })?;
-    let mut accounts = Vec::new();
+    // Each replica with the account it logs in with (user@its-address).
+    let mut targets = Vec::new();
     for name in replicas {
         let hp = plan.host(name).context("replica of a password change")?;
         let pref = hp
@@ -286,16 +303,10 @@ pub async fn rotate_replication(
             .as_ref()
             .and_then(|d| d.primary.as_ref())
             .context("replica without primary")?;
-        accounts.push((pref.user.clone(), hp.host.address.to_string()));
+        targets.push((name, pref, format!("{}@{}", pref.user, hp.host.address)));
     }
-    let mut spec = spec(primary.db.as_ref().context("primary db plan")?, secrets)?;
-    if let Some(users) = spec["users"].as_array_mut() {
-        users.retain(|u| {
-            accounts
-                .iter()
-                .any(|(user, host)| u["user"] == user.as_str() && u["host"] == host.as_str())
-        });
-    }
+    let full = spec(primary.db.as_ref().context("primary db plan")?, secrets)?;
+    let spec = spec_with_accounts(&full, |a| targets.iter().any(|(_, _, acc)| acc == a));
     printer.status(
         "Database",
         format!(
@@ -311,13 +322,7 @@ pub async fn rotate_replication(
     )
     .await
     .with_context(|| format!("{}: changing the replication accounts", primary.name()))?;
-    for name in replicas {
-        let hp = plan.host(name).context("replica")?;
-        let pref = hp
-            .db
-            .as_ref()
-            .and_then(|d| d.primary.as_ref())
-            .context("replica without primary")?;
+    for (name, pref, _) in &targets {
         let r = remote_of(name).with_context(|| format!("{name} is not connected"))?;
         let password = secrets.require(&pref.secret)?;
         agent::call(

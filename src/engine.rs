@@ -730,19 +730,10 @@ async fn rotate_accounts_of(
     printer: &Printer,
 ) -> Result<()> {
     let suffix = format!("@{}", hp.host.address);
-    let mut spec = rot.spec.clone();
-    let Some(users) = spec["users"].as_array_mut() else {
-        return Ok(());
-    };
-    users.retain(|u| {
-        let account = format!(
-            "{}@{}",
-            u["user"].as_str().unwrap_or(""),
-            u["host"].as_str().unwrap_or("")
-        );
-        account.ends_with(&suffix) && rot.accounts.contains(&account)
+    let spec = database::spec_with_accounts(&rot.spec, |a| {
+        a.ends_with(&suffix) && rot.accounts.iter().any(|x| x == a)
     });
-    if users.is_empty() {
+    if spec["users"].as_array().is_none_or(Vec::is_empty) {
         return Ok(());
     }
     printer.status(

@@ -59,15 +59,13 @@ fn firewall_files() -> Vec<String> {
 fn firewall_per_role_refuses_broken_rules_and_never_locks_out() {
     let Some(_g) = lab() else { return };
     let base = lab_inventory().display().to_string();
-    let out = cli(&["apply", &base]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    apply_ok(&base, &[]);
 
     let fw = with_firewall("firewall", ADMIN);
     let diff = cli(&["diff", &fw]);
     assert_eq!(diff.status.code(), Some(2), "{}", text(&diff));
     assert!(String::from_utf8_lossy(&diff.stdout).contains("/etc/foobar/firewall.nft"));
-    let out = cli(&["apply", &fw]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    apply_ok(&fw, &[]);
     for h in FW_HASHES {
         assert!(table_present(h), "{h} has the table inet foobar");
     }
@@ -155,8 +153,7 @@ fn firewall_per_role_refuses_broken_rules_and_never_locks_out() {
     assert!(reachable_from("lb-01", WEB1, 80) && !reachable_from_here(WEB1, 80));
 
     // Taking the firewall out of the inventory removes the table and its files.
-    let out = cli(&["apply", &base]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    apply_ok(&base, &[]);
     for h in FW_HASHES {
         assert!(!table_present(h), "{h}: table removed");
         assert_eq!(

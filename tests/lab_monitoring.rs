@@ -79,8 +79,7 @@ fn prometheus_scrapes_every_exporter_and_alerts_fire() {
     let up = sh(&root().join("lab/up"), &["mon-01"]);
     assert!(up.status.success(), "{}", text(&up));
     let inv = monitored_inventory();
-    let out = cli(&["apply", &inv]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    apply_ok(&inv, &[]);
     let again = cli(&["diff", &inv]);
     assert_eq!(
         again.status.code(),
@@ -170,8 +169,7 @@ fn prometheus_scrapes_every_exporter_and_alerts_fire() {
 
     // Monitoring off again: exporters' settings and Prometheus's files go.
     let base = lab_inventory().display().to_string();
-    let out = cli(&["apply", &base]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    apply_ok(&base, &[]);
     assert_eq!(
         remote_sha("web-01", "/etc/prometheus/mysqld-exporter.cnf"),
         ""

@@ -85,6 +85,13 @@ pub fn cli(args: &[&str]) -> Output {
         .expect("running foobar-infra")
 }
 
+/// `apply INVENTORY [ARGS...]`, which must succeed (exit 0); returns its output.
+pub fn apply_ok(inventory: &str, args: &[&str]) -> Output {
+    let out = cli(&[&["apply", inventory], args].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out
+}
+
 /// docker exec in a lab container; returns stdout, panics on failure.
 pub fn exec(host: &str, argv: &[&str]) -> String {
     let out = exec_raw(host, argv);
