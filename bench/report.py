@@ -235,9 +235,9 @@ for size in sizes:
     w("|---|---|---|---|")
     rows = [
         ("start", "exec -> first `ssh` exec: inventory, templates, secrets"),
-        ("connect", "first `ssh` exec -> every ControlMaster up (%d hosts; spawns spread over %.0f ms; one host's connection %.0f–%.0f ms)"
+        ("connect", "first `ssh` exec -> the first host's agent starts (%d hosts; spawns spread over %.0f ms; one host's connection %.0f–%.0f ms)"
          % (pr["runs"][0]["hosts"], m["ssh_spawn_spread"] * 1000, (m["per_host_connect_min"] or 0) * 1000, (m["per_host_connect_max"] or 0) * 1000)),
-        ("remote", "the `observe` agent command on every host in parallel, until the last answer"),
+        ("remote", "the first agent started -> closing: the other hosts' connections, every host's observe"),
         ("close", "closing the masters, exit"),
     ]
     for k, what in rows:
@@ -245,25 +245,30 @@ for size in sizes:
     w("| total (under strace) | %.0f ms | | floor (no strace): %s |" % (m["total"] * 1000, "%.0f ms" % (fl["median"] * 1000) if fl else "n/a"))
     cm = pr.get("change_median") or {}
     if cm.get("observe") is not None:
-        w("\nThe same cut for an apply that changes the site file on every web host "
-          "(scenario c; agent rounds are bounded by the batches of ControlMaster connects):\n")
-        w("| phase | median | share |")
-        w("|---|---|---|")
-        for k in ("start", "connect", "observe", "stage", "commit", "close"):
-            w("| %s | %.0f ms | %.0f%% |" % (k, cm[k] * 1000, 100 * cm[k] / cm["total"]))
-        w("| total (under strace) | %.0f ms | |" % (cm["total"] * 1000))
+        w("\nAn apply that changes the site file on every web host (scenario c), without strace: "
+          "one agent per host serves its observe, stage and commit requests, and the rounds are "
+          "cut where `-v` announces the first request of each (`Agent HOST OP`; median of 5):\n")
+        w("| phase | median | share | what |")
+        w("|---|---|---|---|")
+        for k, what in (("start_to_observe", "exec -> the first observe request (a host connected)"),
+                        ("observe", "-> the first stage request: every host observed, the diff made"),
+                        ("stage", "-> the first commit request: every host staged and validated"),
+                        ("commit", "-> exit: swap, reloads, health checks, closing")):
+            w("| %s | %.0f ms | %.0f%% | %s |" % (k, cm[k] * 1000, 100 * cm[k] / cm["total"], what))
+        w("| total | %.0f ms | | |" % (cm["total"] * 1000))
     ag = pr.get("agent_seconds") or {}
     if ag.get("noop") or ag.get("change"):
-        w("\nEach agent call's own duration on the host (`python3 -c BOOTSTRAP` start to exit, "
-          "timed by a temporary wrapper on the host; median of 5; all hosts run at once):\n")
-        w("| host | no-op: observe | change: observe | change: stage | change: commit |")
-        w("|---|---|---|---|---|")
+        w("\nThe agent process's own lifetime on each host (`python3` start to exit, timed by a "
+          "temporary wrapper on the host; one process per host per run; median of 5; all hosts "
+          "run at once):\n")
+        w("| host | no-op (observe) | change (observe, stage, commit) |")
+        w("|---|---|---|")
         names = list(dict.fromkeys(list(ag.get("noop", {})) + list(ag.get("change", {}))))
         shown = names if len(names) <= 4 else names[:3] + names[-1:]
         for h in shown:
             n, c = ag.get("noop", {}).get(h, {}), ag.get("change", {}).get(h, {})
-            f = lambda d, k: "%.0f ms" % (d[k] * 1000) if k in d else ""
-            w("| %s | %s | %s | %s | %s |" % (h, f(n, "observe"), f(c, "observe"), f(c, "stage"), f(c, "commit")))
+            f = lambda d: "%.0f ms" % (d["agent"] * 1000) if "agent" in d else ""
+            w("| %s | %s | %s |" % (h, f(n), f(c)))
         if len(names) > len(shown):
             w("\n(%d hosts; the first three and the last shown.)" % len(names))
     cmds = pr.get("remote_commands", {})

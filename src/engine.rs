@@ -83,6 +83,66 @@ pub async fn connect_all(
     Ok(ok)
 }
 
+/// Connects to every host and observes each as soon as its own connection is up (no
+/// host waits for the slowest connection before its observe starts). Fails, closing
+/// every connection, naming each host that could not be reached, else each that could
+/// not be observed.
+pub async fn connect_and_observe(
+    plan: &Plan,
+    parallel: usize,
+    persist: Option<u64>,
+    printer: &Arc<Printer>,
+    secrets: &Secrets,
+) -> Result<(Vec<SshRemote>, BTreeMap<String, HostState>)> {
+    let results = bounded(plan.hosts.iter().collect(), parallel, |hp: &HostPlan| {
+        let p = printer.clone();
+        async move {
+            p.host_step(hp.name(), "connecting");
+            let r = match ssh::connect_with(&hp.host, p.clone(), persist).await {
+                Ok(r) => r,
+                Err(e) => {
+                    p.host_step(hp.name(), "unreachable");
+                    return Err(e);
+                }
+            };
+            p.host_step(hp.name(), "connected");
+            let st = observe_one(hp, &r, secrets).await;
+            Ok((r, st))
+        }
+    })
+    .await;
+    let mut remotes = Vec::new();
+    let mut observed = BTreeMap::new();
+    let (mut unreachable, mut failed) = (Vec::new(), Vec::new());
+    for (hp, r) in plan.hosts.iter().zip(results) {
+        match r {
+            Ok((remote, st)) => {
+                remotes.push(remote);
+                match st {
+                    Ok(st) => {
+                        observed.insert(hp.name().to_string(), st);
+                    }
+                    Err(e) => failed.push(host_error(hp.name(), "observing", &e)),
+                }
+            }
+            Err(e) => unreachable.push(format!("{e:#}")),
+        }
+    }
+    if !unreachable.is_empty() || !failed.is_empty() {
+        close_all(remotes).await;
+        bail!(
+            "{}",
+            if unreachable.is_empty() {
+                failed
+            } else {
+                unreachable
+            }
+            .join("\n")
+        );
+    }
+    Ok((remotes, observed))
+}
+
 pub async fn close_all(remotes: Vec<SshRemote>) {
     futures::future::join_all(remotes.into_iter().map(|r| r.close())).await;
 }

@@ -24,30 +24,54 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("blackbox.yml", include_str!("../templates/blackbox.yml")),
 ];
 
-/// The set of templates a run renders with.
+/// The set of templates a run renders with. Each template is parsed once, by itself,
+/// on its first use: parsing all of them cost every run ~10 ms (Tera's parser), and an
+/// inventory renders only some. Overrides are parsed at load, so that a broken one is
+/// an error even when this inventory does not render it; every built-in parses (a test).
 pub struct Templates {
-    tera: Tera,
-    /// Template name -> where it came from (for messages).
-    origin: Vec<(String, String)>,
-    sources: Vec<(String, String)>,
+    entries: Vec<Entry>,
+}
+
+struct Entry {
+    name: String,
+    source: String,
+    /// Where it came from (for messages): "built-in template X" or the override's path.
+    origin: String,
+    parsed: std::sync::OnceLock<Result<Tera, String>>,
+}
+
+impl Entry {
+    fn parse(&self) -> Result<&Tera> {
+        self.parsed
+            .get_or_init(|| {
+                let mut tera = Tera::default();
+                tera.autoescape_on(vec![]);
+                tera.add_raw_template(&self.name, &self.source)
+                    .map(|_| tera)
+                    .map_err(|e| format!("template {}: {}", self.origin, unravel(&e)))
+            })
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
 }
 
 impl Templates {
     /// The built-in templates, with the files of `overrides` (if given) replacing those
     /// with the same name. A file that matches no template is an error.
     pub fn load(overrides: Option<&Path>) -> Result<Templates> {
-        let mut sources: Vec<(String, String)> = BUILTIN
+        let mut entries: Vec<Entry> = BUILTIN
             .iter()
-            .map(|(n, s)| (n.to_string(), s.to_string()))
-            .collect();
-        let mut origin: Vec<(String, String)> = BUILTIN
-            .iter()
-            .map(|(n, _)| (n.to_string(), format!("built-in template {n}")))
+            .map(|(n, s)| Entry {
+                name: n.to_string(),
+                source: s.to_string(),
+                origin: format!("built-in template {n}"),
+                parsed: Default::default(),
+            })
             .collect();
         if let Some(dir) = overrides {
-            let entries = std::fs::read_dir(dir)
+            let entries_in = std::fs::read_dir(dir)
                 .with_context(|| format!("reading template directory {}", dir.display()))?;
-            let mut names: Vec<_> = entries
+            let mut names: Vec<_> = entries_in
                 .map(|e| e.map(|e| e.path()))
                 .collect::<std::io::Result<_>>()
                 .with_context(|| format!("reading template directory {}", dir.display()))?;
@@ -60,7 +84,7 @@ impl Templates {
                     .file_name()
                     .map(|n| n.to_string_lossy().to_string())
                     .unwrap_or_default();
-                let Some(slot) = sources.iter_mut().find(|(n, _)| *n == name) else {
+                let Some(slot) = entries.iter_mut().find(|e| e.name == name) else {
                     let known: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
                     bail!(
                         "{}: matches no template (known templates: {})",
@@ -68,62 +92,45 @@ impl Templates {
                         known.join(", ")
                     );
                 };
-                slot.1 = std::fs::read_to_string(&path)
+                slot.source = std::fs::read_to_string(&path)
                     .with_context(|| format!("reading template {}", path.display()))?;
-                if let Some(o) = origin.iter_mut().find(|(n, _)| *n == name) {
-                    o.1 = path.display().to_string();
-                }
+                slot.origin = path.display().to_string();
+                slot.parse()?;
             }
         }
-        let mut tera = Tera::default();
-        tera.autoescape_on(vec![]);
-        for (name, src) in &sources {
-            tera.add_raw_template(name, src).map_err(|e| {
-                let where_ = origin_of(&origin, name);
-                anyhow::anyhow!("template {where_}: {}", unravel(&e))
-            })?;
-        }
-        Ok(Templates {
-            tera,
-            origin,
-            sources,
-        })
+        Ok(Templates { entries })
+    }
+
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.entries
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| anyhow::anyhow!("no template named {name}"))
     }
 
     /// Renders one template, with errors naming the template, the line and the cause.
     pub fn render(&self, name: &str, ctx: &tera::Context) -> Result<String> {
-        self.tera.render(name, ctx).map_err(|e| {
+        let entry = self.entry(name)?;
+        entry.parse()?.render(name, ctx).map_err(|e| {
             let cause = unravel(&e);
-            let line = self
-                .source(name)
-                .and_then(|src| missing_variable(&cause).and_then(|v| line_of(src, &v)));
-            let where_ = origin_of(&self.origin, name);
+            let line = missing_variable(&cause).and_then(|v| line_of(&entry.source, &v));
             match line {
-                Some(l) => anyhow::anyhow!("template {where_}:{l}: {cause}"),
-                None => anyhow::anyhow!("template {where_}: {cause}"),
+                Some(l) => anyhow::anyhow!("template {}:{l}: {cause}", entry.origin),
+                None => anyhow::anyhow!("template {}: {cause}", entry.origin),
             }
         })
     }
 
     pub fn source(&self, name: &str) -> Option<&str> {
-        self.sources
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, s)| s.as_str())
+        self.entry(name).ok().map(|e| e.source.as_str())
     }
 
     /// Where a template came from: "built-in template X" or the override's path.
     pub fn origin(&self, name: &str) -> String {
-        origin_of(&self.origin, name)
+        self.entry(name)
+            .map(|e| e.origin.clone())
+            .unwrap_or_else(|_| name.to_string())
     }
-}
-
-fn origin_of(origin: &[(String, String)], name: &str) -> String {
-    origin
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, o)| o.clone())
-        .unwrap_or_else(|| name.to_string())
 }
 
 /// Joins Tera's error chain: its top message alone says only "Failed to render".
@@ -174,6 +181,14 @@ mod tests {
             .to_string();
         assert!(err.contains("haproxy.cfg:2:"), "{err}");
         assert!(err.contains("lb.nope"), "{err}");
+    }
+
+    #[test]
+    fn every_builtin_template_parses() {
+        let t = Templates::load(None).unwrap();
+        for (name, _) in BUILTIN {
+            t.entry(name).unwrap().parse().unwrap();
+        }
     }
 
     #[test]

@@ -84,7 +84,7 @@ fn fresh_lab_apply_then_round_robin_over_both_web_servers() {
 }
 
 #[test]
-fn second_apply_is_a_no_op_with_one_connection_and_at_most_two_commands_per_host() {
+fn second_apply_is_a_no_op_with_one_connection_and_one_command_per_host() {
     let Some(_g) = setup() else { return };
     baseline();
     let pids = [
@@ -109,19 +109,13 @@ fn second_apply_is_a_no_op_with_one_connection_and_at_most_two_commands_per_host
             .lines()
             .filter(|l| l.trim_start().starts_with("Remote") && l.contains(&format!(" {host} #")))
             .count();
-        assert!(
-            (1..=2).contains(&commands),
-            "{host}: {commands} remote commands\n{stderr}"
-        );
+        assert_eq!(commands, 1, "{host}: {commands} remote commands\n{stderr}");
     }
     // sshd's own log agrees: it cannot lie.
     std::thread::sleep(Duration::from_millis(300));
     for host in ["lb-01", "web-01", "web-02"] {
         let n = sshd_sessions_since(host, &since);
-        assert!(
-            (1..=2).contains(&n),
-            "{host}: sshd logged {n} command sessions"
-        );
+        assert_eq!(n, 1, "{host}: sshd logged {n} command sessions");
     }
     assert_eq!(
         pids,
@@ -142,6 +136,57 @@ fn second_apply_is_a_no_op_with_one_connection_and_at_most_two_commands_per_host
         serde_json::from_slice(&json.stdout).expect("diff --json is one JSON document");
     assert_eq!(doc["in_sync"], true);
     assert_eq!(doc["schema"], 1);
+}
+
+/// The agent runs from a cached copy on the host (compiled once per version): in a
+/// root-only directory, rewritten whenever its bytes differ from the tool's (a tampered
+/// copy never runs), and not used at all from a directory others could write.
+#[test]
+fn the_agents_cached_copy_is_root_only_and_never_runs_tampered() {
+    let Some(_g) = setup() else { return };
+    baseline();
+    const DIR: &str = "/var/lib/foobar-infra/agent";
+    let in_sync = || {
+        let out = cli(&["diff", &inv()]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    };
+    assert_eq!(
+        exec("web-01", &["stat", "-c", "%a %U", DIR]).trim(),
+        "700 root"
+    );
+    let listing = exec(
+        "web-01",
+        &["sh", "-c", &format!("ls {DIR}/foobar_agent_*.py")],
+    );
+    let copies: Vec<&str> = listing.split_whitespace().collect();
+    assert_eq!(
+        copies.len(),
+        1,
+        "one agent version on a fresh lab: {listing}"
+    );
+    let copy = copies[0].to_string();
+    let genuine = remote_sha("lb-01", &copy);
+    let tamper = format!("echo 'raise SystemExit(99)' > {copy}");
+
+    exec("web-01", &["sh", "-c", &tamper]);
+    in_sync();
+    assert_eq!(
+        remote_sha("web-01", &copy),
+        genuine,
+        "the copy is rewritten"
+    );
+
+    // A directory others can write: the script runs from memory; the copy is left as is.
+    exec("web-01", &["chmod", "777", DIR]);
+    exec("web-01", &["sh", "-c", &tamper]);
+    in_sync();
+    assert_eq!(
+        exec("web-01", &["cat", &copy]).trim(),
+        "raise SystemExit(99)"
+    );
+    exec("web-01", &["chmod", "700", DIR]);
+    in_sync();
+    assert_eq!(remote_sha("web-01", &copy), genuine);
 }
 
 #[test]
@@ -184,8 +229,21 @@ fn a_changed_variable_shows_in_diff_and_is_served_after_apply() {
     let dry = cli(&["apply", "--dry-run", v]);
     assert_eq!(dry.status.code(), Some(2), "{}", text(&dry));
 
-    let apply = cli(&["apply", v]);
+    let since = docker_now();
+    std::thread::sleep(Duration::from_millis(50));
+    let apply = cli(&["apply", "-v", v]);
     assert_eq!(apply.status.code(), Some(0), "{}", text(&apply));
+    // One agent per host serves observe, stage and commit: one remote command each.
+    let stderr = String::from_utf8_lossy(&apply.stderr);
+    std::thread::sleep(Duration::from_millis(300));
+    for host in ["lb-01", "web-01", "web-02"] {
+        let ops: Vec<&str> = stderr
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix(&format!("Agent {host} ")))
+            .collect();
+        assert_eq!(ops, ["observe", "stage", "commit"], "{host}\n{stderr}");
+        assert_eq!(sshd_sessions_since(host, &since), 1, "{host}\n{stderr}");
+    }
     assert!(wait_until(Duration::from_secs(15), || {
         http_get(LB, "/healthz")
             .map(|r| r.status == 200 && r.body.starts_with("ok web-0"))

@@ -104,29 +104,10 @@ pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>) -> Result<Session> 
     let secrets = Secrets::load(&inventory, &secret_names(&plan))?;
     let prune = parse_prune(&args.prune_host, &inventory)?;
     printer.status("Connecting", format!("{} hosts", plan.hosts.len()));
-    let mut remotes = engine::connect_all(&plan, args.parallel, args.persist, printer).await?;
-    if !prune.is_empty() {
-        if let Err(e) = add_pruned(
-            &mut plan,
-            &mut remotes,
-            &prune,
-            &inventory,
-            args.persist,
-            printer,
-        )
-        .await
-        {
-            engine::close_all(remotes).await;
-            return Err(e);
-        }
-    }
-    let refs: Vec<&dyn Remote> = remotes.iter().map(|r| r as &dyn Remote).collect();
-    let observed = match engine::observe_all(&plan, &refs, &secrets, args.parallel).await {
-        Ok(o) => o,
-        Err(e) => {
-            engine::close_all(remotes).await;
-            return Err(e);
-        }
+    let (remotes, observed) = if prune.is_empty() {
+        engine::connect_and_observe(&plan, args.parallel, args.persist, printer, &secrets).await?
+    } else {
+        connect_with_pruned(&mut plan, &prune, &inventory, &secrets, args, printer).await?
     };
     if let Err(e) = live_primary_matches(&plan, &observed) {
         engine::close_all(remotes).await;
@@ -254,6 +235,31 @@ async fn add_pruned(
         remotes.push(remote);
     }
     Ok(())
+}
+
+/// Connects to the inventory's hosts and to the hosts being pruned (whose addresses may
+/// come from the former's apply records), then observes them all.
+async fn connect_with_pruned(
+    plan: &mut Plan,
+    prune: &[(String, Option<IpAddr>)],
+    inventory: &Inventory,
+    secrets: &Secrets,
+    args: &RemoteArgs,
+    printer: &Arc<Printer>,
+) -> Result<(Vec<SshRemote>, BTreeMap<String, HostState>)> {
+    let mut remotes = engine::connect_all(plan, args.parallel, args.persist, printer).await?;
+    if let Err(e) = add_pruned(plan, &mut remotes, prune, inventory, args.persist, printer).await {
+        engine::close_all(remotes).await;
+        return Err(e);
+    }
+    let refs: Vec<&dyn Remote> = remotes.iter().map(|r| r as &dyn Remote).collect();
+    match engine::observe_all(plan, &refs, secrets, args.parallel).await {
+        Ok(observed) => Ok((remotes, observed)),
+        Err(e) => {
+            engine::close_all(remotes).await;
+            Err(e)
+        }
+    }
 }
 
 /// `apply` never undoes a failover: when the inventory's db-primary is read-only and

@@ -1,6 +1,7 @@
 //! The agent protocol from the tool's side: how `src/agent/agent.py` is started on a
-//! host (one exec request, the script and the request both on stdin, so argv stays
-//! short and holds no data), and the typed answers it gives.
+//! host (one exec request, the script and the request(s) on stdin, so argv holds no
+//! data), how requests are framed for an agent that serves a whole run, and the typed
+//! answers it gives.
 
 use std::collections::BTreeMap;
 
@@ -20,10 +21,70 @@ pub const AGENT: &str = concat!(
     include_str!("../agent/run.py"),
 );
 
-/// The fixed bootstrap in argv: reads the script and the request (separated by a NUL
-/// byte) from stdin and runs the script with the request as its stdin.
-const BOOTSTRAP: &str = "import sys,io;d=sys.stdin.buffer.read();s,_,r=d.partition(b'\\0');\
-sys.stdin=io.TextIOWrapper(io.BytesIO(r));exec(compile(s,'foobar-agent','exec'),{'__name__':'__main__'})";
+/// The fixed bootstrap in argv (`python3 -I -S -c BOOTSTRAP ID LENGTH [serve]`): reads
+/// the script (LENGTH bytes) from stdin, keeps it as `/var/lib/foobar-infra/agent/
+/// foobar_agent_ID.py` (root-only directory; rewritten whenever its bytes differ) and
+/// imports it from there, so that Python compiles it once per version, not on every
+/// call; where that fails (read-only disk, a directory others can write) it compiles
+/// the script in memory. Then the agent reads its request(s) from the rest of stdin.
+const BOOTSTRAP: &str = "import sys,os
+h,n=sys.argv[1],int(sys.argv[2]);s=sys.stdin.buffer.read(n)
+d='/var/lib/foobar-infra/agent';m='foobar_agent_'+h
+try:
+ for p in(os.path.dirname(d),d):
+  try:os.mkdir(p,0o700)
+  except FileExistsError:pass
+ t=os.stat(d)
+ if t.st_uid!=os.geteuid() or t.st_mode&0o077:raise OSError('unsafe '+d)
+ f='%s/%s.py'%(d,m)
+ try:
+  with open(f,'rb')as x:c=x.read()==s
+ except OSError:c=False
+ if not c:
+  t='%s.%d'%(f,os.getpid())
+  with open(t,'wb')as x:x.write(s)
+  os.rename(t,f)
+  try:os.unlink('%s/__pycache__/%s.%s.pyc'%(d,m,sys.implementation.cache_tag))
+  except OSError:pass
+ sys.path.insert(0,d);a=__import__(m)
+except(OSError,ImportError):
+ import types;a=types.ModuleType(m);exec(compile(s,'foobar-agent','exec'),a.__dict__)
+a.entry(sys.argv[3:])";
+
+/// The agent's version id: the first 16 hex digits of its sha256 (names its cached copy).
+pub fn agent_id() -> &'static str {
+    use sha2::{Digest, Sha256};
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| hex::encode(&Sha256::digest(AGENT.as_bytes())[..8]))
+}
+
+/// The agent's argv: one request to EOF, or (`serve`) framed requests until stdin closes.
+pub fn argv(serve: bool) -> Vec<String> {
+    let mut v: Vec<String> = ["python3", "-I", "-S", "-c", BOOTSTRAP, agent_id()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    v.push(AGENT.len().to_string());
+    if serve {
+        v.push("serve".into());
+    }
+    v
+}
+
+/// stdin of a one-request agent: the script, then the request.
+pub fn one_shot_stdin(request: &[u8]) -> Vec<u8> {
+    let mut stdin = Vec::with_capacity(AGENT.len() + request.len());
+    stdin.extend_from_slice(AGENT.as_bytes());
+    stdin.extend_from_slice(request);
+    stdin
+}
+
+/// One framed request of a serving agent: `LENGTH\n` and the bytes.
+pub fn framed(request: &[u8]) -> Vec<u8> {
+    let mut v = format!("{}\n", request.len()).into_bytes();
+    v.extend_from_slice(request);
+    v
+}
 
 /// An error the agent reported (kind and message, plus the validator's output).
 #[derive(Debug, Clone, Deserialize, Serialize, thiserror::Error)]
@@ -71,15 +132,15 @@ pub async fn call_fresh(remote: &dyn Remote, op: &str, request: Value) -> Result
 }
 
 async fn call_with(remote: &dyn Remote, op: &str, request: Value, fresh: bool) -> Result<Value> {
-    let mut stdin = Vec::with_capacity(AGENT.len() + 4096);
-    stdin.extend_from_slice(AGENT.as_bytes());
-    stdin.push(0);
-    serde_json::to_writer(&mut stdin, &request).context("encoding the agent request")?;
-    let argv = ["python3", "-I", "-S", "-c", BOOTSTRAP];
+    let request = serde_json::to_vec(&request).context("encoding the agent request")?;
     let out = if fresh {
-        remote.exec_fresh(&argv, stdin, op).await?
+        let argv = argv(false);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        remote
+            .exec_fresh(&argv, one_shot_stdin(&request), op)
+            .await?
     } else {
-        remote.exec(&argv, stdin, op).await?
+        remote.agent(request, op).await?
     };
     let host = remote.name();
     let answer: Value = match serde_json::from_slice(&out.stdout) {

@@ -44,6 +44,15 @@ pub trait Remote: Send + Sync {
         self.exec(argv, stdin, label).await
     }
 
+    /// Runs one agent request (JSON) and returns the agent's output: one answer line.
+    /// This default starts an agent for the request alone; the SSH transport keeps one
+    /// agent process per host for the whole run (observe, stage, commit: one start).
+    async fn agent(&self, request: Vec<u8>, op: &str) -> Result<ExecOutput> {
+        let argv = agent::argv(false);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.exec(&argv, agent::one_shot_stdin(&request), op).await
+    }
+
     /// Runs one command with `stdin` bytes, collecting its output.
     async fn exec(&self, argv: &[&str], stdin: Vec<u8>, label: &str) -> Result<ExecOutput> {
         self.exec_io(argv, Box::new(std::io::Cursor::new(stdin)), None, label)

@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
 use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use super::{ExecOutput, Input, Remote, Sink};
+use super::{agent, ExecOutput, Input, Remote, Sink};
 use crate::inventory::Host;
 use crate::output::Printer;
 
@@ -20,12 +20,37 @@ pub struct SshRemote {
     name: String,
     host: Host,
     sudo: bool,
-    session: Session,
+    session: Arc<Session>,
     /// Keep the master connection open after this run (`--persist`).
     persist: bool,
     printer: Arc<Printer>,
     /// Remote commands run on this connection (for -v and tests).
     pub commands: AtomicUsize,
+    /// The agent serving this run's requests, started by the first one.
+    agent: tokio::sync::Mutex<Option<AgentProcess>>,
+}
+
+/// An agent started with `serve`: framed requests in, one answer line each out.
+struct AgentProcess {
+    child: openssh::Child<Arc<Session>>,
+    stdin: openssh::ChildStdin,
+    stdout: tokio::io::BufReader<openssh::ChildStdout>,
+    stderr: tokio::task::JoinHandle<Vec<u8>>,
+}
+
+impl AgentProcess {
+    /// Closes its stdin (the agent exits at end of input) and returns its exit status
+    /// and what it wrote to stderr.
+    async fn finish(self) -> (Option<i32>, Vec<u8>) {
+        drop(self.stdin);
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .and_then(|s| s.code());
+        let stderr = self.stderr.await.unwrap_or_default();
+        (status, stderr)
+    }
 }
 
 /// Where persistent control sockets live when connections are kept between runs.
@@ -95,10 +120,11 @@ pub async fn connect_with(
                 name: host.name.clone(),
                 host: host.clone(),
                 sudo: host.ssh.user != "root",
-                session,
+                session: Arc::new(session),
                 persist: true,
                 printer,
                 commands: AtomicUsize::new(0),
+                agent: Default::default(),
             });
         }
     }
@@ -146,10 +172,11 @@ pub async fn connect_with(
         name: host.name.clone(),
         host: host.clone(),
         sudo: host.ssh.user != "root",
-        session,
+        session: Arc::new(session),
         persist: persist.is_some(),
         printer,
         commands: AtomicUsize::new(0),
+        agent: Default::default(),
     })
 }
 
@@ -175,14 +202,71 @@ fn describe(e: &openssh::Error) -> String {
 impl SshRemote {
     /// Closes the connection, or leaves its master running when it is kept (--persist).
     pub async fn close(self) -> Result<()> {
+        // Dropping the agent's pipes is its end of input: it exits on its own, after
+        // every answer was read (waiting for that would cost the run a round trip).
+        if let Some(agent) = self.agent.into_inner() {
+            agent.stderr.abort();
+        }
+        let session = Arc::try_unwrap(self.session)
+            .map_err(|_| anyhow!("{}: the SSH connection is still in use", self.name))?;
         if self.persist {
-            let _ = self.session.detach();
+            let _ = session.detach();
             return Ok(());
         }
-        self.session
+        session
             .close()
             .await
             .with_context(|| format!("{}: closing the SSH connection", self.name))
+    }
+
+    /// The program and arguments of a remote command: through `sudo -n` unless root.
+    fn root_argv<'a>(&self, argv: &[&'a str]) -> (&'a str, Vec<&'a str>) {
+        if self.sudo {
+            ("sudo", [&["-n"], argv].concat())
+        } else {
+            (argv[0], argv[1..].to_vec())
+        }
+    }
+
+    /// Starts the agent that serves this connection's requests (one remote command).
+    async fn start_agent(&self, op: &str) -> Result<AgentProcess> {
+        let n = self.commands.fetch_add(1, Ordering::SeqCst) + 1;
+        let argv = agent::argv(true);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let (program, args) = self.root_argv(&argv);
+        self.printer.detail(
+            "Remote",
+            format!(
+                "{} #{n}: {program} {} (agent, from {op})",
+                self.name,
+                short(&args)
+            ),
+        );
+        let context = || format!("{}: starting the agent ({program})", self.name);
+        let mut child = Session::to_command(self.session.clone(), program)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .await
+            .with_context(context)?;
+        let mut stdin = child.stdin().take().ok_or_else(|| anyhow!("no stdin"))?;
+        let stdout = child.stdout().take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut stderr = child.stderr().take().ok_or_else(|| anyhow!("no stderr"))?;
+        let stderr = tokio::spawn(async move {
+            let mut e = Vec::new();
+            let _ = stderr.read_to_end(&mut e).await;
+            e
+        });
+        // The script first; a host without python3 shows up at the first request.
+        let _ = stdin.write_all(agent::AGENT.as_bytes()).await;
+        Ok(AgentProcess {
+            child,
+            stdin,
+            stdout: tokio::io::BufReader::new(stdout),
+            stderr,
+        })
     }
 }
 
@@ -190,6 +274,41 @@ impl SshRemote {
 impl Remote for SshRemote {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    async fn agent(&self, request: Vec<u8>, op: &str) -> Result<ExecOutput> {
+        let mut slot = self.agent.lock().await;
+        if slot.is_none() {
+            *slot = Some(self.start_agent(op).await?);
+        }
+        let proc = slot.as_mut().expect("started above");
+        self.printer.detail("Agent", format!("{} {op}", self.name));
+        let mut line = Vec::new();
+        let exchanged = async {
+            proc.stdin.write_all(&agent::framed(&request)).await?;
+            proc.stdin.flush().await?;
+            proc.stdout.read_until(b'\n', &mut line).await
+        }
+        .await;
+        if matches!(exchanged, Ok(n) if n > 0 && line.ends_with(b"\n")) {
+            return Ok(ExecOutput {
+                status: Some(0),
+                stdout: line,
+                stderr: Vec::new(),
+            });
+        }
+        // The agent ended (it crashed, or the connection dropped): its exit status and
+        // stderr say why; the next request starts a new one.
+        let proc = slot.take().expect("present");
+        let (status, mut stderr) = proc.finish().await;
+        if let Err(e) = exchanged {
+            stderr.extend_from_slice(format!("\n({e})").as_bytes());
+        }
+        Ok(ExecOutput {
+            status,
+            stdout: line,
+            stderr,
+        })
     }
 
     async fn exec_fresh(&self, argv: &[&str], stdin: Vec<u8>, label: &str) -> Result<ExecOutput> {
@@ -214,11 +333,7 @@ impl Remote for SshRemote {
         label: &str,
     ) -> Result<ExecOutput> {
         let n = self.commands.fetch_add(1, Ordering::SeqCst) + 1;
-        let (program, args) = if self.sudo {
-            ("sudo", [&["-n"], argv].concat())
-        } else {
-            (argv[0], argv[1..].to_vec())
-        };
+        let (program, args) = self.root_argv(argv);
         self.printer.detail(
             "Remote",
             format!("{} #{n}: {program} {} ({label})", self.name, short(&args)),
@@ -282,11 +397,9 @@ impl Remote for SshRemote {
 fn short(args: &[&str]) -> String {
     args.iter()
         .map(|a| {
-            if a.len() > 40 {
-                format!(
-                    "'{}…'",
-                    &a[..a.char_indices().nth(30).map(|(i, _)| i).unwrap_or(a.len())]
-                )
+            if a.len() > 40 || a.contains('\n') {
+                let cut = a.char_indices().nth(30).map(|(i, _)| i).unwrap_or(a.len());
+                format!("'{}…'", a[..cut].split('\n').next().unwrap_or_default())
             } else {
                 a.to_string()
             }
