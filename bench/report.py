@@ -148,7 +148,7 @@ for size in sizes:
     noop = load(size, "noop") or {}
     if pers:
         f = d[pers[0]]
-        w("| (e) no-op apply, connections kept between runs (`%s`) | %s | | %s (no-op, fresh) | | %s | %s |"
+        w("| (e) no-op apply, connections (and foobar-infra's agents) kept between runs (`%s`) | %s | | %s (no-op, fresh) | | %s | %s |"
           % (pers[0], cell(f), cell(noop.get("pyinfra")), ratio(noop.get("pyinfra"), f),
              "%.1fx" % (f["median"] / fl["median"]) if fl else "n/a"))
     else:

@@ -315,8 +315,9 @@ pub struct RemoteArgs {
     /// How many hosts to work on at once
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub parallel: usize,
-    /// Keep the SSH connections open for SECONDS after the run and reuse them in the
-    /// next run (as ssh's ControlPersist): e.g. `diff` then `apply` within a minute
+    /// Keep the SSH connections, and the agent on each host, for SECONDS after the run
+    /// and reuse them in the next run (as ssh's ControlPersist): e.g. `diff` then
+    /// `apply` within a minute, with no new connection and no remote command
     #[arg(long, value_name = "SECONDS", env = "FOOBAR_SSH_PERSIST")]
     pub persist: Option<u64>,
     /// With a saved plan: refuse it when it is older than this

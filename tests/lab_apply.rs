@@ -529,3 +529,79 @@ fn limit_touches_only_the_selected_hosts() {
     );
     baseline();
 }
+
+/// `--persist`: the next run reuses the kept master AND the kept agent (a daemon on the
+/// host, reached through a socket the master forwards): no new SSH connection and no
+/// remote command at all, and drift on a host still shows and is repaired.
+#[test]
+fn with_persist_the_next_run_makes_no_remote_command_and_still_sees_drift() {
+    let Some(_g) = setup() else { return };
+    baseline();
+    let cache = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_foobar-infra"))
+            .args(args)
+            .current_dir(root())
+            .env("NO_COLOR", "1")
+            .env("XDG_CACHE_HOME", cache.path())
+            .output()
+            .expect("running foobar-infra")
+    };
+    let inv = inv();
+    let first = run(&["apply", "--persist", "30", &inv]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+
+    let since = docker_now();
+    std::thread::sleep(Duration::from_millis(50));
+    let again = run(&["apply", "-v", "--persist", "30", &inv]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    std::thread::sleep(Duration::from_millis(300));
+    for host in ["lb-01", "web-01", "web-02"] {
+        assert!(
+            stderr.contains(&format!("Reusing {host} (kept connection)"))
+                && stderr.contains(&format!("Reusing {host} (kept agent)")),
+            "{host}\n{stderr}"
+        );
+        assert_eq!(sshd_sessions_since(host, &since), 0, "{host}\n{stderr}");
+        let socket = exec(
+            host,
+            &[
+                "sh",
+                "-c",
+                "stat -c '%a %U' /run/foobar-infra/agent-*.0.sock",
+            ],
+        );
+        assert_eq!(socket.trim(), "600 root", "{host}");
+    }
+
+    let (host, path) = MANAGED[0];
+    exec(host, &["sh", "-c", &format!("echo '# drift' >> {path}")]);
+    let drift = run(&["diff", "--persist", "30", &inv]);
+    assert_eq!(drift.status.code(), Some(2), "{}", text(&drift));
+    assert!(
+        String::from_utf8_lossy(&drift.stdout).contains("# drift"),
+        "{}",
+        text(&drift)
+    );
+    let repair = run(&["apply", "--persist", "30", &inv]);
+    assert_eq!(repair.status.code(), Some(0), "{}", text(&repair));
+    assert_eq!(
+        run(&["diff", "--persist", "30", &inv]).status.code(),
+        Some(0)
+    );
+
+    // End the kept masters (their records name the control sockets) and the agents.
+    for entry in std::fs::read_dir(cache.path().join("foobar-infra/ssh")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() && p.extension().is_none() {
+            let ctl = std::fs::read_to_string(&p).unwrap();
+            let _ = std::process::Command::new("ssh")
+                .args(["-S", ctl.trim(), "-O", "exit", "lab"])
+                .output();
+        }
+    }
+    for host in ["lb-01", "web-01", "web-02"] {
+        exec_raw(host, &["pkill", "-f", "listen [0-9a-f]+ 30$"]);
+    }
+}

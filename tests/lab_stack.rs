@@ -368,3 +368,51 @@ fn status_reports_lag_and_backends_and_fails_on_a_stopped_sql_thread() {
     );
     assert!(wait_until(Duration::from_secs(10), replica_running));
 }
+
+/// The agent reads the database over the server's socket (no client process) and must
+/// read exactly what `mariadb --batch --raw --force` prints for the same statements, on
+/// the primary and on the replica (SHOW SLAVE STATUS), failing statements skipped.
+#[test]
+fn the_agents_socket_sql_reads_what_the_mariadb_client_prints() {
+    let Some(_g) = setup() else { return };
+    let script = r#"
+import sys
+g = {"__name__": "agent"}
+exec(compile(sys.stdin.read(), "agent", "exec"), g)
+q = ["SELECT 'vars' AS tag, @@server_id, @@read_only, @@gtid_current_pos, @@datadir;",
+     "SELECT 'user' AS tag, User, Host, authentication_string FROM mysql.user ORDER BY User, Host;",
+     "SHOW GRANTS FOR 'nobody'@'nowhere';",
+     "SELECT NULL AS n, '' AS e, 'tab\there' AS t;",
+     "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA='no_such_db';",
+     "SHOW SLAVE STATUS;"]
+for u in ("root@localhost",):
+    q.append("SHOW GRANTS FOR %s;" % "@".join("'%s'" % p for p in u.split("@")))
+native = g["native_batch"](q)
+code, client, err = g["capture"](["mariadb", "--batch", "--raw", "--force"], data="\n".join(q).encode())
+print("EQUAL" if native == client else "DIFFER\n%r\n%r" % (native, client))
+"#;
+    for host in ["web-01", "web-02"] {
+        let mut child = std::process::Command::new("docker")
+            .args(["exec", "-i", &format!("foobar-lab-{host}")])
+            .args(["python3", "-I", "-S", "-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("docker exec");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(foobar_infra::remote::agent::AGENT.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(said.trim(), "EQUAL", "{host}: {}", text(&out));
+    }
+    assert!(
+        replica_running(),
+        "web-02 replicates (SHOW SLAVE STATUS had a row)"
+    );
+}

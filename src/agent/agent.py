@@ -1524,6 +1524,8 @@ def main(argv=()):
     one agent per host for a whole run: observe, stage and commit in one process)."""
     os.umask(0o022)
     out = sys.stdout
+    if argv[:1] == ["listen"]:
+        return listen(argv[1:])  # daemon.py
     if "serve" not in argv:
         out.write(json.dumps(answer_of(sys.stdin.buffer.read()), sort_keys=True) + "\n")
         out.flush()

@@ -113,10 +113,14 @@ def db_observe(spec):
     for i, u in enumerate(users):
         q.append("SELECT 'user' AS tag, %d, authentication_string FROM mysql.user WHERE User=%s AND Host=%s;"
                  % (i, sql_quote(u["user"]), sql_quote(u["host"])))
-        q.append("SELECT 'grants' AS tag, %d; SHOW GRANTS FOR %s;" % (i, account(u)))
+        q.append("SELECT 'grants' AS tag, %d;" % i)
+        q.append("SHOW GRANTS FOR %s;" % account(u))
     q.append("SHOW SLAVE STATUS;")
-    argv = [sql_client(), "--batch", "--raw", "--force", "--connect-timeout=5"]
-    code, out, err = capture(argv, data="\n".join(q).encode())
+    try:
+        code, out, err = 0, native_batch(q), ""
+    except (OSError, ValueError, IndexError):  # not a server this client speaks to: the real one
+        argv = [sql_client(), "--batch", "--raw", "--force", "--connect-timeout=5"]
+        code, out, err = capture(argv, data="\n".join(q).encode())
     found, grants, tables, datadir = {}, {}, set(), None
     lines = out.splitlines()
     current = None  # the account whose SHOW GRANTS rows follow
@@ -158,6 +162,116 @@ def db_observe(spec):
     if st["replica"] and isinstance(repl, dict):
         st["replica_password_ok"] = replica_password_hash(datadir) == repl.get("hash")
     return st
+
+
+MYSQL_SOCKET = "/run/mysqld/mysqld.sock"
+
+
+def native_batch(statements, path=MYSQL_SOCKET, timeout=5.0):
+    """Read-only statements over the server's Unix socket as root (unix_socket
+    authentication), printed as `mariadb --batch --raw --force` prints them: per result
+    set with rows, a header line and one line per row (tab-separated, NULL as "NULL");
+    a failing statement prints nothing and the next one runs. The observe path's SQL
+    client: starting `mariadb` costs ~15-20 ms of a ~40 ms observe. Raises OSError or
+    ValueError when the server or its authentication is not what this speaks (then the
+    caller runs the real client)."""
+    import _socket
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    buf = bytearray()
+
+    def read_packet():
+        while True:
+            if len(buf) >= 4:
+                n = buf[0] | buf[1] << 8 | buf[2] << 16
+                if n == 0xFFFFFF:
+                    raise ValueError("multi-packet answers are not read here")
+                if len(buf) >= 4 + n:
+                    seq, payload = buf[3], bytes(buf[4:4 + n])
+                    del buf[:4 + n]
+                    return seq, payload
+            chunk = s.recv(65536)
+            if not chunk:
+                raise OSError("the server closed the connection")
+            buf.extend(chunk)
+
+    def send(seq, payload):
+        s.sendall(len(payload).to_bytes(3, "little") + bytes([seq & 0xFF]) + payload)
+
+    def lenenc(p, i):
+        """(value, next index) of a length-encoded integer; value None for NULL (0xFB)."""
+        c = p[i]
+        if c < 0xFB:
+            return c, i + 1
+        if c == 0xFB:
+            return None, i + 1
+        size = {0xFC: 2, 0xFD: 3, 0xFE: 8}.get(c)
+        if size is None:
+            raise ValueError("bad length byte")
+        return int.from_bytes(p[i + 1:i + 1 + size], "little"), i + 1 + size
+
+    def strings(p, count):
+        out, i = [], 0
+        for _ in range(count):
+            n, i = lenenc(p, i)
+            if n is None:
+                out.append("NULL")
+            else:
+                out.append(p[i:i + n].decode("utf-8", "replace"))
+                i += n
+        return out
+
+    try:
+        s.connect(path)
+        seq, hello = read_packet()
+        if hello[0] != 10:
+            raise ValueError("not protocol 10")
+        # capabilities: LONG_PASSWORD, LONG_FLAG, PROTOCOL_41, TRANSACTIONS,
+        # SECURE_CONNECTION, PLUGIN_AUTH; utf8mb4; user root; empty auth response.
+        caps = 0x1 | 0x4 | 0x200 | 0x2000 | 0x8000 | 0x80000
+        plugin = hello[hello.rindex(b"\0", 0, len(hello) - 1) + 1:].rstrip(b"\0") \
+            if hello.endswith(b"\0") else b"mysql_native_password"
+        send(seq + 1, caps.to_bytes(4, "little") + (1 << 24).to_bytes(4, "little") + bytes([45])
+             + bytes(23) + b"root\0" + b"\0" + plugin + b"\0")
+        while True:
+            seq, p = read_packet()
+            if p[0] == 0x00:
+                break
+            if p[0] == 0xFE and p[1:].split(b"\0", 1)[0] == b"unix_socket":
+                send(seq + 1, b"")  # unix_socket: the server checks our peer credentials
+                continue
+            raise ValueError("authentication as root over the socket refused")
+        out = []
+        for stmt in statements:
+            send(0, b"\x03" + stmt.rstrip().rstrip(";").encode("utf-8"))
+            _, p = read_packet()
+            if p[0] in (0x00, 0xFF):
+                continue  # no result set, or an error (skipped, as --force does)
+            ncols, _ = lenenc(p, 0)
+            names = []
+            for _ in range(ncols):
+                _, col = read_packet()
+                names.append(strings(col, 5)[4])  # catalog, schema, table, org_table, name
+            _, p = read_packet()  # EOF after the column definitions
+            rows = []
+            while True:
+                _, p = read_packet()
+                if p[0] == 0xFE and len(p) < 9:
+                    break
+                if p[0] == 0xFF:  # failed after its column definitions (SHOW GRANTS does)
+                    rows = []
+                    break
+                rows.append("\t".join(strings(p, ncols)))
+            if rows:
+                out.append("\t".join(names))
+                out.extend(rows)
+        try:
+            send(0, b"\x01")  # COM_QUIT: the server logs no aborted connection
+        except OSError:
+            pass
+        return "\n".join(out) + "\n"
+    finally:
+        s.close()
 
 
 def native_hash(password):

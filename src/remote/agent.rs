@@ -18,6 +18,7 @@ pub const AGENT: &str = concat!(
     include_str!("../agent/db.py"),
     include_str!("../agent/release.py"),
     include_str!("../agent/firewall.py"),
+    include_str!("../agent/daemon.py"),
     include_str!("../agent/run.py"),
 );
 
@@ -58,16 +59,15 @@ pub fn agent_id() -> &'static str {
     ID.get_or_init(|| hex::encode(&Sha256::digest(AGENT.as_bytes())[..8]))
 }
 
-/// The agent's argv: one request to EOF, or (`serve`) framed requests until stdin closes.
-pub fn argv(serve: bool) -> Vec<String> {
+/// The agent's argv. `mode`: none, one request to end of input; `["serve"]`, framed
+/// requests until stdin closes; `["listen", ID, SECONDS]`, start the kept agent (daemon.py).
+pub fn argv(mode: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = ["python3", "-I", "-S", "-c", BOOTSTRAP, agent_id()]
         .iter()
         .map(|s| s.to_string())
         .collect();
     v.push(AGENT.len().to_string());
-    if serve {
-        v.push("serve".into());
-    }
+    v.extend(mode.iter().map(|m| m.to_string()));
     v
 }
 
@@ -134,7 +134,7 @@ pub async fn call_fresh(remote: &dyn Remote, op: &str, request: Value) -> Result
 async fn call_with(remote: &dyn Remote, op: &str, request: Value, fresh: bool) -> Result<Value> {
     let request = serde_json::to_vec(&request).context("encoding the agent request")?;
     let out = if fresh {
-        let argv = argv(false);
+        let argv = argv(&[]);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         remote
             .exec_fresh(&argv, one_shot_stdin(&request), op)

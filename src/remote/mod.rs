@@ -48,7 +48,7 @@ pub trait Remote: Send + Sync {
     /// This default starts an agent for the request alone; the SSH transport keeps one
     /// agent process per host for the whole run (observe, stage, commit: one start).
     async fn agent(&self, request: Vec<u8>, op: &str) -> Result<ExecOutput> {
-        let argv = agent::argv(false);
+        let argv = agent::argv(&[]);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         self.exec(&argv, agent::one_shot_stdin(&request), op).await
     }

@@ -21,13 +21,55 @@ pub struct SshRemote {
     host: Host,
     sudo: bool,
     session: Arc<Session>,
-    /// Keep the master connection open after this run (`--persist`).
-    persist: bool,
+    /// Keep the master connection (and the agent) this many idle seconds after the run
+    /// (`--persist`).
+    persist: Option<u64>,
     printer: Arc<Printer>,
     /// Remote commands run on this connection (for -v and tests).
     pub commands: AtomicUsize,
     /// The agent serving this run's requests, started by the first one.
     agent: tokio::sync::Mutex<Option<AgentProcess>>,
+    /// With `--persist`: the agent kept on the host between runs, if reachable.
+    kept: tokio::sync::Mutex<Kept>,
+}
+
+/// The kept agent (daemon.py), reached through a Unix socket that the kept master
+/// forwards to the host: no exec request and no Python start per run.
+#[derive(Default)]
+enum Kept {
+    #[default]
+    Untried,
+    Connected(KeptConnection),
+    Unavailable,
+}
+
+struct KeptConnection {
+    reader: tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+}
+
+/// Whether anything listens on the local end of a forward (the master's listener).
+async fn kept_connect_probe(local: &std::path::Path) -> std::io::Result<()> {
+    tokio::net::UnixStream::connect(local).await.map(drop)
+}
+
+/// Connects to the kept agent through the local end of the forward; None unless it greets.
+async fn kept_connect(local: &std::path::Path) -> Option<KeptConnection> {
+    let limit = Duration::from_secs(5);
+    let stream = tokio::time::timeout(limit, tokio::net::UnixStream::connect(local))
+        .await
+        .ok()?
+        .ok()?;
+    let (r, writer) = stream.into_split();
+    let mut reader = tokio::io::BufReader::new(r);
+    let mut greeting = Vec::new();
+    tokio::time::timeout(limit, reader.read_until(b'\n', &mut greeting))
+        .await
+        .ok()?
+        .ok()?;
+    greeting
+        .starts_with(b"foobar-agent")
+        .then_some(KeptConnection { reader, writer })
 }
 
 /// An agent started with `serve`: framed requests in, one answer line each out.
@@ -121,10 +163,11 @@ pub async fn connect_with(
                 host: host.clone(),
                 sudo: host.ssh.user != "root",
                 session: Arc::new(session),
-                persist: true,
+                persist,
                 printer,
                 commands: AtomicUsize::new(0),
                 agent: Default::default(),
+                kept: Default::default(),
             });
         }
     }
@@ -173,10 +216,11 @@ pub async fn connect_with(
         host: host.clone(),
         sudo: host.ssh.user != "root",
         session: Arc::new(session),
-        persist: persist.is_some(),
+        persist,
         printer,
         commands: AtomicUsize::new(0),
         agent: Default::default(),
+        kept: Default::default(),
     })
 }
 
@@ -209,7 +253,7 @@ impl SshRemote {
         }
         let session = Arc::try_unwrap(self.session)
             .map_err(|_| anyhow!("{}: the SSH connection is still in use", self.name))?;
-        if self.persist {
+        if self.persist.is_some() {
             let _ = session.detach();
             return Ok(());
         }
@@ -228,10 +272,129 @@ impl SshRemote {
         }
     }
 
+    /// The local end of the forward to this host's kept agent (beside the master's record).
+    fn kept_socket(&self) -> PathBuf {
+        persist_dir().join(format!(
+            "{}.{}.agent",
+            persist_key(&self.host),
+            &agent::agent_id()[..8]
+        ))
+    }
+
+    /// Reaches the kept agent: through the existing forward; else starts it (one remote
+    /// command) and forwards the local socket to it through the master. None: not
+    /// available (e.g. sshd forbids socket forwarding); the run uses a serving agent.
+    async fn kept_reach(&self, idle: u64) -> Option<KeptConnection> {
+        let local = self.kept_socket();
+        let forwarded = local.exists();
+        if forwarded {
+            if let Some(c) = kept_connect(&local).await {
+                self.printer
+                    .detail("Reusing", format!("{} (kept agent)", self.name));
+                return Some(c);
+            }
+        }
+        let remote = match self.kept_start(idle).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.printer.detail(
+                    "Agent",
+                    format!("{}: no kept agent ({e:#}); one for this run", self.name),
+                );
+                return None;
+            }
+        };
+        // A forward the master still holds (its agent had ended) is reused as it is.
+        if !forwarded || kept_connect_probe(&local).await.is_err() {
+            let _ = std::fs::remove_file(&local);
+            let asked = self
+                .session
+                .request_port_forward(
+                    openssh::ForwardType::Local,
+                    openssh::Socket::UnixSocket {
+                        path: local.clone().into(),
+                    },
+                    openssh::Socket::UnixSocket {
+                        path: PathBuf::from(remote).into(),
+                    },
+                )
+                .await;
+            if let Err(e) = asked {
+                self.printer.detail(
+                    "Agent",
+                    format!(
+                        "{}: the master cannot forward to the kept agent ({e}); one for this run",
+                        self.name
+                    ),
+                );
+                return None;
+            }
+        }
+        kept_connect(&local).await
+    }
+
+    /// Starts the kept agent on the host (or finds it running): its socket's path there.
+    async fn kept_start(&self, idle: u64) -> Result<String> {
+        let idle = idle.to_string();
+        let argv = agent::argv(&["listen", agent::agent_id(), &idle]);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = self
+            .exec(&argv, agent::one_shot_stdin(b""), "kept agent")
+            .await?;
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|_| {
+            anyhow!(
+                "exit {:?}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })?;
+        answer["socket"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("no socket in {answer}"))
+    }
+
+    /// One request to the kept agent; None when there is none (see `kept_reach`).
+    async fn kept_request(&self, request: &[u8], op: &str) -> Option<ExecOutput> {
+        let idle = self.persist?;
+        let mut kept = self.kept.lock().await;
+        if matches!(*kept, Kept::Untried) {
+            *kept = match self.kept_reach(idle).await {
+                Some(c) => Kept::Connected(c),
+                None => Kept::Unavailable,
+            };
+        }
+        let Kept::Connected(c) = &mut *kept else {
+            return None;
+        };
+        self.printer.detail("Agent", format!("{} {op}", self.name));
+        let mut line = Vec::new();
+        let exchanged = async {
+            c.writer.write_all(&agent::framed(request)).await?;
+            c.writer.flush().await?;
+            c.reader.read_until(b'\n', &mut line).await
+        }
+        .await;
+        if matches!(exchanged, Ok(n) if n > 0 && line.ends_with(b"\n")) {
+            return Some(ExecOutput {
+                status: Some(0),
+                stdout: line,
+                stderr: Vec::new(),
+            });
+        }
+        // Whether the request ran is unknown: it fails, and is not sent again.
+        *kept = Kept::Unavailable;
+        Some(ExecOutput {
+            status: None,
+            stdout: line,
+            stderr: format!("the kept agent closed the connection ({exchanged:?})").into_bytes(),
+        })
+    }
+
     /// Starts the agent that serves this connection's requests (one remote command).
     async fn start_agent(&self, op: &str) -> Result<AgentProcess> {
         let n = self.commands.fetch_add(1, Ordering::SeqCst) + 1;
-        let argv = agent::argv(true);
+        let argv = agent::argv(&["serve"]);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let (program, args) = self.root_argv(&argv);
         self.printer.detail(
@@ -277,6 +440,9 @@ impl Remote for SshRemote {
     }
 
     async fn agent(&self, request: Vec<u8>, op: &str) -> Result<ExecOutput> {
+        if let Some(out) = self.kept_request(&request, op).await {
+            return Ok(out);
+        }
         let mut slot = self.agent.lock().await;
         if slot.is_none() {
             *slot = Some(self.start_agent(op).await?);
