@@ -181,7 +181,10 @@ def check(num, text, pairs, floor_key=None):
         r = num_r["median"] / den_r["median"]
         if kind == "faster":
             good = r >= need
-            parts.append("%s %.1fx (needs ≥ %gx)%s" % (label, r, need, "" if good else ": missed by %.1fx" % (need / r)))
+            close = abs(r / need - 1) < 0.1  # near the target: two decimals, a percentage
+            missed = ": missed by %.0f%%" % ((need / r - 1) * 100) if close else ": missed by %.1fx" % (need / r)
+            parts.append(("%s %.2fx (needs ≥ %gx)%s" if close else "%s %.1fx (needs ≥ %gx)%s")
+                         % (label, r, need, "" if good else missed))
         else:  # within
             good = r <= need
             parts.append("%s %.2fx the floor (needs ≤ %gx)%s" % (label, r, need, "" if good else ": %.0f%% over" % ((r / need - 1) * 100)))
