@@ -48,6 +48,35 @@ struct KeptConnection {
     writer: tokio::net::unix::OwnedWriteHalf,
 }
 
+/// Sends one framed request to an agent and reads its answer line: the answer as a
+/// command's output, or what went wrong and the partial line.
+async fn exchange<W, R>(
+    writer: &mut W,
+    reader: &mut R,
+    request: &[u8],
+) -> std::result::Result<ExecOutput, (String, Vec<u8>)>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    let mut line = Vec::new();
+    let exchanged = async {
+        writer.write_all(&agent::framed(request)).await?;
+        writer.flush().await?;
+        reader.read_until(b'\n', &mut line).await
+    }
+    .await;
+    match exchanged {
+        Ok(n) if n > 0 && line.ends_with(b"\n") => Ok(ExecOutput {
+            status: Some(0),
+            stdout: line,
+            stderr: Vec::new(),
+        }),
+        Ok(_) => Err(("end of output before a whole answer".into(), line)),
+        Err(e) => Err((e.to_string(), line)),
+    }
+}
+
 /// Whether anything listens on the local end of a forward (the master's listener).
 async fn kept_connect_probe(local: &std::path::Path) -> std::io::Result<()> {
     tokio::net::UnixStream::connect(local).await.map(drop)
@@ -368,27 +397,18 @@ impl SshRemote {
             return None;
         };
         self.printer.detail("Agent", format!("{} {op}", self.name));
-        let mut line = Vec::new();
-        let exchanged = async {
-            c.writer.write_all(&agent::framed(request)).await?;
-            c.writer.flush().await?;
-            c.reader.read_until(b'\n', &mut line).await
+        match exchange(&mut c.writer, &mut c.reader, request).await {
+            Ok(answer) => Some(answer),
+            Err((why, line)) => {
+                // Whether the request ran is unknown: it fails, and is not sent again.
+                *kept = Kept::Unavailable;
+                Some(ExecOutput {
+                    status: None,
+                    stdout: line,
+                    stderr: format!("the kept agent closed the connection ({why})").into_bytes(),
+                })
+            }
         }
-        .await;
-        if matches!(exchanged, Ok(n) if n > 0 && line.ends_with(b"\n")) {
-            return Some(ExecOutput {
-                status: Some(0),
-                stdout: line,
-                stderr: Vec::new(),
-            });
-        }
-        // Whether the request ran is unknown: it fails, and is not sent again.
-        *kept = Kept::Unavailable;
-        Some(ExecOutput {
-            status: None,
-            stdout: line,
-            stderr: format!("the kept agent closed the connection ({exchanged:?})").into_bytes(),
-        })
     }
 
     /// Starts the agent that serves this connection's requests (one remote command).
@@ -449,27 +469,15 @@ impl Remote for SshRemote {
         }
         let proc = slot.as_mut().expect("started above");
         self.printer.detail("Agent", format!("{} {op}", self.name));
-        let mut line = Vec::new();
-        let exchanged = async {
-            proc.stdin.write_all(&agent::framed(&request)).await?;
-            proc.stdin.flush().await?;
-            proc.stdout.read_until(b'\n', &mut line).await
-        }
-        .await;
-        if matches!(exchanged, Ok(n) if n > 0 && line.ends_with(b"\n")) {
-            return Ok(ExecOutput {
-                status: Some(0),
-                stdout: line,
-                stderr: Vec::new(),
-            });
-        }
+        let (why, line) = match exchange(&mut proc.stdin, &mut proc.stdout, &request).await {
+            Ok(answer) => return Ok(answer),
+            Err(failed) => failed,
+        };
         // The agent ended (it crashed, or the connection dropped): its exit status and
         // stderr say why; the next request starts a new one.
         let proc = slot.take().expect("present");
         let (status, mut stderr) = proc.finish().await;
-        if let Err(e) = exchanged {
-            stderr.extend_from_slice(format!("\n({e})").as_bytes());
-        }
+        stderr.extend_from_slice(format!("\n({why})").as_bytes());
         Ok(ExecOutput {
             status,
             stdout: line,
