@@ -123,7 +123,6 @@ class _Json:
 json = _Json()
 _real_json = _Lazy("json")
 re = _Lazy("re")
-base64 = _Lazy("base64")
 datetime = _Lazy("datetime")
 fcntl = _Lazy("fcntl")
 shutil = _Lazy("shutil")

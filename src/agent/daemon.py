@@ -14,7 +14,6 @@ DAEMON_DIR = "/run/foobar-infra"
 def listen(args):
     """`listen ID SECONDS`: start the daemon for this agent version (unless one answers
     already) and print {"ok": true, "socket": PATH} once it accepts connections."""
-    import socket
     agent_id, idle = args[0], float(args[1])
     if not chars_ok(agent_id, ALNUM, 64):
         raise SystemExit("listen: bad agent id")
@@ -62,7 +61,6 @@ def listen(args):
 
 
 def serve_socket(srv, path, idle):
-    import socket
     import threading
     lock = threading.Lock()
     state = {"active": 0, "last": now()}
