@@ -18,6 +18,7 @@ pub mod render;
 pub mod secrets;
 pub mod templates;
 pub mod validate;
+pub mod witness;
 
 use anyhow::Result;
 

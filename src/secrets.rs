@@ -99,6 +99,16 @@ impl Secrets {
         Ok(Secrets { values })
     }
 
+    /// Secrets given directly (tests).
+    #[cfg(test)]
+    pub fn with(values: &[(&str, &str)]) -> Secrets {
+        let mut s = Secrets::default();
+        for (k, v) in values {
+            s.values.insert(k.to_string(), Secret(v.to_string()));
+        }
+        s
+    }
+
     pub fn get(&self, name: &str) -> Option<&Secret> {
         self.values.get(name)
     }

@@ -605,3 +605,120 @@ fn with_persist_the_next_run_makes_no_remote_command_and_still_sees_drift() {
         exec_raw(host, &["pkill", "-f", "listen [0-9a-f]+ 30$"]);
     }
 }
+
+/// A web server without a database role has a witness (src/witness.rs): in sync, it
+/// answers from a few coreutils and no agent starts; any drift goes to the agent, which
+/// reports and repairs it as before.
+#[test]
+fn a_web_server_in_sync_is_vouched_for_without_the_agent_and_drift_still_shows() {
+    let Some(_g) = setup() else { return };
+    baseline();
+    sh(&root().join("lab/down"), &["web-03"]);
+    let up = sh(&root().join("lab/up"), &["web-03"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let variant = lab_variant("web-only-web-03", |t| {
+        t.replace(
+            "    roles: [web, db-replica]\n",
+            "    roles: [web, db-replica]\n  web-03:\n    address: 10.231.1.13\n    roles: [web]\n",
+        )
+    });
+    let v = variant.to_str().unwrap();
+    apply_ok(v, &[]);
+
+    let vouched = |out: &Output| {
+        String::from_utf8_lossy(&out.stderr).contains("Checked web-03 in sync (no agent)")
+    };
+    let since = docker_now();
+    std::thread::sleep(Duration::from_millis(50));
+    let out = cli(&["apply", "-v", v]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(vouched(&out), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for db_host in ["web-01", "web-02"] {
+        assert!(
+            !stderr.contains(&format!("Checked {db_host}")),
+            "database hosts get a full observe"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let out = docker(&["logs", "--since", &since, "foobar-lab-web-03"]);
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("Starting session: command"))
+            .count(),
+        1,
+        "one command on web-03: {log}"
+    );
+    assert_eq!(
+        exec("web-03", &["sh", "-c", "pgrep -f 'foobar_agen[t]' || true"]).trim(),
+        "",
+        "no agent ran"
+    );
+
+    let ini = "/etc/foobar/app.ini";
+    let drifts: [(&str, &[&str], &str); 5] = [
+        (
+            "content",
+            &["sh", "-c", "echo '# by hand' >> /etc/nginx/nginx.conf"],
+            "-# by hand",
+        ),
+        (
+            "mode",
+            &["chmod", "0644", ini],
+            "/etc/foobar/app.ini: mode 0644",
+        ),
+        (
+            "nginx stopped",
+            &["service", "nginx", "stop"],
+            "nginx start (not running)",
+        ),
+        (
+            "release",
+            &["ln", "-sfn", "/tmp", "/srv/foobar/current"],
+            "release tmp ->",
+        ),
+        (
+            "manifest",
+            &[
+                "sh",
+                "-c",
+                "echo '[]' > /var/lib/foobar-infra/manifest.json",
+            ],
+            "",
+        ),
+    ];
+    for (what, argv, shown) in drifts {
+        exec("web-03", argv);
+        let diff = cli(&["diff", "-v", v]);
+        assert!(!vouched(&diff), "{what}: not vouched for\n{}", text(&diff));
+        if shown.is_empty() {
+            // A manifest rewritten by hand changes nothing to apply: the agent's full
+            // observe sees every file in place (and the witness keeps deferring to it).
+            assert_eq!(diff.status.code(), Some(0), "{what}: {}", text(&diff));
+            continue;
+        }
+        assert_eq!(diff.status.code(), Some(2), "{what}: {}", text(&diff));
+        let stdout = String::from_utf8_lossy(&diff.stdout);
+        assert!(
+            stdout.contains("== web-03") && stdout.contains(shown),
+            "{what}: {stdout}"
+        );
+        apply_ok(v, &[]);
+        let again = cli(&["diff", "-v", v]);
+        assert_eq!(again.status.code(), Some(0), "{what}: {}", text(&again));
+        assert!(
+            vouched(&again),
+            "{what}: repaired, vouched for again\n{}",
+            text(&again)
+        );
+    }
+
+    // Back to the lab's shape; web-03 goes away.
+    apply_ok(&inv(), &[]);
+    assert!(sh(&root().join("lab/down"), &["web-03"]).status.success());
+}

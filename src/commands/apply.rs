@@ -9,13 +9,13 @@ use serde_json::json;
 
 use super::{remote, runtime, Outcome};
 use crate::cli::ApplyArgs;
-use crate::engine::{self, RunInfo};
+use crate::engine::{self, Observe, RunInfo};
 use crate::output::Printer;
 
 pub fn run(args: &ApplyArgs, p: &Arc<Printer>) -> Result<Outcome> {
     let t0 = Instant::now();
     runtime()?.block_on(async {
-        let mut session = remote::open(&args.remote, p).await?;
+        let mut session = remote::open(&args.remote, p, Observe::Witnessed).await?;
         if args.dry_run {
             let pending = remote::print_changes(&session.changes, p, "apply-dry-run");
             session.close().await;

@@ -6,6 +6,7 @@ use anyhow::Result;
 
 use super::{remote, runtime, Outcome};
 use crate::cli::RemoteArgs;
+use crate::engine::Observe;
 use crate::output::Printer;
 
 pub fn run(args: &RemoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
@@ -13,7 +14,7 @@ pub fn run(args: &RemoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
         return super::plan::show(&args.inventory, p);
     }
     runtime()?.block_on(async {
-        let session = remote::open(args, p).await?;
+        let session = remote::open(args, p, Observe::Witnessed).await?;
         let pending = remote::print_changes(&session.changes, p, "diff");
         session.close().await;
         Ok(if pending {

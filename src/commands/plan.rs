@@ -9,12 +9,13 @@ use anyhow::{Context, Result};
 use super::{remote, runtime, Outcome};
 use crate::cli::PlanArgs;
 use crate::diff::Changes;
+use crate::engine::Observe;
 use crate::output::Printer;
 use crate::planfile;
 
 pub fn run(args: &PlanArgs, p: &Arc<Printer>) -> Result<Outcome> {
     runtime()?.block_on(async {
-        let session = remote::open(&args.remote, p).await?;
+        let session = remote::open(&args.remote, p, Observe::Witnessed).await?;
         let file = planfile::build(&session.inventory, &session.plan, &session.observed, &session.changes);
         let pending = !session.changes.is_empty();
         let printed = if p.json { false } else { remote::print_changes(&session.changes, p, "plan") };

@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use super::load_and_render;
 use crate::cli::RemoteArgs;
 use crate::diff::{desired_hashes, diff, Changes};
-use crate::engine;
+use crate::engine::{self, Observe};
 use crate::inventory::{Inventory, Role};
 use crate::output::Printer;
 use crate::plan::Plan;
@@ -84,7 +84,9 @@ impl Session {
     }
 }
 
-pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>) -> Result<Session> {
+/// Connects, observes and diffs: `how` says whether the witness may stand in for a
+/// full observe (apply, diff, plan) or not (rollback needs every release).
+pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>, how: Observe) -> Result<Session> {
     // A saved plan names its inventory and pins the reviewed files.
     let saved = if planfile::is_plan(&args.inventory) {
         Some(planfile::read(&args.inventory)?)
@@ -105,7 +107,8 @@ pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>) -> Result<Session> 
     let prune = parse_prune(&args.prune_host, &inventory)?;
     printer.status("Connecting", format!("{} hosts", plan.hosts.len()));
     let (remotes, observed) = if prune.is_empty() {
-        engine::connect_and_observe(&plan, args.parallel, args.persist, printer, &secrets).await?
+        engine::connect_and_observe(&plan, args.parallel, args.persist, printer, &secrets, how)
+            .await?
     } else {
         connect_with_pruned(&mut plan, &prune, &inventory, &secrets, args, printer).await?
     };

@@ -8,13 +8,13 @@ use serde_json::json;
 
 use super::{remote, runtime, Outcome};
 use crate::cli::RollbackArgs;
-use crate::engine;
+use crate::engine::{self, Observe};
 use crate::output::Printer;
 use crate::remote::Remote;
 
 pub fn run(args: &RollbackArgs, p: &Arc<Printer>) -> Result<Outcome> {
     runtime()?.block_on(async {
-        let session = remote::open(&args.remote, p).await?;
+        let session = remote::open(&args.remote, p, Observe::Full).await?;
         let result = async {
             let remotes = session.remotes();
             let lbs = engine::balancers(&session.plan, &remotes);

@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::Remote;
+use super::{Check, Checked, ExecOutput, Remote};
 
 /// The agent script, embedded in the binary: the core, the database operations, and
 /// the entry point last.
@@ -142,7 +142,32 @@ async fn call_with(remote: &dyn Remote, op: &str, request: Value, fresh: bool) -
     } else {
         remote.agent(request, op).await?
     };
-    let host = remote.name();
+    answer(remote.name(), op, out)
+}
+
+/// What [`call_checked`] got: the check's own line, or the agent's answer.
+pub enum CheckedAnswer {
+    Passed(Vec<u8>),
+    Answer(Value),
+}
+
+/// [`call`] behind a check ([`Remote::agent_checked`]).
+pub async fn call_checked(
+    remote: &dyn Remote,
+    op: &str,
+    request: Value,
+    check: &Check,
+) -> Result<CheckedAnswer> {
+    let request = serde_json::to_vec(&request).context("encoding the agent request")?;
+    Ok(match remote.agent_checked(check, request, op).await? {
+        Checked::Passed(line) => CheckedAnswer::Passed(line),
+        Checked::Agent(out) => CheckedAnswer::Answer(answer(remote.name(), op, out)?),
+    })
+}
+
+/// The agent's answer in a command's output: the JSON value when it says ok, else the
+/// agent's error (or what the command printed, when it is not an answer).
+fn answer(host: &str, op: &str, out: ExecOutput) -> Result<Value> {
     let answer: Value = match serde_json::from_slice(&out.stdout) {
         Ok(v) => v,
         Err(_) => {

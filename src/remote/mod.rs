@@ -21,6 +21,26 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
+/// A check that runs on the host before the agent, in the same remote command
+/// (`src/witness.rs`): `argv` (the agent's argv is appended after it), and the first
+/// line of stdin, which the check reads and the agent never sees.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub argv: Vec<String>,
+    pub first_line: Vec<u8>,
+    /// How the check's own answer line starts (anything else is the agent's).
+    pub passed: Vec<u8>,
+}
+
+/// What a checked agent start answered.
+#[derive(Debug, Clone)]
+pub enum Checked {
+    /// The check vouched for the host: its one line; no agent runs.
+    Passed(Vec<u8>),
+    /// The check handed over to the agent, which answered the request.
+    Agent(ExecOutput),
+}
+
 /// A host the tool can run commands on.
 #[async_trait]
 pub trait Remote: Send + Sync {
@@ -51,6 +71,14 @@ pub trait Remote: Send + Sync {
         let argv = agent::argv(&[]);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         self.exec(&argv, agent::one_shot_stdin(&request), op).await
+    }
+
+    /// [`Remote::agent`] behind a check: the check runs first on the host and either
+    /// answers alone or hands over to the agent, which answers `request` (one remote
+    /// command either way). This default (test fakes, kept agents) skips the check.
+    async fn agent_checked(&self, check: &Check, request: Vec<u8>, op: &str) -> Result<Checked> {
+        let _ = check;
+        Ok(Checked::Agent(self.agent(request, op).await?))
     }
 
     /// Runs one command with `stdin` bytes, collecting its output.

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use super::{agent, ExecOutput, Input, Remote, Sink};
+use super::{agent, Check, Checked, ExecOutput, Input, Remote, Sink};
 use crate::inventory::Host;
 use crate::output::Printer;
 
@@ -411,16 +411,23 @@ impl SshRemote {
         }
     }
 
-    /// Starts the agent that serves this connection's requests (one remote command).
-    async fn start_agent(&self, op: &str) -> Result<AgentProcess> {
+    /// Starts the agent that serves this connection's requests (one remote command);
+    /// behind `check` when given (its argv first; the caller writes its stdin).
+    async fn start_agent(&self, op: &str, check: Option<&Check>) -> Result<AgentProcess> {
         let n = self.commands.fetch_add(1, Ordering::SeqCst) + 1;
-        let argv = agent::argv(&["serve"]);
+        let mut argv: Vec<String> = check.map(|c| c.argv.clone()).unwrap_or_default();
+        argv.extend(agent::argv(&["serve"]));
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let (program, args) = self.root_argv(&argv);
+        let what = if check.is_some() {
+            "check, then agent"
+        } else {
+            "agent"
+        };
         self.printer.detail(
             "Remote",
             format!(
-                "{} #{n}: {program} {} (agent, from {op})",
+                "{} #{n}: {program} {} ({what}, from {op})",
                 self.name,
                 short(&args)
             ),
@@ -443,13 +450,26 @@ impl SshRemote {
             e
         });
         // The script first; a host without python3 shows up at the first request.
-        let _ = stdin.write_all(agent::AGENT.as_bytes()).await;
+        if check.is_none() {
+            let _ = stdin.write_all(agent::AGENT.as_bytes()).await;
+        }
         Ok(AgentProcess {
             child,
             stdin,
             stdout: tokio::io::BufReader::new(stdout),
             stderr,
         })
+    }
+}
+
+/// The output of an agent that ended before a whole answer: its exit status, stderr and why.
+async fn ended(proc: AgentProcess, why: &str, line: Vec<u8>) -> ExecOutput {
+    let (status, mut stderr) = proc.finish().await;
+    stderr.extend_from_slice(format!("\n({why})").as_bytes());
+    ExecOutput {
+        status,
+        stdout: line,
+        stderr,
     }
 }
 
@@ -465,7 +485,7 @@ impl Remote for SshRemote {
         }
         let mut slot = self.agent.lock().await;
         if slot.is_none() {
-            *slot = Some(self.start_agent(op).await?);
+            *slot = Some(self.start_agent(op, None).await?);
         }
         let proc = slot.as_mut().expect("started above");
         self.printer.detail("Agent", format!("{} {op}", self.name));
@@ -476,13 +496,66 @@ impl Remote for SshRemote {
         // The agent ended (it crashed, or the connection dropped): its exit status and
         // stderr say why; the next request starts a new one.
         let proc = slot.take().expect("present");
-        let (status, mut stderr) = proc.finish().await;
-        stderr.extend_from_slice(format!("\n({why})").as_bytes());
-        Ok(ExecOutput {
-            status,
-            stdout: line,
-            stderr,
-        })
+        Ok(ended(proc, &why, line).await)
+    }
+
+    async fn agent_checked(&self, check: &Check, request: Vec<u8>, op: &str) -> Result<Checked> {
+        // A kept agent answers without a remote command: nothing to save there.
+        if self.persist.is_some() {
+            return Ok(Checked::Agent(self.agent(request, op).await?));
+        }
+        let mut slot = self.agent.lock().await;
+        if slot.is_some() {
+            drop(slot);
+            return Ok(Checked::Agent(self.agent(request, op).await?));
+        }
+        let mut proc = self.start_agent(op, Some(check)).await?;
+        // The check's line, the script and the request in one go, while the answer is
+        // read: a check that answers alone reads none of the rest.
+        let mut input = check.first_line.clone();
+        input.extend_from_slice(agent::AGENT.as_bytes());
+        input.extend_from_slice(&agent::framed(&request));
+        let mut line = Vec::new();
+        let read = {
+            let AgentProcess { stdin, stdout, .. } = &mut proc;
+            let write = async {
+                let _ = stdin.write_all(&input).await;
+                let _ = stdin.flush().await;
+                std::future::pending::<()>().await
+            };
+            tokio::select! {
+                r = stdout.read_until(b'\n', &mut line) => r,
+                _ = write => unreachable!("pending"),
+            }
+        };
+        match read {
+            Ok(n) if n > 0 && line.ends_with(b"\n") => {
+                if line.starts_with(&check.passed) {
+                    let (status, stderr) = proc.finish().await;
+                    if status == Some(0) {
+                        self.printer
+                            .detail("Checked", format!("{} in sync (no agent)", self.name));
+                        return Ok(Checked::Passed(line));
+                    }
+                    return Ok(Checked::Agent(ExecOutput {
+                        status,
+                        stdout: line,
+                        stderr,
+                    }));
+                }
+                self.printer.detail("Agent", format!("{} {op}", self.name));
+                *slot = Some(proc);
+                Ok(Checked::Agent(ExecOutput {
+                    status: Some(0),
+                    stdout: line,
+                    stderr: Vec::new(),
+                }))
+            }
+            Ok(_) => Ok(Checked::Agent(
+                ended(proc, "end of output before a whole answer", line).await,
+            )),
+            Err(e) => Ok(Checked::Agent(ended(proc, &e.to_string(), line).await)),
+        }
     }
 
     async fn exec_fresh(&self, argv: &[&str], stdin: Vec<u8>, label: &str) -> Result<ExecOutput> {

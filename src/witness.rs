@@ -1,0 +1,767 @@
+//! The witness: a fast no-op check that runs before the agent, in the same remote
+//! command. A fixed POSIX `sh` script (no Python start, a handful of coreutils) looks at
+//! what a host in sync must show (every planned file's type, mode, owner and sha256; the
+//! managed-file manifest byte for byte; the services running; the packages and users
+//! present; the current release) and compares a digest of it with the one this module
+//! computes from the plan. Equal: the host answers one line and no agent starts, and the
+//! tool takes the plan itself as the host's observed state. Anything else, including
+//! anything the script cannot tell: it `exec`s the agent, which reads the rest of stdin as
+//! usual (a full observe, no extra round trip).
+//!
+//! Only hosts whose whole observed state the script can vouch for get a witness: no
+//! database role (replication state), no load balancer (HAProxy's runtime view), no
+//! certificates (expiry dates), and only names and paths of plain characters. The
+//! expected digests travel on stdin (they hash files that may hold secrets); argv holds
+//! paths, service, package and user names only.
+
+use anyhow::Result;
+
+use crate::diff::sha256_hex;
+use crate::inventory::Role;
+use crate::plan::{HostPlan, Init};
+use crate::remote::agent::{FileState, HostState, ManifestEntry, ReleaseState, ServiceState};
+use crate::remote::Check;
+use crate::secrets::Secrets;
+
+/// The agent's manifest of managed files (agent.py: MANIFEST, written by `commit`).
+pub const MANIFEST: &str = "/var/lib/foobar-infra/manifest.json";
+
+/// The first word of the script's answer when the host is in sync.
+pub const IN_SYNC: &str = "foobar-in-sync";
+
+/// Pid files the agent trusts for "running" (agent.py: PIDFILES; a unit test compares).
+pub const PIDFILES: &[(&str, &str)] = &[
+    ("foobar-app", "/run/foobar-app.pid"),
+    ("nginx", "/run/nginx.pid"),
+    ("haproxy", "/run/haproxy.pid"),
+    ("mariadb", "/run/mysqld/mysqld.pid"),
+    ("mysql", "/run/mysqld/mysqld.pid"),
+    ("keepalived", "/run/keepalived.pid"),
+    ("prometheus", "/run/prometheus/prometheus.pid"),
+    (
+        "prometheus-node-exporter",
+        "/run/prometheus/prometheus-node-exporter.pid",
+    ),
+    (
+        "prometheus-nginx-exporter",
+        "/run/prometheus/prometheus-nginx-exporter.pid",
+    ),
+    (
+        "prometheus-mysqld-exporter",
+        "/run/prometheus/prometheus-mysqld-exporter.pid",
+    ),
+    (
+        "prometheus-blackbox-exporter",
+        "/run/prometheus/prometheus-blackbox-exporter.pid",
+    ),
+];
+
+/// The script: `sh -c SCRIPT foobar-witness ITEM... -- AGENT-ARGV...`, stdin's first
+/// line "DIGEST-SYSV DIGEST-SYSTEMD". Items are pairs: `f PATH` (a file, any init),
+/// `f:sysv PATH` / `f:systemd PATH` (that init only), `s NAME=PIDFILE` (running: the
+/// pid file's process is alive, or `service NAME status` without one; `systemctl
+/// is-active` under systemd), `k PACKAGE` (dpkg's file list present), `u USER`
+/// (getent), `r ROOT=ID` (ROOT/current points at release ID). The digest is the sha256
+/// of "init INIT", then `stat` and `sha256sum` of the files, in item order.
+/// Same rules as agent.py's observe; where they could differ the script answers
+/// "not sure" and the agent decides.
+pub const SCRIPT: &str = r#"set -f
+IFS=' '
+agent() {
+    while [ "$#" -gt 0 ] && [ "$1" != -- ]; do shift; done
+    [ "$#" -gt 0 ] && shift
+    exec "$@"
+}
+read -r want_sysv want_systemd || true
+if [ -d /run/systemd/system ]; then init=systemd want=$want_systemd; else init=sysv want=$want_sysv; fi
+files= pids= args=$#
+while [ -n "$want" ] && [ "$#" -ge 2 ] && [ "$1" != -- ]; do
+    k=$1 v=$2
+    shift 2
+    case $k in
+    f | f:"$init") files="$files $v" ;;
+    f:sysv | f:systemd) ;;
+    s)
+        n=${v%%=*} pf=${v#*=} pid=
+        if [ "$init" = systemd ]; then
+            systemctl is-active --quiet "$n" >/dev/null 2>&1 || want=
+        elif [ -n "$pf" ] && [ -r "$pf" ] && read -r pid _ <"$pf" &&
+            case $pid in '' | 0* | *[!0-9]*) false ;; esac && kill -0 "$pid" 2>/dev/null; then
+            pids="$pids $n=$pid"
+        else
+            service "$n" status >/dev/null 2>&1 </dev/null || want=
+        fi
+        ;;
+    k)
+        set +f
+        ok=
+        for g in "/var/lib/dpkg/info/$v.list" "/var/lib/dpkg/info/$v":*.list; do
+            [ -e "$g" ] && ok=1
+        done
+        set -f
+        [ -n "$ok" ] || want=
+        ;;
+    u) getent passwd "$v" >/dev/null 2>&1 </dev/null || want= ;;
+    r)
+        t=$(readlink -- "${v%=*}/current" 2>/dev/null) || t=
+        t=${t%/}
+        [ -n "$t" ] && [ "${t##*/}" = "${v##*=}" ] || want=
+        ;;
+    *) want= ;;
+    esac
+done
+if [ -n "$want" ] && [ -n "$files" ] && [ "$1" = -- ]; then
+    got=$({
+        echo "init $init"
+        stat -c '%F %a %U:%G %n' -- $files
+        sha256sum -- $files
+    } 2>/dev/null </dev/null | sha256sum)
+    if [ "${got%% *}" = "$want" ]; then
+        host=
+        read -r host </proc/sys/kernel/hostname 2>/dev/null || true
+        echo "foobar-in-sync $init $host$pids"
+        exit 0
+    fi
+fi
+agent "$@"
+"#;
+
+/// One file as the script must find it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessFile {
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+    /// The service unit it belongs to (as in the manifest).
+    pub service: String,
+    pub init: Option<Init>,
+}
+
+/// What a host in sync shows, as the script checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Witness {
+    pub files: Vec<WitnessFile>,
+    /// Where the agent keeps the manifest ([`MANIFEST`]; elsewhere in tests).
+    pub manifest_path: String,
+    /// (service unit, its pid file if the agent knows one)
+    pub services: Vec<(String, Option<String>)>,
+    pub packages: Vec<String>,
+    pub users: Vec<String>,
+    /// (release root, release id)
+    pub release: Option<(String, String)>,
+}
+
+/// What the script reported of a host it found in sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InSync {
+    pub init: Init,
+    pub hostname: String,
+    /// Pids read from the services' pid files.
+    pub pids: Vec<(String, u64)>,
+}
+
+/// Plain characters only: nothing the script's word splitting, the `=` separators or
+/// JSON escaping could change.
+fn plain(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_./@+-".contains(&b))
+}
+
+fn plain_path(p: &str) -> bool {
+    p.starts_with('/') && plain(p) && !p.split('/').any(|c| c == "..")
+}
+
+const INITS: [Init; 2] = [Init::Sysv, Init::Systemd];
+
+fn init_name(init: Init) -> &'static str {
+    match init {
+        Init::Sysv => "sysv",
+        Init::Systemd => "systemd",
+    }
+}
+
+impl Witness {
+    /// The witness of a host's plan, or None when the script cannot vouch for all of
+    /// its observed state (database, load balancer, certificates, unusual names).
+    pub fn for_host(hp: &HostPlan, secrets: &Secrets) -> Result<Option<Witness>> {
+        if hp.db.is_some()
+            || hp.host.has(Role::Lb)
+            || hp.files.is_empty()
+            || hp.files.iter().any(|f| f.path.ends_with(".pem"))
+        {
+            return Ok(None);
+        }
+        let mut files = Vec::new();
+        for f in &hp.files {
+            let resolved = secrets.resolve(&f.content)?;
+            files.push(WitnessFile {
+                path: f.path.clone(),
+                sha256: sha256_hex(resolved.as_bytes()),
+                size: resolved.len() as u64,
+                mode: f.mode,
+                owner: f.owner.clone(),
+                group: f.group.clone(),
+                service: f.service.unit().to_string(),
+                init: f.init,
+            });
+        }
+        let services = hp
+            .services
+            .iter()
+            .map(|s| {
+                let unit = s.unit();
+                let pidfile = PIDFILES
+                    .iter()
+                    .find(|(n, _)| *n == unit)
+                    .map(|(_, p)| p.to_string());
+                (unit.to_string(), pidfile)
+            })
+            .collect();
+        let w = Witness {
+            files,
+            manifest_path: MANIFEST.to_string(),
+            services,
+            packages: hp.packages().iter().map(|p| p.to_string()).collect(),
+            users: hp.users.clone(),
+            release: hp.release.as_ref().map(|r| (r.root.clone(), r.id.clone())),
+        };
+        Ok(w.is_plain().then_some(w))
+    }
+
+    fn is_plain(&self) -> bool {
+        self.files.iter().all(|f| {
+            plain_path(&f.path)
+                && plain(&f.owner)
+                && plain(&f.group)
+                && plain(&f.service)
+                && f.mode <= 0o7777
+        }) && plain_path(&self.manifest_path)
+            && self
+                .services
+                .iter()
+                .all(|(n, p)| plain(n) && p.as_deref().is_none_or(plain_path))
+            && self.packages.iter().all(|p| plain(p))
+            && self.users.iter().all(|u| plain(u))
+            && self
+                .release
+                .as_ref()
+                .is_none_or(|(root, id)| plain_path(root) && plain(id))
+    }
+
+    fn files_for(&self, init: Init) -> impl Iterator<Item = &WitnessFile> {
+        self.files
+            .iter()
+            .filter(move |f| f.init.is_none_or(|i| i == init))
+    }
+
+    /// The manifest entries `commit` records for this plan (as diff_host builds them).
+    pub fn manifest(&self, init: Init) -> Vec<ManifestEntry> {
+        self.files_for(init)
+            .map(|f| ManifestEntry {
+                path: f.path.clone(),
+                sha256: Some(f.sha256.clone()),
+                mode: format!("{:04o}", f.mode),
+                owner: f.owner.clone(),
+                group: f.group.clone(),
+                service: f.service.clone(),
+            })
+            .collect()
+    }
+
+    /// The manifest file as the agent writes it (agent.py: json_lines, keys sorted,
+    /// then a newline), byte for byte.
+    pub fn manifest_bytes(&self, init: Init) -> String {
+        let lines: Vec<String> = self
+            .manifest(init)
+            .iter()
+            .map(|e| {
+                format!(
+                    "{{\"group\": \"{}\", \"mode\": \"{}\", \"owner\": \"{}\", \"path\": \"{}\", \"service\": \"{}\", \"sha256\": \"{}\"}}",
+                    e.group,
+                    e.mode,
+                    e.owner,
+                    e.path,
+                    e.service,
+                    e.sha256.as_deref().unwrap_or_default()
+                )
+            })
+            .collect();
+        if lines.is_empty() {
+            "[]\n".to_string()
+        } else {
+            format!("[\n{}\n]\n", lines.join(",\n"))
+        }
+    }
+
+    /// What the script hashes on a host in sync with this init system.
+    pub fn expected_text(&self, init: Init) -> String {
+        let manifest = self.manifest_bytes(init);
+        let manifest_sha = sha256_hex(manifest.as_bytes());
+        let mut rows: Vec<(&str, String, u32, &str, &str, &str)> = self
+            .files_for(init)
+            .map(|f| {
+                (
+                    f.path.as_str(),
+                    f.sha256.clone(),
+                    f.mode,
+                    f.owner.as_str(),
+                    f.group.as_str(),
+                    if f.size == 0 {
+                        "regular empty file"
+                    } else {
+                        "regular file"
+                    },
+                )
+            })
+            .collect();
+        rows.push((
+            &self.manifest_path,
+            manifest_sha,
+            0o600,
+            "root",
+            "root",
+            "regular file",
+        ));
+        let mut text = format!("init {}\n", init_name(init));
+        for (path, _, mode, owner, group, kind) in &rows {
+            text.push_str(&format!("{kind} {mode:o} {owner}:{group} {path}\n"));
+        }
+        for (path, sha, ..) in &rows {
+            text.push_str(&format!("{sha}  {path}\n"));
+        }
+        text
+    }
+
+    /// The script's arguments after `sh -c SCRIPT`: its name and the items, then `--`
+    /// (the agent's argv follows).
+    pub fn args(&self) -> Vec<String> {
+        let mut v = vec!["foobar-witness".to_string()];
+        let mut item = |k: &str, val: String| {
+            v.push(k.to_string());
+            v.push(val);
+        };
+        for f in &self.files {
+            let kind = match f.init {
+                None => "f",
+                Some(Init::Sysv) => "f:sysv",
+                Some(Init::Systemd) => "f:systemd",
+            };
+            item(kind, f.path.clone());
+        }
+        item("f", self.manifest_path.clone());
+        for (name, pidfile) in &self.services {
+            item("s", format!("{name}={}", pidfile.as_deref().unwrap_or("")));
+        }
+        for p in &self.packages {
+            item("k", p.clone());
+        }
+        for u in &self.users {
+            item("u", u.clone());
+        }
+        if let Some((root, id)) = &self.release {
+            item("r", format!("{root}={id}"));
+        }
+        v.push("--".to_string());
+        v
+    }
+
+    /// The check for the transport: `sh -c SCRIPT ARGS...` and its first line of stdin.
+    pub fn check(&self) -> Check {
+        let mut argv = vec!["sh".to_string(), "-c".to_string(), SCRIPT.to_string()];
+        argv.extend(self.args());
+        let digests: Vec<String> = INITS
+            .iter()
+            .map(|&i| sha256_hex(self.expected_text(i).as_bytes()))
+            .collect();
+        Check {
+            argv,
+            first_line: format!("{}\n", digests.join(" ")).into_bytes(),
+            passed: format!("{IN_SYNC} ").into_bytes(),
+        }
+    }
+
+    /// The host's state as observe would report it, for a host the script found in sync.
+    pub fn state(&self, seen: &InSync) -> HostState {
+        let files = self
+            .files_for(seen.init)
+            .map(|f| {
+                (
+                    f.path.clone(),
+                    FileState {
+                        exists: true,
+                        sha256: Some(f.sha256.clone()),
+                        mode: Some(format!("{:04o}", f.mode)),
+                        owner: Some(f.owner.clone()),
+                        group: Some(f.group.clone()),
+                        size: Some(f.size),
+                        link: None,
+                        content_b64: None,
+                    },
+                )
+            })
+            .collect();
+        let services = self
+            .services
+            .iter()
+            .map(|(n, _)| {
+                let pid = seen.pids.iter().find(|(s, _)| s == n).map(|(_, p)| *p);
+                (n.clone(), ServiceState { running: true, pid })
+            })
+            .collect();
+        HostState {
+            init: init_name(seen.init).to_string(),
+            hostname: seen.hostname.clone(),
+            files,
+            services,
+            packages: self.packages.iter().map(|p| (p.clone(), true)).collect(),
+            lock: None,
+            manifest: self.manifest(seen.init),
+            last_history: None,
+            db: None,
+            former_replica: None,
+            release: self.release.as_ref().map(|(_, id)| ReleaseState {
+                current: Some(id.clone()),
+                releases: vec![id.clone()],
+            }),
+            users: self.users.iter().map(|u| (u.clone(), true)).collect(),
+            haproxy: None,
+            certs: Default::default(),
+        }
+    }
+}
+
+/// The script's answer line, when it says the host is in sync.
+pub fn parse_in_sync(line: &[u8]) -> Option<InSync> {
+    let text = std::str::from_utf8(line).ok()?.trim_end();
+    let mut words = text.split(' ');
+    if words.next()? != IN_SYNC {
+        return None;
+    }
+    let init = match words.next()? {
+        "sysv" => Init::Sysv,
+        "systemd" => Init::Systemd,
+        _ => return None,
+    };
+    let hostname = words.next()?.to_string();
+    let pids = words
+        .filter_map(|w| {
+            let (n, p) = w.split_once('=')?;
+            Some((n.to_string(), p.parse().ok()?))
+        })
+        .collect();
+    Some(InSync {
+        init,
+        hostname,
+        pids,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+
+    /// web-02 of the lab inventory as a web server only (no replica): a host with a witness.
+    fn web_only() -> (HostPlan, Secrets) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let inv = crate::inventory::Inventory::load(&root.join("lab/inventory.yaml")).unwrap();
+        let templates = crate::templates::Templates::load(None).unwrap();
+        let plan = crate::render::render(&inv, &templates).unwrap();
+        let mut hp = plan.host("web-02").unwrap().clone();
+        hp.db = None;
+        hp.files.retain(|f| !f.service.is_database());
+        hp.services.retain(|s| !s.is_database());
+        let names: Vec<String> = hp
+            .files
+            .iter()
+            .flat_map(|f| crate::secrets::placeholders_in(&f.content))
+            .collect();
+        let values: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "s3cret")).collect();
+        (hp, Secrets::with(&values))
+    }
+
+    #[test]
+    fn the_state_it_stands_for_diffs_as_in_sync_under_either_init() {
+        let (hp, secrets) = web_only();
+        let w = Witness::for_host(&hp, &secrets)
+            .unwrap()
+            .expect("a web server has one");
+        for init in INITS {
+            let seen = InSync {
+                init,
+                hostname: "web-02".into(),
+                pids: vec![("nginx".into(), 42)],
+            };
+            let st = w.state(&seen);
+            let hc = crate::diff::diff_host(&hp, &st, &secrets).unwrap();
+            assert!(hc.is_empty(), "{init:?}: {hc:?}");
+            assert!(hc.services.is_empty() && hc.create_users.is_empty() && hc.install.is_empty());
+            // What commit would record is what the script compares the manifest with.
+            assert_eq!(hc.manifest, w.manifest(init));
+            assert_eq!(st.services["nginx"].pid, Some(42));
+        }
+    }
+
+    #[test]
+    fn hosts_it_cannot_vouch_for_get_none() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let inv = crate::inventory::Inventory::load(&root.join("lab/inventory.yaml")).unwrap();
+        let templates = crate::templates::Templates::load(None).unwrap();
+        let plan = crate::render::render(&inv, &templates).unwrap();
+        let (_, secrets) = web_only();
+        // lb-01: HAProxy's runtime view; web-01, web-02: replication state.
+        for hp in &plan.hosts {
+            assert!(
+                Witness::for_host(hp, &secrets).unwrap().is_none(),
+                "{}",
+                hp.name()
+            );
+        }
+        let (mut hp, secrets) = web_only();
+        hp.files[0].path = "/etc/nginx/a file".into();
+        assert!(
+            Witness::for_host(&hp, &secrets).unwrap().is_none(),
+            "a space"
+        );
+        let (mut hp, secrets) = web_only();
+        hp.files[0].owner = "o\"wner".into();
+        assert!(
+            Witness::for_host(&hp, &secrets).unwrap().is_none(),
+            "a quote"
+        );
+    }
+
+    #[test]
+    fn its_pid_files_are_the_agents() {
+        let agent = crate::remote::agent::AGENT;
+        let start = agent.find("PIDFILES = {").unwrap();
+        let block = &agent[start..start + agent[start..].find('}').unwrap()];
+        let listed: Vec<(String, String)> = block
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let (k, v) = l.trim().trim_end_matches(',').split_once(": ")?;
+                Some((k.trim_matches('"').into(), v.trim_matches('"').into()))
+            })
+            .collect();
+        let ours: Vec<(String, String)> = PIDFILES
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(listed, ours);
+    }
+
+    #[test]
+    fn answers_parse() {
+        let s = parse_in_sync(b"foobar-in-sync sysv web-03 nginx=12 foobar-app=345\n").unwrap();
+        assert_eq!(s.init, Init::Sysv);
+        assert_eq!(s.hostname, "web-03");
+        assert_eq!(s.pids, [("nginx".into(), 12), ("foobar-app".into(), 345)]);
+        assert!(parse_in_sync(b"{\"ok\": true}\n").is_none());
+        assert!(parse_in_sync(b"foobar-in-sync upstart h\n").is_none());
+    }
+
+    fn id(flag: &str) -> String {
+        let out = Command::new("id").arg(flag).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// A witness over files in a temporary directory, as a host in sync has them.
+    struct Local {
+        dir: tempfile::TempDir,
+        w: Witness,
+        init: Init,
+    }
+
+    fn local() -> Local {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap().to_string();
+        assert!(plain_path(&d), "a plain temporary path: {d}");
+        let (owner, group) = (id("-un"), id("-gn"));
+        let file = |name: &str, body: &str, mode: u32, init: Option<Init>| WitnessFile {
+            path: format!("{d}/{name}"),
+            sha256: sha256_hex(body.as_bytes()),
+            size: body.len() as u64,
+            mode,
+            owner: owner.clone(),
+            group: group.clone(),
+            service: "nginx".into(),
+            init,
+        };
+        let files = vec![
+            file("site.conf", "server { listen 80; }\n", 0o644, None),
+            file("app.ini", "password = s3cret\n", 0o640, None),
+            file("empty", "", 0o600, None),
+            file("app.init", "#!/bin/sh\n", 0o755, Some(Init::Sysv)),
+            file("app.service", "[Unit]\n", 0o644, Some(Init::Systemd)),
+        ];
+        let init = if std::path::Path::new("/run/systemd/system").is_dir() {
+            Init::Systemd
+        } else {
+            Init::Sysv
+        };
+        let bodies = [
+            "server { listen 80; }\n",
+            "password = s3cret\n",
+            "",
+            "#!/bin/sh\n",
+            "[Unit]\n",
+        ];
+        for (f, body) in files.iter().zip(bodies) {
+            if f.init.is_some_and(|i| i != init) {
+                continue; // the other init's file is not on this host
+            }
+            std::fs::write(&f.path, body).unwrap();
+            std::fs::set_permissions(&f.path, std::fs::Permissions::from_mode(f.mode)).unwrap();
+        }
+        // A service whose pid file names this test's process (sysv: the script reads it).
+        let pidfile = format!("{d}/svc.pid");
+        std::fs::write(&pidfile, format!("{}\n", std::process::id())).unwrap();
+        std::fs::create_dir_all(format!("{d}/releases/abc123")).unwrap();
+        std::os::unix::fs::symlink("releases/abc123/", format!("{d}/current")).unwrap();
+        let w = Witness {
+            files,
+            manifest_path: format!("{d}/manifest.json"),
+            services: if init == Init::Sysv {
+                vec![("svc".into(), Some(pidfile))]
+            } else {
+                vec![]
+            },
+            packages: if std::path::Path::new("/var/lib/dpkg/info/dpkg.list").exists() {
+                vec!["dpkg".into()]
+            } else {
+                vec![]
+            },
+            users: vec![owner.clone()],
+            release: Some((d.clone(), "abc123".into())),
+        };
+        let manifest = w.manifest_bytes(init);
+        std::fs::write(&w.manifest_path, manifest).unwrap();
+        std::fs::set_permissions(&w.manifest_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Local { dir, w, init }
+    }
+
+    /// Runs the script as the transport does (`sh -c`), with a stand-in agent that
+    /// prints what it was given on stdin.
+    fn run(w: &Witness) -> String {
+        let check = w.check();
+        let mut argv = check.argv.clone();
+        argv.extend(["sh", "-c", "echo AGENT; cat"].map(String::from));
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = check.first_line.clone();
+        input.extend_from_slice(b"SCRIPT-AND-REQUEST\n");
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn the_script_vouches_for_a_host_in_sync_and_hands_anything_else_to_the_agent() {
+        if id("-un") != "root" {
+            eprintln!("skipped: the manifest is root's (run as root)");
+            return;
+        }
+        let Local { dir, w, init } = local();
+        let d = dir.path().to_str().unwrap();
+        let out = run(&w);
+        let seen = parse_in_sync(out.as_bytes()).unwrap_or_else(|| panic!("in sync: {out}"));
+        assert_eq!(seen.init, init);
+        if init == Init::Sysv {
+            assert_eq!(seen.pids, [("svc".to_string(), std::process::id() as u64)]);
+        }
+
+        // Each drift, alone, goes to the agent, which gets the rest of stdin intact.
+        let agent = "AGENT\nSCRIPT-AND-REQUEST\n";
+        type Step<'a> = Box<dyn Fn() + 'a>;
+        let drifts: Vec<(&str, Step, Step)> = vec![
+            (
+                "content",
+                Box::new(|| {
+                    std::fs::write(format!("{d}/site.conf"), "server { listen 81; }\n").unwrap()
+                }),
+                Box::new(|| {
+                    std::fs::write(format!("{d}/site.conf"), "server { listen 80; }\n").unwrap()
+                }),
+            ),
+            (
+                "mode",
+                Box::new(|| {
+                    std::fs::set_permissions(
+                        format!("{d}/app.ini"),
+                        std::fs::Permissions::from_mode(0o644),
+                    )
+                    .unwrap()
+                }),
+                Box::new(|| {
+                    std::fs::set_permissions(
+                        format!("{d}/app.ini"),
+                        std::fs::Permissions::from_mode(0o640),
+                    )
+                    .unwrap()
+                }),
+            ),
+            (
+                "missing",
+                Box::new(|| std::fs::rename(format!("{d}/empty"), format!("{d}/empty.x")).unwrap()),
+                Box::new(|| std::fs::rename(format!("{d}/empty.x"), format!("{d}/empty")).unwrap()),
+            ),
+            (
+                "manifest",
+                Box::new(|| std::fs::write(format!("{d}/manifest.json"), "[]\n").unwrap()),
+                Box::new(|| {
+                    std::fs::write(format!("{d}/manifest.json"), w.manifest_bytes(init)).unwrap()
+                }),
+            ),
+            (
+                "release",
+                Box::new(|| {
+                    std::fs::remove_file(format!("{d}/current")).unwrap();
+                    std::os::unix::fs::symlink("releases/def456", format!("{d}/current")).unwrap();
+                }),
+                Box::new(|| {
+                    std::fs::remove_file(format!("{d}/current")).unwrap();
+                    std::os::unix::fs::symlink("releases/abc123", format!("{d}/current")).unwrap();
+                }),
+            ),
+            (
+                "a symlink for a file",
+                Box::new(|| {
+                    std::fs::rename(format!("{d}/site.conf"), format!("{d}/site.real")).unwrap();
+                    std::os::unix::fs::symlink(format!("{d}/site.real"), format!("{d}/site.conf"))
+                        .unwrap();
+                }),
+                Box::new(|| {
+                    std::fs::rename(format!("{d}/site.real"), format!("{d}/site.conf")).unwrap()
+                }),
+            ),
+        ];
+        for (what, break_it, mend) in &drifts {
+            break_it();
+            assert_eq!(run(&w), agent, "{what}");
+            mend();
+            assert!(run(&w).starts_with("foobar-in-sync "), "{what} mended");
+        }
+        // A service not running (sysv: its pid file names no live process).
+        if init == Init::Sysv {
+            std::fs::write(format!("{d}/svc.pid"), "999999999\n").unwrap();
+            assert_eq!(run(&w), agent, "service");
+        }
+        let mut other = w.clone();
+        other.users = vec!["no-such-user-here".into()];
+        assert_eq!(run(&other), agent, "user");
+        let mut other = w.clone();
+        other.packages = vec!["no-such-package".into()];
+        assert_eq!(run(&other), agent, "package");
+    }
+}
