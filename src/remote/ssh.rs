@@ -510,6 +510,7 @@ impl Remote for SshRemote {
             return Ok(Checked::Agent(self.agent(request, op).await?));
         }
         let mut proc = self.start_agent(op, Some(check)).await?;
+        self.printer.detail("Agent", format!("{} {op}", self.name));
         // The check's line, the script and the request in one go, while the answer is
         // read: a check that answers alone reads none of the rest.
         let mut input = check.first_line.clone();
@@ -543,7 +544,6 @@ impl Remote for SshRemote {
                         stderr,
                     }));
                 }
-                self.printer.detail("Agent", format!("{} {op}", self.name));
                 *slot = Some(proc);
                 Ok(Checked::Agent(ExecOutput {
                     status: Some(0),
