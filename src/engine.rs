@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 
 use crate::database;
 use crate::diff::{desired_hashes, Changes, FileChangeKind, HostChanges};
-use crate::inventory::{Inventory, Role};
+use crate::inventory::{Host, Inventory, Role};
 use crate::output::Printer;
 use crate::plan::{HostPlan, Plan, Service, ServiceAction};
 use crate::remote::agent::{self, AgentError, CheckedAnswer, HostState};
@@ -54,19 +54,7 @@ pub async fn connect_all(
     let hosts: Vec<_> = plan.hosts.iter().map(|h| h.host.clone()).collect();
     let results = bounded(hosts, parallel, |h| {
         let p = printer.clone();
-        async move {
-            p.host_step(&h.name, "connecting");
-            let r = ssh::connect_with(&h, p.clone(), persist).await;
-            p.host_step(
-                &h.name,
-                if r.is_ok() {
-                    "connected"
-                } else {
-                    "unreachable"
-                },
-            );
-            r
-        }
+        async move { connect_one(&h, p, persist, None).await }
     })
     .await;
     let mut ok = Vec::new();
@@ -90,28 +78,41 @@ pub async fn connect_all(
 /// not be observed.
 pub async fn connect_and_observe(
     plan: &Plan,
+    connecting: Connecting,
     parallel: usize,
-    persist: Option<u64>,
     printer: &Arc<Printer>,
     secrets: &Secrets,
     how: Observe,
 ) -> Result<(Vec<SshRemote>, BTreeMap<String, HostState>)> {
-    let results = bounded(plan.hosts.iter().collect(), parallel, |hp: &HostPlan| {
-        let p = printer.clone();
-        async move {
-            p.host_step(hp.name(), "connecting");
-            let r = match ssh::connect_with(&hp.host, p.clone(), persist).await {
-                Ok(r) => r,
-                Err(e) => {
-                    p.host_step(hp.name(), "unreachable");
-                    return Err(e);
-                }
-            };
-            p.host_step(hp.name(), "connected");
-            let st = observe_checked(hp, &r, secrets, how).await;
-            Ok((r, st))
-        }
-    })
+    let mut tasks: BTreeMap<String, ConnectTask> = connecting.tasks.into_iter().collect();
+    let pairs: Vec<(&HostPlan, Option<ConnectTask>)> = plan
+        .hosts
+        .iter()
+        .map(|hp| (hp, tasks.remove(hp.name())))
+        .collect();
+    // Connections the plan does not use (none, unless a saved plan differs).
+    Connecting {
+        tasks: tasks.into_iter().collect(),
+    }
+    .abandon()
+    .await;
+    let results = bounded(
+        pairs,
+        parallel,
+        |(hp, task): (&HostPlan, Option<ConnectTask>)| {
+            let p = printer.clone();
+            async move {
+                let r = match task {
+                    Some(t) => t
+                        .await
+                        .map_err(|e| anyhow!("{}: connecting: {e}", hp.name()))?,
+                    None => connect_one(&hp.host, p.clone(), None, None).await,
+                }?;
+                let st = observe_checked(hp, &r, secrets, how).await;
+                Ok::<_, anyhow::Error>((r, st))
+            }
+        },
+    )
     .await;
     let mut remotes = Vec::new();
     let mut observed = BTreeMap::new();
@@ -143,6 +144,67 @@ pub async fn connect_and_observe(
         );
     }
     Ok((remotes, observed))
+}
+
+type ConnectTask = tokio::task::JoinHandle<Result<SshRemote>>;
+
+/// Connections started before the plan is rendered (one task per host, at most
+/// `parallel` setting up at once), so rendering overlaps the key exchanges.
+pub struct Connecting {
+    tasks: Vec<(String, ConnectTask)>,
+}
+
+impl Connecting {
+    pub fn start(
+        hosts: &[Host],
+        parallel: usize,
+        persist: Option<u64>,
+        printer: &Arc<Printer>,
+    ) -> Connecting {
+        let permits = Arc::new(Semaphore::new(parallel.max(1)));
+        let tasks = hosts
+            .iter()
+            .map(|h| {
+                let (host, p, permits) = (h.clone(), printer.clone(), permits.clone());
+                let task =
+                    tokio::spawn(
+                        async move { connect_one(&host, p, persist, Some(permits)).await },
+                    );
+                (h.name.clone(), task)
+            })
+            .collect();
+        Connecting { tasks }
+    }
+
+    /// Waits for the connections and closes them (the run stopped before using them).
+    pub async fn abandon(self) {
+        let remotes = futures::future::join_all(self.tasks.into_iter().map(|(_, t)| t)).await;
+        close_all(remotes.into_iter().filter_map(|r| r.ok()?.ok()).collect()).await;
+    }
+}
+
+/// One host's connection, with its progress shown.
+async fn connect_one(
+    h: &Host,
+    p: Arc<Printer>,
+    persist: Option<u64>,
+    permits: Option<Arc<Semaphore>>,
+) -> Result<SshRemote> {
+    let _permit = match permits {
+        Some(s) => Some(s.acquire_owned().await.context("connection limit")?),
+        None => None,
+    };
+    p.host_step(&h.name, "connecting");
+    let r = ssh::connect_with(h, p.clone(), persist).await;
+    p.host_step(
+        &h.name,
+        if r.is_ok() {
+            "connected"
+        } else {
+            "unreachable"
+        },
+    );
+    r
 }
 
 pub async fn close_all(remotes: Vec<SshRemote>) {

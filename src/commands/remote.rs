@@ -7,39 +7,51 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
-use super::load_and_render;
 use crate::cli::RemoteArgs;
 use crate::diff::{desired_hashes, diff, Changes};
 use crate::engine::{self, Observe};
-use crate::inventory::{Inventory, Role};
+use crate::inventory::{Host, Inventory, Role};
 use crate::output::Printer;
 use crate::plan::Plan;
 use crate::planfile;
 use crate::remote::agent::HostState;
 use crate::remote::ssh::SshRemote;
 use crate::remote::Remote;
+use crate::render::render;
 use crate::secrets::{placeholders_in, Secrets};
+use crate::templates::Templates;
 
 /// Keeps the hosts named by --limit (host names or roles).
 pub fn limit(mut plan: Plan, limit: &[String]) -> Result<Plan> {
+    let hosts: Vec<&Host> = plan.hosts.iter().map(|h| &h.host).collect();
+    check_limit(&hosts, limit)?;
+    plan.hosts.retain(|h| selected(&h.host, limit));
+    Ok(plan)
+}
+
+/// Whether `--limit` selects the host (by name or role; no limit: every host).
+fn selected(h: &Host, limit: &[String]) -> bool {
+    limit.is_empty()
+        || limit
+            .iter()
+            .any(|l| h.name == *l || Role::parse(l).is_some_and(|r| h.has(r)))
+}
+
+/// Every `--limit` names a host or a role, and together they select a host.
+fn check_limit(hosts: &[&Host], limit: &[String]) -> Result<()> {
     if limit.is_empty() {
-        return Ok(plan);
+        return Ok(());
     }
     for l in limit {
-        let known = plan.hosts.iter().any(|h| h.host.name == *l) || Role::parse(l).is_some();
+        let known = hosts.iter().any(|h| h.name == *l) || Role::parse(l).is_some();
         if !known {
             bail!("--limit {l}: no host or role of that name in the inventory");
         }
     }
-    plan.hosts.retain(|h| {
-        limit
-            .iter()
-            .any(|l| h.host.name == *l || Role::parse(l).is_some_and(|r| h.host.has(r)))
-    });
-    if plan.hosts.is_empty() {
+    if !hosts.iter().any(|h| selected(h, limit)) {
         bail!("--limit {}: selects no host", limit.join(","));
     }
-    Ok(plan)
+    Ok(())
 }
 
 /// The secrets the plan uses: placeholders in files, database accounts, replication.
@@ -97,19 +109,48 @@ pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>, how: Observe) -> Re
         .as_ref()
         .map(|p| p.inventory.clone())
         .unwrap_or_else(|| args.inventory.clone());
-    let (inventory, plan) = load_and_render(&inventory_path, args.templates.templates.as_deref())?;
-    let mut plan = limit(plan, &args.limit)?;
-    if let Some(saved) = &saved {
-        saved.check_fresh(&inventory.source_hash, args.max_plan_age, &args.inventory)?;
-        saved.pin(&mut plan, &args.inventory)?;
-    }
-    let secrets = Secrets::load(&inventory, &secret_names(&plan))?;
+    // The connections start as soon as the inventory is read: rendering the plan (the
+    // templates, the release archive) and reading the secrets overlap their key exchanges.
+    let inventory = Inventory::load(&inventory_path)?;
     let prune = parse_prune(&args.prune_host, &inventory)?;
-    printer.status("Connecting", format!("{} hosts", plan.hosts.len()));
+    check_limit(&inventory.hosts.iter().collect::<Vec<_>>(), &args.limit)?;
+    let early: Vec<Host> = if prune.is_empty() {
+        inventory
+            .hosts
+            .iter()
+            .filter(|h| selected(h, &args.limit))
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if prune.is_empty() {
+        printer.status("Connecting", format!("{} hosts", early.len()));
+    }
+    let connecting = engine::Connecting::start(&early, args.parallel, args.persist, printer);
+    let prepared = (|| {
+        let templates = Templates::load(args.templates.templates.as_deref())?;
+        let plan = limit(render(&inventory, &templates)?, &args.limit)?;
+        let mut plan = plan;
+        if let Some(saved) = &saved {
+            saved.check_fresh(&inventory.source_hash, args.max_plan_age, &args.inventory)?;
+            saved.pin(&mut plan, &args.inventory)?;
+        }
+        let secrets = Secrets::load(&inventory, &secret_names(&plan))?;
+        Ok::<_, anyhow::Error>((plan, secrets))
+    })();
+    let (mut plan, secrets) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            connecting.abandon().await;
+            return Err(e);
+        }
+    };
     let (remotes, observed) = if prune.is_empty() {
-        engine::connect_and_observe(&plan, args.parallel, args.persist, printer, &secrets, how)
+        engine::connect_and_observe(&plan, connecting, args.parallel, printer, &secrets, how)
             .await?
     } else {
+        printer.status("Connecting", format!("{} hosts", plan.hosts.len()));
         connect_with_pruned(&mut plan, &prune, &inventory, &secrets, args, printer).await?
     };
     if let Err(e) = live_primary_matches(&plan, &observed) {
