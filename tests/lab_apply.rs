@@ -722,3 +722,35 @@ fn a_web_server_in_sync_is_vouched_for_without_the_agent_and_drift_still_shows()
     apply_ok(&inv(), &[]);
     assert!(sh(&root().join("lab/down"), &["web-03"]).status.success());
 }
+
+/// The connections start while the plan is rendered; a run that then fails before
+/// observing (here: a secret file that is missing) closes them all and runs nothing.
+#[test]
+fn a_missing_secret_fails_the_run_and_leaves_no_connection_behind() {
+    let Some(_g) = setup() else { return };
+    let variant = lab_variant("missing-secret", |t| {
+        t.replace(
+            "{ file: .state/db_app_password }",
+            "{ file: .state/no-such-secret-file }",
+        )
+    });
+    let since = docker_now();
+    std::thread::sleep(Duration::from_millis(50));
+    let out = cli(&["apply", variant.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("db_app_password"), "names the secret: {stderr}");
+    std::thread::sleep(Duration::from_millis(300));
+    for host in ["lb-01", "web-01", "web-02"] {
+        assert_eq!(sshd_sessions_since(host, &since), 0, "{host}: nothing ran");
+    }
+    let masters = std::process::Command::new("pgrep")
+        .args(["-f", "ssh.*-M.*10\\.231\\."])
+        .output()
+        .unwrap();
+    assert!(
+        masters.stdout.is_empty(),
+        "no master left running: {}",
+        String::from_utf8_lossy(&masters.stdout)
+    );
+}
