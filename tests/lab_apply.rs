@@ -739,7 +739,10 @@ fn a_missing_secret_fails_the_run_and_leaves_no_connection_behind() {
     let out = cli(&["apply", variant.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("db_app_password"), "names the secret: {stderr}");
+    assert!(
+        stderr.contains("db_app_password"),
+        "names the secret: {stderr}"
+    );
     std::thread::sleep(Duration::from_millis(300));
     for host in ["lb-01", "web-01", "web-02"] {
         assert_eq!(sshd_sessions_since(host, &since), 0, "{host}: nothing ran");
