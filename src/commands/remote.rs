@@ -130,8 +130,7 @@ pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>, how: Observe) -> Re
     let connecting = engine::Connecting::start(&early, args.parallel, args.persist, printer);
     let prepared = (|| {
         let templates = Templates::load(args.templates.templates.as_deref())?;
-        let plan = limit(render(&inventory, &templates)?, &args.limit)?;
-        let mut plan = plan;
+        let mut plan = limit(render(&inventory, &templates)?, &args.limit)?;
         if let Some(saved) = &saved {
             saved.check_fresh(&inventory.source_hash, args.max_plan_age, &args.inventory)?;
             saved.pin(&mut plan, &args.inventory)?;
