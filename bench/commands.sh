@@ -17,3 +17,5 @@ CMD_ANSIBLE_DIFF="$ANSIBLE_ENV $PLAYBOOK --check --diff"
 CMD_PYINFRA_DIFF="$PYINFRA --dry --diff"
 # The floor: a fresh `ssh HOST true` to every host in parallel, same ssh_config.
 CMD_FLOOR="bench/lab floor"
+# The same through foobar-infra's TCP connector as ProxyCommand (src/remote/connector.rs).
+CMD_FLOOR_CONNECTOR="bench/lab floor --connector"

@@ -550,6 +550,14 @@ fn with_persist_the_next_run_makes_no_remote_command_and_still_sees_drift() {
     let inv = inv();
     let first = run(&["apply", "--persist", "30", &inv]);
     assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    // The kept masters carry their connections through the TCP connector
+    // (src/remote/connector.rs): one per host, alive as long as its master.
+    for addr in [LB, WEB1, WEB2] {
+        assert!(
+            !processes_matching(&format!("foobar-infra ssh-connect {addr} 22 ")).is_empty(),
+            "no connector process for {addr}"
+        );
+    }
 
     let since = docker_now();
     std::thread::sleep(Duration::from_millis(50));
@@ -604,6 +612,67 @@ fn with_persist_the_next_run_makes_no_remote_command_and_still_sees_drift() {
     for host in ["lb-01", "web-01", "web-02"] {
         exec_raw(host, &["pkill", "-f", "listen [0-9a-f]+ 30$"]);
     }
+}
+
+/// The command lines of this machine's processes that contain `needle` (args joined by
+/// spaces).
+fn processes_matching(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
+            let line = String::from_utf8_lossy(&raw).replace('\0', " ");
+            if line.contains(needle) {
+                found.push(line);
+            }
+        }
+    }
+    found
+}
+
+/// ssh connects through the TCP connector under the user's own ssh config: a ProxyCommand
+/// set there wins (ssh keeps the first value it reads), and `ssh.connector: ssh` lets ssh
+/// open the connection itself. Either way host keys are still checked (the lab's
+/// known_hosts) and the run works.
+#[test]
+fn a_proxy_command_in_the_users_ssh_config_wins_over_the_tcp_connector() {
+    let Some(_g) = setup() else { return };
+    baseline();
+    let state = root().join("lab/.state");
+    let marker = state.join("user-proxy.log");
+    let _ = std::fs::remove_file(&marker);
+    std::fs::write(
+        state.join("user-proxy.ssh_config"),
+        format!(
+            "Host *\n    ProxyCommand sh -c 'echo %h >> {}; exec {} ssh-connect %h %p 10 /dev/null'\n",
+            marker.display(),
+            env!("CARGO_BIN_EXE_foobar-infra")
+        ),
+    )
+    .unwrap();
+    let users = lab_variant("user-proxy", |t| {
+        t.replace(
+            "  connect_timeout: 10\n",
+            "  connect_timeout: 10\n  config_file: .state/user-proxy.ssh_config\n",
+        )
+    });
+    let out = cli(&["diff", users.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mut used: Vec<String> = std::fs::read_to_string(&marker)
+        .expect("the user's ProxyCommand ran")
+        .lines()
+        .map(String::from)
+        .collect();
+    used.sort();
+    assert_eq!(used, [LB, WEB1, WEB2], "once per host");
+
+    let plain = lab_variant("connector-ssh", |t| {
+        t.replace(
+            "  connect_timeout: 10\n",
+            "  connect_timeout: 10\n  connector: ssh\n",
+        )
+    });
+    let out = cli(&["diff", plain.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
 /// A web server without a database role has a witness (src/witness.rs): in sync, it

@@ -101,6 +101,18 @@ pub struct SshSettings {
     pub identity_file: Option<PathBuf>,
     pub config_file: Option<PathBuf>,
     pub connect_timeout: u64,
+    /// Who opens the TCP connection under ssh (src/remote/connector.rs).
+    pub connector: Connector,
+}
+
+/// Who opens an SSH connection's TCP connection: foobar-infra's connector (TCP_NODELAY
+/// and immediate ACKs, as ssh's ProxyCommand) or ssh itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Connector {
+    #[default]
+    Builtin,
+    Ssh,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -585,6 +597,7 @@ struct RawSsh {
     identity_file: Option<PathBuf>,
     config_file: Option<PathBuf>,
     connect_timeout: Option<u64>,
+    connector: Option<Connector>,
 }
 
 #[derive(Deserialize)]
@@ -759,6 +772,7 @@ impl Validator {
                     .map(rel),
                 config_file: o.config_file.as_ref().or(d.config_file.as_ref()).map(rel),
                 connect_timeout: o.connect_timeout.or(d.connect_timeout).unwrap_or(10),
+                connector: o.connector.or(d.connector).unwrap_or_default(),
             };
             let ssh = merged(&raw.ssh, &h.ssh);
             if ssh.port == 0 {
@@ -1073,6 +1087,7 @@ impl Validator {
             identity_file: raw.ssh.identity_file.as_ref().map(rel),
             config_file: raw.ssh.config_file.as_ref().map(rel),
             connect_timeout: raw.ssh.connect_timeout.unwrap_or(10),
+            connector: raw.ssh.connector.unwrap_or_default(),
         };
         Inventory {
             ssh,

@@ -213,7 +213,11 @@ pub async fn connect_with(
     if let Some(k) = &host.ssh.identity_file {
         b.keyfile(k);
     }
-    if let Some(c) = &host.ssh.config_file {
+    // The TCP connector (src/remote/connector.rs) as ProxyCommand, under the user's config.
+    let connector = super::connector::prepare(&host.ssh);
+    if let Some(c) = &connector {
+        b.config_file(c.config());
+    } else if let Some(c) = &host.ssh.config_file {
         b.config_file(c);
     }
     if let Some(secs) = persist {
@@ -233,8 +237,15 @@ pub async fn connect_with(
     let session = b
         .connect_mux(host.address.to_string())
         .await
-        .map_err(|e| anyhow!("{}", describe(&e)))
+        .map_err(|e| {
+            // ssh only sees its proxy's connection close: the connector says why.
+            match connector.as_ref().and_then(|c| c.error()) {
+                Some(why) => anyhow!("{why}"),
+                None => anyhow!("{}", describe(&e)),
+            }
+        })
         .with_context(|| format!("{}: cannot connect to {target}", host.name))?;
+    drop(connector);
     if persist.is_some() {
         let record = persist_dir().join(persist_key(host));
         std::fs::write(&record, session.control_socket().display().to_string())
