@@ -649,13 +649,17 @@ fn a_proxy_command_in_the_users_ssh_config_wins_over_the_tcp_connector() {
         ),
     )
     .unwrap();
-    let users = lab_variant("user-proxy", |t| {
-        t.replace(
-            "  connect_timeout: 10\n",
-            "  connect_timeout: 10\n  config_file: .state/user-proxy.ssh_config\n",
-        )
-    });
-    let out = cli(&["diff", users.to_str().unwrap()]);
+    // `diff` with one more line in the inventory's `ssh` block.
+    let diff_with = |name: &str, line: &str| {
+        let v = lab_variant(name, |t| {
+            t.replace(
+                "  connect_timeout: 10\n",
+                &format!("  connect_timeout: 10\n  {line}\n"),
+            )
+        });
+        cli(&["diff", v.to_str().unwrap()])
+    };
+    let out = diff_with("user-proxy", "config_file: .state/user-proxy.ssh_config");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let mut used: Vec<String> = std::fs::read_to_string(&marker)
         .expect("the user's ProxyCommand ran")
@@ -665,13 +669,7 @@ fn a_proxy_command_in_the_users_ssh_config_wins_over_the_tcp_connector() {
     used.sort();
     assert_eq!(used, [LB, WEB1, WEB2], "once per host");
 
-    let plain = lab_variant("connector-ssh", |t| {
-        t.replace(
-            "  connect_timeout: 10\n",
-            "  connect_timeout: 10\n  connector: ssh\n",
-        )
-    });
-    let out = cli(&["diff", plain.to_str().unwrap()]);
+    let out = diff_with("connector-ssh", "connector: ssh");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
