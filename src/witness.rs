@@ -60,9 +60,9 @@ pub const PIDFILES: &[(&str, &str)] = &[
 /// line "DIGEST-SYSV DIGEST-SYSTEMD". Items are pairs: `f PATH` (a file, any init),
 /// `f:sysv PATH` / `f:systemd PATH` (that init only), `s NAME=PIDFILE` (running: the
 /// pid file's process is alive, or `service NAME status` without one; `systemctl
-/// is-active` under systemd), `k PACKAGE` (dpkg's file list present), `u USER`
-/// (getent), `r ROOT=ID` (ROOT/current points at release ID). The digest is the sha256
-/// of "init INIT", then `stat` and `sha256sum` of the files, in item order.
+/// is-active` under systemd), `k PACKAGE` (dpkg's file list present), `u USER` (in
+/// /etc/passwd, else getent), `r ROOT=ID` (ROOT/current leads to release ID). The digest
+/// is the sha256 of "init INIT", then `stat` and `sha256sum` of the files, in item order.
 /// Same rules as agent.py's observe; where they could differ the script answers
 /// "not sure" and the agent decides.
 pub const SCRIPT: &str = r#"set -f
@@ -101,10 +101,22 @@ while [ -n "$want" ] && [ "$#" -ge 2 ] && [ "$1" != -- ]; do
         set -f
         [ -n "$ok" ] || want=
         ;;
-    u) getent passwd "$v" >/dev/null 2>&1 </dev/null || want= ;;
+    u)
+        # /etc/passwd with builtins first; getent (a process) only for other NSS sources.
+        found=
+        while IFS=: read -r name _; do
+            if [ "$name" = "$v" ]; then found=1; break; fi
+        done </etc/passwd
+        [ -n "$found" ] || getent passwd "$v" >/dev/null 2>&1 </dev/null || want=
+        ;;
     r)
-        t=$(readlink -- "${v%=*}/current" 2>/dev/null) || t=
-        t=${t%/}
+        # Where ROOT/current leads, by `cd -P` (a builtin; $PWD is then the physical
+        # path): its last component must be the release id.
+        here=$PWD t=
+        if [ -L "${v%=*}/current" ] && cd -P -- "${v%=*}/current" 2>/dev/null; then
+            t=$PWD
+            cd -- "$here" 2>/dev/null || cd /
+        fi
         [ -n "$t" ] && [ "${t##*/}" = "${v##*=}" ] || want=
         ;;
     *) want= ;;
