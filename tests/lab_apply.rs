@@ -806,13 +806,9 @@ fn a_missing_secret_fails_the_run_and_leaves_no_connection_behind() {
     for host in ["lb-01", "web-01", "web-02"] {
         assert_eq!(sshd_sessions_since(host, &since), 0, "{host}: nothing ran");
     }
-    let masters = std::process::Command::new("pgrep")
-        .args(["-f", "ssh.*-M.*10\\.231\\."])
-        .output()
-        .unwrap();
-    assert!(
-        masters.stdout.is_empty(),
-        "no master left running: {}",
-        String::from_utf8_lossy(&masters.stdout)
-    );
+    let masters: Vec<String> = processes_matching("10.231.")
+        .into_iter()
+        .filter(|l| l.starts_with("ssh ") && l.contains(" -M "))
+        .collect();
+    assert!(masters.is_empty(), "no master left running: {masters:?}");
 }

@@ -34,9 +34,14 @@ pub fn load_and_render(
     templates: Option<&std::path::Path>,
 ) -> Result<(Inventory, Plan)> {
     let inv = Inventory::load(inventory)?;
-    let templates = Templates::load(templates)?;
-    let plan = crate::render::render(&inv, &templates)?;
+    let plan = render_plan(&inv, templates)?;
     Ok((inv, plan))
+}
+
+/// The plan of a loaded inventory, with the templates (built-in, or those of the folder).
+pub fn render_plan(inv: &Inventory, templates: Option<&std::path::Path>) -> Result<Plan> {
+    let templates = Templates::load(templates)?;
+    crate::render::render(inv, &templates)
 }
 
 /// The async runtime for commands that talk to hosts.

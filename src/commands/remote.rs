@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
+use super::render_plan;
 use crate::cli::RemoteArgs;
 use crate::diff::{desired_hashes, diff, Changes};
 use crate::engine::{self, Observe};
@@ -17,9 +18,7 @@ use crate::planfile;
 use crate::remote::agent::HostState;
 use crate::remote::ssh::SshRemote;
 use crate::remote::Remote;
-use crate::render::render;
 use crate::secrets::{placeholders_in, Secrets};
-use crate::templates::Templates;
 
 /// Keeps the hosts named by --limit (host names or roles).
 pub fn limit(mut plan: Plan, limit: &[String]) -> Result<Plan> {
@@ -114,23 +113,20 @@ pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>, how: Observe) -> Re
     let inventory = Inventory::load(&inventory_path)?;
     let prune = parse_prune(&args.prune_host, &inventory)?;
     check_limit(&inventory.hosts.iter().collect::<Vec<_>>(), &args.limit)?;
-    let early: Vec<Host> = if prune.is_empty() {
-        inventory
-            .hosts
-            .iter()
-            .filter(|h| selected(h, &args.limit))
-            .cloned()
-            .collect()
-    } else {
-        Vec::new()
-    };
+    // (With --prune-host the connections wait for the plan: connect_with_pruned.)
+    let mut early: Vec<Host> = Vec::new();
     if prune.is_empty() {
+        early.extend(
+            (inventory.hosts.iter())
+                .filter(|h| selected(h, &args.limit))
+                .cloned(),
+        );
         printer.status("Connecting", format!("{} hosts", early.len()));
     }
     let connecting = engine::Connecting::start(&early, args.parallel, args.persist, printer);
     let prepared = (|| {
-        let templates = Templates::load(args.templates.templates.as_deref())?;
-        let mut plan = limit(render(&inventory, &templates)?, &args.limit)?;
+        let plan = render_plan(&inventory, args.templates.templates.as_deref())?;
+        let mut plan = limit(plan, &args.limit)?;
         if let Some(saved) = &saved {
             saved.check_fresh(&inventory.source_hash, args.max_plan_age, &args.inventory)?;
             saved.pin(&mut plan, &args.inventory)?;
