@@ -161,21 +161,6 @@ Exit codes: 0, 1 error.")]
     #[command(after_help = "Example:
   foobar-infra man > /usr/local/share/man/man1/foobar-infra.1")]
     Man,
-
-    /// ssh's ProxyCommand: open the TCP connection (TCP_NODELAY, immediate ACKs) and relay
-    #[command(hide = true)]
-    SshConnect(SshConnectArgs),
-}
-
-/// `ssh-connect HOST PORT SECONDS ERRFILE` (src/remote/connector.rs).
-#[derive(Args, Debug)]
-pub struct SshConnectArgs {
-    pub host: String,
-    pub port: u16,
-    /// Connect timeout, seconds
-    pub timeout: u64,
-    /// Where to write why the connection failed
-    pub errfile: PathBuf,
 }
 
 #[derive(Args, Debug)]

@@ -39,10 +39,6 @@ pub fn run(cli: &Cli, p: &std::sync::Arc<Printer>) -> Result<Outcome> {
         Command::History(a) => commands::history::run(a, p),
         Command::Completions(a) => commands::shell::completions(a),
         Command::Man => commands::shell::man(),
-        Command::SshConnect(a) => {
-            remote::connector::run(&a.host, a.port, a.timeout, &a.errfile)?;
-            Ok(Outcome::Success)
-        }
         Command::Db(cli::DbCommand::Backup(a)) => commands::db::backup(a, p),
         Command::Db(cli::DbCommand::Restore(a)) => commands::db::restore(a, p),
         Command::Db(cli::DbCommand::Promote(a)) => commands::promote::run(a, p),

@@ -1,12 +1,18 @@
 //! Entry point: parse arguments, run, map the result to an exit code.
 
 use clap::Parser;
+use foobar_infra::remote::connector;
 use foobar_infra::{cli::Cli, exit_code, output::Printer, run};
 
 fn main() {
+    // ssh's ProxyCommand for this binary's own connections: an internal entry point,
+    // outside the command line definition (so not in --help, man or completions).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == connector::SUBCOMMAND) {
+        std::process::exit(connector::main(&args[2..]));
+    }
     let cli = Cli::parse();
-    // This binary serves ssh's ProxyCommand (`ssh-connect`) for its own connections.
-    foobar_infra::remote::connector::enable();
+    connector::enable();
     let printer = std::sync::Arc::new(Printer::new(&cli.global));
     let result = run(&cli, &printer);
     printer.finish_all();

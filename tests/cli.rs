@@ -66,6 +66,44 @@ fn bash_accepts_the_completion_script() {
     );
 }
 
+/// `ssh-connect` is ssh's ProxyCommand for the binary's own connections: it works when
+/// called, and no help, completion script or man page offers it.
+#[test]
+fn the_internal_ssh_connect_entry_is_nowhere_in_the_interface() {
+    for args in [
+        &["--help"][..],
+        &["completions", "bash"],
+        &["completions", "zsh"],
+        &["completions", "fish"],
+        &["man"],
+    ] {
+        let out = cli().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains("ssh-connect"), "{args:?} offers ssh-connect");
+    }
+    // A refused port: exit 1, the reason in ERRFILE (where the master looks for it).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let errfile = dir.path().join("err");
+    let out = cli()
+        .args(["ssh-connect", "127.0.0.1", &port.to_string(), "5"])
+        .arg(&errfile)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let why = std::fs::read_to_string(&errfile).unwrap();
+    assert!(why.contains("refused"), "{why}");
+    // Wrong arguments: the usage line, exit 1.
+    let out = cli().args(["ssh-connect", "127.0.0.1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("usage: foobar-infra ssh-connect"));
+}
+
 #[test]
 fn the_man_page_is_roff() {
     let out = cli().arg("man").output().unwrap();

@@ -113,8 +113,36 @@ pub fn config_text(
         "# Written by foobar-infra for one connection: your ssh configuration first (its\n\
          # settings win), then foobar-infra's TCP connector as the default ProxyCommand.\n\
          {includes}\
-         Host *\n    ProxyCommand {exe} ssh-connect %h %p {timeout} {errfile}\n"
+         Host *\n    ProxyCommand {exe} {SUBCOMMAND} %h %p {timeout} {errfile}\n"
     ))
+}
+
+/// The internal subcommand ssh runs as ProxyCommand: `EXE ssh-connect HOST PORT SECONDS
+/// ERRFILE` (main.rs dispatches it before parsing the command line).
+pub const SUBCOMMAND: &str = "ssh-connect";
+
+/// `ssh-connect`'s entry point: its four arguments, then [`run`]; the exit code.
+pub fn main(args: &[std::ffi::OsString]) -> i32 {
+    let usage = "usage: foobar-infra ssh-connect HOST PORT SECONDS ERRFILE (ssh's ProxyCommand)";
+    let parsed = match args {
+        [host, port, secs, errfile] => host.to_str().and_then(|h| {
+            let port = port.to_str()?.parse::<u16>().ok()?;
+            let secs = secs.to_str()?.parse::<u64>().ok()?;
+            Some((h, port, secs, Path::new(errfile)))
+        }),
+        _ => None,
+    };
+    let Some((host, port, secs, errfile)) = parsed else {
+        eprintln!("foobar-infra: {usage}");
+        return 1;
+    };
+    match run(host, port, secs, errfile) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("foobar-infra: {e:#}");
+            1
+        }
+    }
 }
 
 /// `ssh-connect`: connects to HOST:PORT and relays between stdin/stdout (ssh) and the
