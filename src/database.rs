@@ -438,12 +438,7 @@ mod tests {
     use super::*;
     use crate::remote::agent::{DbUserState, ReplicaState};
 
-    fn lab_plan() -> Plan {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let inv = crate::inventory::Inventory::load(&root.join("lab/inventory.yaml")).unwrap();
-        let templates = crate::templates::Templates::load(None).unwrap();
-        crate::render::render(&inv, &templates).unwrap()
-    }
+    use crate::render::lab_plan;
 
     /// The primary as observed with every account in place, but `stale` with an old
     /// password.

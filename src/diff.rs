@@ -420,12 +420,9 @@ fn topology(
     hosts: &[HostChanges],
 ) -> Topology {
     use crate::inventory::Role;
-    let planned: Vec<&str> = plan
-        .hosts
-        .iter()
-        .filter(|h| h.host.has(Role::Web))
-        .map(|h| h.name())
-        .collect();
+    // The inventory's web servers, not only those of this run: `--limit lb` must not
+    // read as every backend leaving.
+    let planned: Vec<&str> = plan.backends.iter().map(String::as_str).collect();
     let mut t = Topology::default();
     for hp in &plan.hosts {
         let Some(st) = observed.get(hp.name()) else {
@@ -476,4 +473,41 @@ fn topology(
         }
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::agent::HostState;
+
+    /// A load balancer that has applied before, HAProxy serving these web servers.
+    fn balancer_serving(servers: &[&str]) -> HostState {
+        serde_json::from_value(serde_json::json!({
+            "init": "sysv",
+            "hostname": "lb-01",
+            "files": {},
+            "last_history": {"id": "earlier"},
+            "haproxy": servers
+                .iter()
+                .map(|s| serde_json::json!({"backend": "web", "server": s}))
+                .collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn backends_leave_and_join_by_the_inventory_not_by_the_hosts_of_the_run() {
+        let mut plan = crate::render::lab_plan();
+        plan.hosts.retain(|h| h.name() == "lb-01"); // --limit lb
+        let observed =
+            BTreeMap::from([("lb-01".to_string(), balancer_serving(&["web-01", "web-02"]))]);
+        assert_eq!(topology(&plan, &observed, &[]), Topology::default());
+
+        // A server HAProxy has that the inventory dropped leaves; one it lacks joins.
+        let observed =
+            BTreeMap::from([("lb-01".to_string(), balancer_serving(&["web-01", "web-03"]))]);
+        let t = topology(&plan, &observed, &[]);
+        assert_eq!(t.backends_removed, ["web-03"]);
+        assert_eq!(t.backends_added, ["web-02"]);
+    }
 }

@@ -263,6 +263,11 @@ impl HostPlan {
 pub struct Plan {
     pub domain: String,
     pub hosts: Vec<HostPlan>,
+    /// The web servers the load balancers balance over: every web host of the
+    /// inventory, whatever `--limit` keeps in `hosts` (the topology diff compares
+    /// HAProxy's servers with these, not with the hosts of this run).
+    #[serde(skip)]
+    pub backends: Vec<String>,
 }
 
 impl Plan {

@@ -593,7 +593,20 @@ pub fn render(inv: &Inventory, templates: &Templates) -> Result<Plan> {
     Ok(Plan {
         domain: inv.domain.clone(),
         hosts,
+        backends: (inv.hosts.iter())
+            .filter(|h| h.has(Role::Web))
+            .map(|h| h.name.clone())
+            .collect(),
     })
+}
+
+/// The plan of the lab's inventory (lab/inventory.yaml) with the built-in templates.
+#[cfg(test)]
+pub(crate) fn lab_plan() -> Plan {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let inv = Inventory::load(&root.join("lab/inventory.yaml")).unwrap();
+    let templates = crate::templates::Templates::load(None).unwrap();
+    render(&inv, &templates).unwrap()
 }
 
 /// Where a web server's application writes (the primary) and reads (its own database
