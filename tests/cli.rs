@@ -104,6 +104,55 @@ fn the_internal_ssh_connect_entry_is_nowhere_in_the_interface() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage: foobar-infra ssh-connect"));
 }
 
+/// Started by ssh as its `$SHELL` (FOOBAR_INFRA_USER_SHELL set): the binary runs its
+/// own ProxyCommand line itself and hands anything else to the user's shell, with SHELL
+/// restored.
+#[test]
+fn as_sshs_shell_it_runs_its_connector_and_hands_the_rest_to_the_users_shell() {
+    let script = r#"printf '%s|%s\n' "${SHELL-unset}" "${FOOBAR_INFRA_USER_SHELL-unset}""#;
+    for (user_shell, expect) in [("/bin/sh", "/bin/sh|unset"), ("", "unset|unset")] {
+        let out = cli()
+            .env("FOOBAR_INFRA_USER_SHELL", user_shell)
+            .env("SHELL", "/somewhere/foobar-infra")
+            .args(["-c", script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expect);
+    }
+    // Its own line runs here: a user shell that does not exist is never started.
+    let exe = std::fs::canonicalize(assert_cmd::cargo::cargo_bin("foobar-infra")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let errfile = dir.path().join("err");
+    let line = format!(
+        "exec {} ssh-connect 127.0.0.1 {port} 5 {}",
+        exe.display(),
+        errfile.display()
+    );
+    let out = cli()
+        .env("FOOBAR_INFRA_USER_SHELL", "/nonexistent/sh")
+        .args(["-c", &line])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(std::fs::read_to_string(&errfile)
+        .unwrap()
+        .contains("refused"));
+    // Anything else goes to that shell: here it cannot start, which is said.
+    let out = cli()
+        .env("FOOBAR_INFRA_USER_SHELL", "/nonexistent/sh")
+        .args(["-c", "exec true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("running /nonexistent/sh"));
+}
+
 #[test]
 fn the_man_page_is_roff() {
     let out = cli().arg("man").output().unwrap();

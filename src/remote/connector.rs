@@ -17,7 +17,15 @@
 //! connector is the default for every other host. `ssh.connector: ssh` in the inventory
 //! turns it off (ssh then opens the TCP connection itself, as before). Only the binary
 //! offers it ([`enable`], called by main): a library user gets plain ssh.
+//!
+//! The shell: ssh runs every ProxyCommand as `$SHELL -c "exec COMMAND"` (bash, here: its
+//! start and the second exec cost ~5 ms of CPU per connection, perf-measured). `enable`
+//! therefore makes this binary the `SHELL` of the processes it starts, keeping the user's
+//! in `FOOBAR_INFRA_USER_SHELL`: [`as_shell`] runs the connector's own command directly
+//! and hands anything else (a user's ProxyCommand, LocalCommand, `Match exec`) to the
+//! user's shell unchanged, with `SHELL` restored.
 
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -31,11 +39,72 @@ use crate::inventory::{Connector, SshSettings};
 /// The binary that serves `ssh-connect`, once main has enabled the connector.
 static EXE: OnceLock<PathBuf> = OnceLock::new();
 
-/// Offers the connector to this process's SSH connections (the foobar-infra binary).
+/// Where the user's own `SHELL` waits while this binary stands in as ssh's shell ("" when
+/// it was unset).
+const USER_SHELL: &str = "FOOBAR_INFRA_USER_SHELL";
+
+/// Offers the connector to this process's SSH connections (the foobar-infra binary), and
+/// makes the binary the shell ssh runs it with ([`as_shell`]). Call it before any thread
+/// starts: it sets environment variables.
 pub fn enable() {
-    if let Ok(exe) = std::env::current_exe() {
-        let _ = EXE.set(exe);
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    if plain_path(&exe).is_some() && std::env::var_os(USER_SHELL).is_none() {
+        std::env::set_var(USER_SHELL, std::env::var_os("SHELL").unwrap_or_default());
+        std::env::set_var("SHELL", &exe);
     }
+    let _ = EXE.set(exe);
+}
+
+/// This binary as ssh's `$SHELL` (set by [`enable`]): `EXE -c "exec EXE ssh-connect HOST
+/// PORT SECONDS ERRFILE"` runs the connector here, with no shell and no second exec;
+/// anything else is executed by the user's shell with the same arguments. None: the
+/// process was not started as that shell.
+pub fn as_shell(args: &[OsString]) -> Option<i32> {
+    let user_shell = std::env::var_os(USER_SHELL)?;
+    if let [_, flag, command] = args {
+        if flag == "-c" {
+            if let Some(own) = own_command(command) {
+                return Some(main(&own));
+            }
+        }
+    }
+    Some(hand_over(&user_shell, args))
+}
+
+/// The connector's arguments, if `command` is exactly what ssh makes of this binary's
+/// ProxyCommand line.
+fn own_command(command: &OsStr) -> Option<Vec<OsString>> {
+    let words: Vec<&str> = command.to_str()?.split(' ').collect();
+    let exe = std::env::current_exe().ok()?;
+    match words.as_slice() {
+        ["exec", prog, sub, rest @ ..] if *sub == SUBCOMMAND && Path::new(prog) == exe => {
+            Some(rest.iter().map(OsString::from).collect())
+        }
+        _ => None,
+    }
+}
+
+/// Replaces this process with the user's shell (`/bin/sh` when SHELL was unset), given
+/// the same arguments and the environment as it was before [`enable`].
+fn hand_over(user_shell: &OsStr, args: &[OsString]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let shell = if user_shell.is_empty() {
+        OsStr::new("/bin/sh")
+    } else {
+        user_shell
+    };
+    let mut cmd = std::process::Command::new(shell);
+    cmd.args(args.iter().skip(1)).env_remove(USER_SHELL);
+    if user_shell.is_empty() {
+        cmd.env_remove("SHELL");
+    } else {
+        cmd.env("SHELL", user_shell);
+    }
+    let err = cmd.exec();
+    eprintln!("foobar-infra: running {}: {err}", shell.to_string_lossy());
+    127
 }
 
 /// A per-connection ssh_config that puts the connector in place, and the file where the
@@ -122,7 +191,7 @@ pub fn config_text(
 pub const SUBCOMMAND: &str = "ssh-connect";
 
 /// `ssh-connect`'s entry point: its four arguments, then [`run`]; the exit code.
-pub fn main(args: &[std::ffi::OsString]) -> i32 {
+pub fn main(args: &[OsString]) -> i32 {
     let usage = "usage: foobar-infra ssh-connect HOST PORT SECONDS ERRFILE (ssh's ProxyCommand)";
     let parsed = match args {
         [host, port, secs, errfile] => host.to_str().and_then(|h| {
@@ -244,6 +313,30 @@ fn quickack(s: &TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn as_the_shell_it_runs_only_its_own_proxy_command_line() {
+        let exe = std::env::current_exe().unwrap();
+        let exe = exe.to_str().unwrap();
+        let own = format!("exec {exe} {SUBCOMMAND} 10.0.0.1 22 10 /tmp/x/error");
+        assert_eq!(
+            own_command(OsStr::new(&own)),
+            Some(
+                ["10.0.0.1", "22", "10", "/tmp/x/error"]
+                    .map(OsString::from)
+                    .to_vec()
+            )
+        );
+        for other in [
+            format!("exec /usr/bin/foobar-infra {SUBCOMMAND} 10.0.0.1 22 10 /tmp/e"),
+            format!("exec {exe} apply inventory.yaml"),
+            format!("{exe} {SUBCOMMAND} 10.0.0.1 22 10 /tmp/e"),
+            "exec ssh -W %h:%p bastion".to_string(),
+            "exec nc 10.0.0.1 22".to_string(),
+        ] {
+            assert_eq!(own_command(OsStr::new(&other)), None, "{other}");
+        }
+    }
 
     #[test]
     fn the_users_config_comes_first_and_the_connector_is_the_default() {
