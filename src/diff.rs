@@ -64,6 +64,12 @@ pub struct HostChanges {
     /// The manifest the host keeps after this apply: every planned file and its hash.
     #[serde(skip, default)]
     pub manifest: Vec<ManifestEntry>,
+    /// The host's manifest is not that one (files already as planned but put there by
+    /// hand or another tool, or entries for files gone since): apply records it. Without
+    /// it the host would never be vouched for by the witness and its managed files
+    /// would not be known for removal.
+    #[serde(default)]
+    pub record_manifest: bool,
 }
 
 impl HostChanges {
@@ -77,6 +83,7 @@ impl HostChanges {
             && self.services.is_empty()
             && self.install.is_empty()
             && self.create_users.is_empty()
+            && !self.record_manifest
     }
 }
 
@@ -386,8 +393,19 @@ pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<
                 upload: !seen.releases.contains(&rel.id),
             })
         }),
+        record_manifest: !same_entries(&manifest, &state.manifest),
         manifest,
     })
+}
+
+/// The same manifest entries, in any order.
+fn same_entries(a: &[ManifestEntry], b: &[ManifestEntry]) -> bool {
+    let sorted = |v: &[ManifestEntry]| {
+        let mut v = v.to_vec();
+        v.sort_by(|x, y| x.path.cmp(&y.path));
+        v
+    };
+    a.len() == b.len() && sorted(a) == sorted(b)
 }
 
 fn observed_sha(seen: &FileState) -> Option<String> {

@@ -1343,11 +1343,14 @@ fn report(
     for s in &hc.services {
         printer.event(json!({"event": "service-action", "host": hp.name(), "service": s.service, "action": s.action}));
     }
-    let services: Vec<String> = hc
+    let mut services: Vec<String> = hc
         .services
         .iter()
         .map(|s| format!("{} {}", s.service, s.action.as_str()))
         .collect();
+    if hc.record_manifest && hc.files.is_empty() {
+        services.push("manifest recorded".into());
+    }
     printer.host_done(hp.name(), "applied");
     printer.status(
         "Applied",

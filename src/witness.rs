@@ -499,6 +499,7 @@ mod tests {
 
     #[test]
     fn the_state_it_stands_for_diffs_as_in_sync_under_either_init() {
+        use crate::diff::diff_host;
         let (hp, secrets) = web_only();
         let w = Witness::for_host(&hp, &secrets)
             .unwrap()
@@ -510,12 +511,36 @@ mod tests {
                 pids: vec![("nginx".into(), 42)],
             };
             let st = w.state(&seen);
-            let hc = crate::diff::diff_host(&hp, &st, &secrets).unwrap();
+            let hc = diff_host(&hp, &st, &secrets).unwrap();
             assert!(hc.is_empty(), "{init:?}: {hc:?}");
             assert!(hc.services.is_empty() && hc.create_users.is_empty() && hc.install.is_empty());
             // What commit would record is what the script compares the manifest with.
             assert_eq!(hc.manifest, w.manifest(init));
             assert_eq!(st.services["nginx"].pid, Some(42));
+
+            // The manifest in another order is the same manifest.
+            let mut reordered = st.clone();
+            reordered.manifest.reverse();
+            assert!(diff_host(&hp, &reordered, &secrets).unwrap().is_empty());
+            // Files as planned but no manifest (put there by hand or another tool), or one
+            // that lists a file gone since: apply records the manifest, nothing else.
+            let mut stale = st.clone();
+            stale.manifest.push(ManifestEntry {
+                path: "/etc/nginx/conf.d/gone.conf".into(),
+                ..st.manifest[0].clone()
+            });
+            for other in [
+                HostState {
+                    manifest: Vec::new(),
+                    ..st.clone()
+                },
+                stale,
+            ] {
+                let hc = diff_host(&hp, &other, &secrets).unwrap();
+                assert!(hc.record_manifest && !hc.is_empty(), "{init:?}: {hc:?}");
+                assert!(hc.files.is_empty() && hc.services.is_empty());
+                assert_eq!(hc.manifest, w.manifest(init));
+            }
         }
     }
 

@@ -401,6 +401,12 @@ pub fn print_changes(changes: &Changes, p: &Printer, command: &str) -> bool {
                 if rel.upload { ", upload" } else { "" }
             ));
         }
+        if hc.record_manifest && hc.files.is_empty() {
+            p.out(format!(
+                "  record the managed-file manifest ({} files, already as planned)",
+                hc.manifest.len()
+            ));
+        }
         for f in &hc.files {
             files += 1;
             p.out(format!("  {:?} {} ({})", f.kind, f.path, f.service).to_lowercase());
