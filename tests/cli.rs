@@ -66,6 +66,16 @@ fn bash_accepts_the_completion_script() {
     );
 }
 
+/// A local port nothing listens on (bound, noted, closed), and a directory for ERRFILE.
+fn refused_port() -> (u16, tempfile::TempDir) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    (port, tempfile::tempdir().unwrap())
+}
+
 /// `ssh-connect` is ssh's ProxyCommand for the binary's own connections: it works when
 /// called, and no help, completion script or man page offers it.
 #[test]
@@ -83,12 +93,7 @@ fn the_internal_ssh_connect_entry_is_nowhere_in_the_interface() {
         assert!(!text.contains("ssh-connect"), "{args:?} offers ssh-connect");
     }
     // A refused port: exit 1, the reason in ERRFILE (where the master looks for it).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
+    let (port, dir) = refused_port();
     let errfile = dir.path().join("err");
     let out = cli()
         .args(["ssh-connect", "127.0.0.1", &port.to_string(), "5"])
@@ -122,12 +127,7 @@ fn as_sshs_shell_it_runs_its_connector_and_hands_the_rest_to_the_users_shell() {
     }
     // Its own line runs here: a user shell that does not exist is never started.
     let exe = std::fs::canonicalize(assert_cmd::cargo::cargo_bin("foobar-infra")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
+    let (port, dir) = refused_port();
     let errfile = dir.path().join("err");
     let line = format!(
         "exec {} ssh-connect 127.0.0.1 {port} 5 {}",
