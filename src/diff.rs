@@ -77,6 +77,11 @@ impl HostChanges {
         self.files_unchanged() && self.db.is_none() && self.release.is_none()
     }
 
+    /// Only the manifest to record: every planned file already in place.
+    pub fn manifest_only(&self) -> bool {
+        self.record_manifest && self.files.is_empty()
+    }
+
     /// Nothing to stage or commit (a database change may remain).
     pub fn files_unchanged(&self) -> bool {
         self.files.is_empty()

@@ -1348,7 +1348,7 @@ fn report(
         .iter()
         .map(|s| format!("{} {}", s.service, s.action.as_str()))
         .collect();
-    if hc.record_manifest && hc.files.is_empty() {
+    if hc.manifest_only() {
         services.push("manifest recorded".into());
     }
     printer.host_done(hp.name(), "applied");

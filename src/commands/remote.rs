@@ -401,7 +401,7 @@ pub fn print_changes(changes: &Changes, p: &Printer, command: &str) -> bool {
                 if rel.upload { ", upload" } else { "" }
             ));
         }
-        if hc.record_manifest && hc.files.is_empty() {
+        if hc.manifest_only() {
             p.out(format!(
                 "  record the managed-file manifest ({} files, already as planned)",
                 hc.manifest.len()
