@@ -175,6 +175,12 @@ pub struct Changes {
     #[serde(default)]
     pub topology: Topology,
     pub hosts: Vec<HostChanges>,
+    /// Web servers that were UP at a load balancer when observed: only those are
+    /// waited for when they go back into the pool (one never in service, e.g. on the
+    /// first deploy, cannot pass its health check before its release and database are
+    /// in place).
+    #[serde(default)]
+    pub in_service: Vec<String>,
 }
 
 impl Changes {
@@ -433,7 +439,28 @@ pub fn diff(
         .filter_map(|hp| observed.get(hp.name()).map(|st| diff_host(hp, st, secrets)))
         .collect::<Result<_>>()?;
     let topology = topology(plan, observed, &hosts);
-    Ok(Changes { topology, hosts })
+    let in_service = in_service(plan, observed);
+    Ok(Changes {
+        topology,
+        hosts,
+        in_service,
+    })
+}
+
+/// The web servers some load balancer of the plan reported UP.
+fn in_service(plan: &Plan, observed: &BTreeMap<String, HostState>) -> Vec<String> {
+    let mut up: Vec<String> = plan
+        .hosts
+        .iter()
+        .filter_map(|hp| observed.get(hp.name()))
+        .filter_map(|st| st.haproxy.as_ref().and_then(|v| v.as_array()))
+        .flatten()
+        .filter(|s| s["backend"] == "web" && s["status"].as_str().is_some_and(|x| x.starts_with("UP")))
+        .filter_map(|s| s["server"].as_str().map(str::to_string))
+        .collect();
+    up.sort();
+    up.dedup();
+    up
 }
 
 /// What changes in the stack's shape, from the plan and what the hosts report.
@@ -532,5 +559,23 @@ mod tests {
         let t = topology(&plan, &observed, &[]);
         assert_eq!(t.backends_removed, ["web-03"]);
         assert_eq!(t.backends_added, ["web-02"]);
+    }
+
+    #[test]
+    fn only_servers_up_at_a_balancer_count_as_in_service() {
+        let plan = crate::render::lab_plan();
+        let mut lb = balancer_serving(&["web-01", "web-02"]);
+        lb.haproxy = Some(serde_json::json!([
+            {"backend": "web", "server": "web-01", "status": "UP"},
+            {"backend": "web", "server": "web-02", "status": "DOWN"},
+            {"backend": "stats", "server": "web-03", "status": "UP"},
+        ]));
+        let observed = BTreeMap::from([("lb-01".to_string(), lb)]);
+        assert_eq!(in_service(&plan, &observed), ["web-01"]);
+        // A fresh balancer (the distribution's HAProxy, no `web` backend): nobody.
+        let mut fresh = balancer_serving(&[]);
+        fresh.haproxy = Some(serde_json::json!([]));
+        let observed = BTreeMap::from([("lb-01".to_string(), fresh)]);
+        assert!(in_service(&plan, &observed).is_empty());
     }
 }

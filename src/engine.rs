@@ -21,7 +21,7 @@ use crate::plan::{HostPlan, Plan, Service, ServiceAction};
 use crate::remote::agent::{self, AgentError, CheckedAnswer, HostState};
 use crate::remote::ssh::{self, SshRemote};
 use crate::remote::Remote;
-use crate::render::{paths, ports};
+use crate::render::paths;
 use crate::secrets::Secrets;
 use crate::witness::{parse_in_sync, Witness};
 
@@ -451,34 +451,6 @@ pub fn chrono_now() -> String {
     )
 }
 
-/// How the service is checked after its action.
-fn service_check(svc: Service) -> Value {
-    match svc {
-        Service::Nginx | Service::Haproxy => json!({"tcp": "127.0.0.1:80", "timeout_s": 10}),
-        Service::Mariadb => {
-            json!({"command": ["mariadb-admin", "ping", "--silent"], "timeout_s": 60})
-        }
-        Service::Mysql => json!({"command": ["mysqladmin", "ping", "--silent"], "timeout_s": 60}),
-        Service::App | Service::Keepalived => json!({"running": true, "timeout_s": 20}),
-        Service::Firewall => json!({"running": true, "timeout_s": 10}),
-        Service::Prometheus => {
-            json!({"tcp": format!("127.0.0.1:{}", ports::PROMETHEUS), "timeout_s": 30})
-        }
-        Service::NodeExporter => {
-            json!({"tcp": format!("127.0.0.1:{}", ports::NODE_EXPORTER), "timeout_s": 20})
-        }
-        Service::NginxExporter => {
-            json!({"tcp": format!("127.0.0.1:{}", ports::NGINX_EXPORTER), "timeout_s": 20})
-        }
-        Service::MysqldExporter => {
-            json!({"tcp": format!("127.0.0.1:{}", ports::MYSQLD_EXPORTER), "timeout_s": 20})
-        }
-        Service::BlackboxExporter => {
-            json!({"tcp": format!("127.0.0.1:{}", ports::BLACKBOX_EXPORTER), "timeout_s": 20})
-        }
-    }
-}
-
 fn validator(svc: Service, hp: &HostPlan) -> Option<Value> {
     match svc {
         Service::Nginx => {
@@ -564,7 +536,7 @@ fn actions(hp: &HostPlan, hc: &HostChanges) -> Vec<Value> {
     hc.services
         .iter()
         .map(|s| {
-            let check = (s.action != ServiceAction::Stop).then(|| service_check(s.service));
+            let check = (s.action != ServiceAction::Stop).then(|| crate::services::check(s.service));
             let mut a =
                 json!({"service": s.service.unit(), "action": s.action.as_str(), "check": check});
             if let (Service::Firewall, Some(secs)) = (s.service, hp.firewall_guard_s) {
@@ -732,6 +704,17 @@ pub async fn apply(
             }
             printer.event(json!({"event": "database", "host": host, "change": change}));
         }
+        // Web servers whose database converged only now went back into the pool without
+        // a wait (their health check needs the database): those that served before the
+        // run must serve again (the others are waited for at their release switch).
+        let lbs = balancers(plan, remotes);
+        for (host, _) in &db_changes {
+            let served = changes.in_service.iter().any(|s| s == host);
+            let switches = changes.host(host).is_some_and(|hc| hc.release.is_some());
+            if served && !switches {
+                set_backend_state(&lbs, host, "ready", true, printer).await?;
+            }
+        }
     }
     // Releases next: the application needs its database accounts to pass its check.
     for (host, secs) in rollout_releases(plan, changes, remotes, printer).await? {
@@ -826,10 +809,11 @@ pub async fn rollout_one(
     lbs: &[(&HostPlan, &dyn Remote)],
     printer: &Printer,
 ) -> Result<()> {
-    set_backend_state(lbs, hp.name(), "drain", printer).await?;
+    set_backend_state(lbs, hp.name(), "drain", true, printer).await?;
     printer.status("Switching", format!("{} to release {id}", hp.name()));
     let result = switch_release(hp, r, id).await.map(|_| ());
-    let back = set_backend_state(lbs, hp.name(), "ready", printer).await;
+    // Its release and database are in place: it must pass its health check now.
+    let back = set_backend_state(lbs, hp.name(), "ready", true, printer).await;
     result?;
     back
 }
@@ -1083,7 +1067,7 @@ async fn apply_files<'a>(
     if !changes.topology.backends_removed.is_empty() {
         let lbs = balancers(plan, remotes);
         for server in &changes.topology.backends_removed {
-            if let Err(e) = set_backend_state(&lbs, server, "drain", printer).await {
+            if let Err(e) = set_backend_state(&lbs, server, "drain", true, printer).await {
                 abort(
                     &[to_stage.as_slice(), deferred.as_slice()].concat(),
                     run,
@@ -1128,7 +1112,12 @@ async fn apply_files<'a>(
         for (hp, hc, r) in serial {
             pending.retain(|(p, _, _)| p.name() != hp.name());
             let t0 = Instant::now();
-            match roll_host(hp, hc, r, &lbs, run, rotation, printer, &mut done).await {
+            // Only a server that was in service is waited for when it goes back: one
+            // never in service (first deploy) or seeded as a replica after this phase
+            // cannot pass its health check yet (its release or database comes later).
+            let wait_ready = changes.in_service.iter().any(|s| s == hp.name()) && hc.db.is_none();
+            let step = Step { lbs: &lbs, run, rotation, wait_ready, printer };
+            match roll_host(hp, hc, r, &step, &mut done).await {
                 Ok(()) => reports.push(report(hp, hc, t0.elapsed(), "applied", printer)),
                 Err(e) => {
                     failure = Some(format!("{e:#}"));
@@ -1194,22 +1183,35 @@ struct Done<'a> {
     committed: Vec<Work<'a>>,
 }
 
+/// What every host of the rolling group shares.
+struct Step<'s> {
+    lbs: &'s [(&'s HostPlan, &'s dyn Remote)],
+    run: &'s RunInfo,
+    rotation: Option<&'s Rotation<'s>>,
+    /// Wait (bounded) until the load balancers see the host UP again.
+    wait_ready: bool,
+    printer: &'s Printer,
+}
+
 /// One host of the rolling group: drained on every load balancer, committed, switched
 /// to its new release, checked, and put back into the pool.
-#[allow(clippy::too_many_arguments)] // one host's step of the rolling group: all of it is needed
 async fn roll_host<'a>(
     hp: &'a HostPlan,
     hc: &'a HostChanges,
     r: &'a dyn Remote,
-    lbs: &[(&HostPlan, &dyn Remote)],
-    run: &RunInfo,
-    rotation: Option<&Rotation<'_>>,
-    printer: &Printer,
+    step: &Step<'_>,
     done: &mut Done<'a>,
 ) -> Result<()> {
+    let Step {
+        lbs,
+        run,
+        rotation,
+        wait_ready,
+        printer,
+    } = *step;
     let web = hp.host.has(Role::Web);
     if web {
-        set_backend_state(lbs, hp.name(), "drain", printer).await?;
+        set_backend_state(lbs, hp.name(), "drain", true, printer).await?;
     }
     let result = async {
         let app_restarts = hc
@@ -1246,7 +1248,7 @@ async fn roll_host<'a>(
     .await;
     if web {
         // Back into the pool whatever happened: on failure its old state was restored.
-        let back = set_backend_state(lbs, hp.name(), "ready", printer).await;
+        let back = set_backend_state(lbs, hp.name(), "ready", wait_ready, printer).await;
         result?;
         return back;
     }
@@ -1272,26 +1274,29 @@ async fn switch_release(hp: &HostPlan, r: &dyn Remote, id: &str) -> Result<Value
     })
 }
 
-/// Sets a web server's state in the `web` backend of every load balancer.
+/// Sets a web server's state in the `web` backend of every load balancer; with `wait`,
+/// until its sessions ended (drain) or its health check passes (ready), bounded.
 async fn set_backend_state(
     lbs: &[(&HostPlan, &dyn Remote)],
     server: &str,
     state: &str,
+    wait: bool,
     printer: &Printer,
 ) -> Result<()> {
+    let timeout_s = if wait { 30 } else { 0 };
     for (lb, r) in lbs {
         printer.detail("Balancer", format!("{}: {server} -> {state}", lb.name()));
         let answer = agent::call(
             *r,
             "haproxy-server",
-            json!({"op": "haproxy-server", "backend": "web", "server": server, "state": state, "timeout_s": 30}),
+            json!({"op": "haproxy-server", "backend": "web", "server": server, "state": state, "timeout_s": timeout_s}),
         )
         .await
         .map_err(|e| anyhow::anyhow!(host_error(lb.name(), &format!("setting {server} to {state}"), &e)))?;
         if answer["absent"] == true {
             continue;
         }
-        if state == "ready" && !answer["status"].as_str().unwrap_or("").starts_with("UP") {
+        if wait && state == "ready" && !answer["status"].as_str().unwrap_or("").starts_with("UP") {
             printer.warn(format!(
                 "{}: {server} is {} after 30 s",
                 lb.name(),

@@ -16,6 +16,7 @@ pub mod release;
 pub mod remote;
 pub mod render;
 pub mod secrets;
+pub mod services;
 pub mod templates;
 pub mod validate;
 pub mod witness;

@@ -19,6 +19,7 @@ are written to files; subprocess output never goes to our own stdout.
 """
 
 import grp
+import json  # every request and answer (it brings `re`); BENCHMARKS.md has the cost
 import os
 import pwd
 import stat
@@ -29,7 +30,7 @@ import time
 class _Lazy:
     """A module imported on first use: a no-op observe never pays for what only
     staging, committing or the database need. Imports are most of its cost: on the lab
-    (containers on fuse-overlayfs) `re` alone costs ~14 ms, `json` ~17 ms with it."""
+    (containers on fuse-overlayfs) `re` alone costs ~14 ms."""
 
     def __init__(self, name):
         self._name, self._module = name, None
@@ -63,65 +64,7 @@ def chars_ok(s, allowed, maxlen, first=None):
 ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 
 
-class _Json:
-    """json's loads/dumps/load/dump on its C accelerator (_json) alone: the json package
-    imports re, enum, functools and collections (~17 ms of a no-op observe on the lab).
-    What the accelerator cannot do (indent) goes to the real module."""
-
-    def __init__(self):
-        self._scan, self._c = None, None
-
-    def _accel(self):
-        if self._c is None:
-            try:
-                import _json
-                self._c = _json
-            except ImportError:  # pragma: no cover (a Python without the accelerator)
-                self._c = False
-        return self._c
-
-    def loads(self, text):
-        if isinstance(text, (bytes, bytearray)):
-            text = text.decode("utf-8")
-        c = self._accel()
-        if not c:
-            return _real_json.loads(text)
-        if self._scan is None:
-            consts = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
-
-            class Context:
-                strict, object_hook, object_pairs_hook = True, None, None
-                parse_float, parse_int, parse_constant, memo = float, int, consts.__getitem__, {}
-            self._scan = c.make_scanner(Context())
-        body = text.strip(" \t\n\r")
-        try:
-            value, end = self._scan(body, 0)
-        except StopIteration as e:
-            raise ValueError("invalid JSON: expecting a value at character %s" % e.value)
-        if end != len(body):
-            raise ValueError("invalid JSON: extra data at character %d" % end)
-        return value
-
-    def dumps(self, obj, sort_keys=False, indent=None):
-        c = self._accel()
-        if indent is not None or not c:
-            return _real_json.dumps(obj, sort_keys=sort_keys, indent=indent)
-
-        def default(o):
-            raise TypeError("Object of type %s is not JSON serializable" % type(o).__name__)
-        encode = c.make_encoder(None, default, c.encode_basestring_ascii, None, ": ", ", ",
-                                sort_keys, False, True)
-        return "".join(encode(obj, 0))
-
-    def load(self, f):
-        return self.loads(f.read())
-
-    def dump(self, obj, f, **kw):
-        f.write(self.dumps(obj, **kw))
-
-
-json = _Json()
-_real_json = _Lazy("json")
+hashlib = _Lazy("hashlib")  # not _sha256 (gone in 3.12): OpenSSL loads only where something is hashed
 re = _Lazy("re")
 datetime = _Lazy("datetime")
 fcntl = _Lazy("fcntl")
@@ -130,10 +73,6 @@ socket = _Lazy("socket")
 subprocess = _Lazy("subprocess")
 tempfile = _Lazy("tempfile")
 traceback = _Lazy("traceback")
-try:  # the builtin sha256 avoids loading OpenSSL
-    from _sha256 import sha256 as _sha256_new
-except ImportError:  # pragma: no cover
-    from hashlib import sha256 as _sha256_new
 
 STATE_DIR = "/var/lib/foobar-infra"
 LOCK = os.path.join(STATE_DIR, "lock.json")
@@ -407,7 +346,7 @@ def parse_mode(m, default=0o644):
 
 
 def sha256_file(path):
-    h = _sha256_new()
+    h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
@@ -459,7 +398,7 @@ def file_info(path, desired=None, max_content=0, want_content=False):
         return info
     with open(path, "rb") as f:
         data = f.read(max_content + 1) if want_content else b""
-        h = _sha256_new(data)
+        h = hashlib.sha256(data)
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     info["sha256"] = h.hexdigest()
@@ -754,10 +693,13 @@ def enable_service(name, init):
         run(["update-rc.d", name, "defaults"])
 
 
-def run_check(name, check, init):
-    """Poll a health check (validated by check_actions). None on success, else what failed."""
+def run_check(name, check, init, before=None, action=None, since=0.0):
+    """Poll a health check (validated by check_actions). None on success, else what failed.
+    A "live" check (live.py) compares what runs after the action with `before`."""
     if not check:
         return None
+    if "live" in check:
+        return live_confirm(name, check, before or {}, action, since, init)
     if "tcp" in check:
         deadline = now() + float(check.get("timeout_s", 10))
         host, _, port = str(check["tcp"]).rpartition(":")
@@ -952,7 +894,7 @@ def write_staged(entry, rid, record, save):
     make_parents(path, record["dirs"])
     new = staged_name(path, rid)
     record["files"].append({"path": path, "staged": new, "service": entry.get("service"),
-                            "sha256": _sha256_new(data).hexdigest()})
+                            "sha256": hashlib.sha256(data).hexdigest()})
     save()  # recorded before it exists, so a crash can always be cleaned up
     if os.path.lexists(new):
         os.unlink(new)
@@ -1251,6 +1193,13 @@ def check_actions(actions):
             float(c.get("timeout_s", 0))
             if "tcp" in c:
                 int(str(c["tcp"]).rpartition(":")[2])
+            elif "live" in c:
+                if c["live"] not in LIVE_KINDS:
+                    raise ValueError("unknown live check %r" % c["live"])
+                if c["live"] in ("haproxy", "mariadb"):
+                    safe_path(c.get("config"), "check.config")
+                if not isinstance(c.get("tcp", []), list):
+                    raise ValueError("tcp must be a list of HOST:PORT")
             elif "command" in c:
                 if not isinstance(c["command"], list) or not c["command"] or \
                         not all(isinstance(x, str) for x in c["command"]):
@@ -1272,6 +1221,7 @@ def run_actions(actions, init, rid=None):
         guard = a.get("guard")
         if guard and rid and a["action"] != "stop":
             firewall_arm(rid, safe_path(guard["path"], "guard.path"), float(guard["seconds"]))
+        before = live_snapshot(name, a.get("check"))
         try:
             code, out, ran = service_action(name, a["action"], init)
         except BaseException:
@@ -1283,7 +1233,7 @@ def run_actions(actions, init, rid=None):
         if code != 0:
             raise AgentError("service", "%s %s failed (exit %s)" % (name, ran, code), service=name,
                              action=ran, output=tail(out.strip() + log_tail(name)))
-        problem = run_check(name, a.get("check"), init)
+        problem = run_check(name, a.get("check"), init, before, ran, t0)
         if problem:
             if guard:
                 firewall_disarm()
@@ -1295,13 +1245,26 @@ def run_actions(actions, init, rid=None):
 
 
 def reload_again(actions, init):
-    """After restoring files: reload/restart each service once more, best effort."""
-    seen = set()
+    """After restoring files: reload/restart each service once more and, where it has a
+    live check, confirm it runs the restored files. Returns what did not come back."""
+    seen, problems = set(), []
     for a in actions:
-        if a["service"] in seen:
+        name = a["service"]
+        if name in seen:
             continue
-        seen.add(a["service"])
-        service_action(a["service"], "restart" if a["action"] == "restart" else "reload", init)
+        seen.add(name)
+        check = a.get("check") if "live" in (a.get("check") or {}) else None
+        before, t0 = live_snapshot(name, check), now()
+        try:
+            code, out, ran = service_action(name, "restart" if a["action"] == "restart" else "reload", init)
+        except Exception as e:
+            problems.append("%s: %s" % (name, e))
+            continue
+        problem = ("%s failed (exit %s): %s" % (ran, code, headline(out))) if code != 0 else \
+            run_check(name, check, init, before, ran, t0)
+        if problem:
+            problems.append("%s: %s" % (name, problem.splitlines()[0]))
+    return problems
 
 
 def prune_agent_cache(keep=3):
@@ -1404,11 +1367,12 @@ def op_commit(req):
         problems = restore_backups(rid, entries, state["dirs"]) if changed else []
         for f in record["files"]:
             remove_quiet(f["staged"])
+        not_back = []
         if changed:
             try:
-                reload_again([a for a in actions if a["action"] != "stop"], init)
-            except Exception:
-                pass
+                not_back = reload_again([a for a in actions if a["action"] != "stop"], init)
+            except Exception as again:
+                not_back = ["%s: %s" % (type(again).__name__, again)]
         for a in actions:
             if a["action"] == "stop":  # its files are back: so is the service
                 try:
@@ -1420,6 +1384,8 @@ def op_commit(req):
             msg += "; RESTORING FAILED for: " + "; ".join(problems)
         elif changed:
             msg += "; the previous files were restored"
+        if not_back:
+            msg += "; after the restore these do NOT run them: " + "; ".join(not_back)
         state["state"] = "restored"
         try:
             write_json_atomic(bj, state)

@@ -48,6 +48,7 @@ pub fn show(path: &Path, p: &Printer) -> Result<Outcome> {
     let changes = Changes {
         topology: Default::default(),
         hosts,
+        in_service: Vec::new(),
     };
     let pending = remote::print_changes(&changes, p, "diff");
     Ok(if pending {

@@ -18,6 +18,7 @@ pub const AGENT: &str = concat!(
     include_str!("../agent/db.py"),
     include_str!("../agent/release.py"),
     include_str!("../agent/firewall.py"),
+    include_str!("../agent/live.py"),
     include_str!("../agent/daemon.py"),
     include_str!("../agent/run.py"),
 );
