@@ -455,7 +455,9 @@ fn in_service(plan: &Plan, observed: &BTreeMap<String, HostState>) -> Vec<String
         .filter_map(|hp| observed.get(hp.name()))
         .filter_map(|st| st.haproxy.as_ref().and_then(|v| v.as_array()))
         .flatten()
-        .filter(|s| s["backend"] == "web" && s["status"].as_str().is_some_and(|x| x.starts_with("UP")))
+        .filter(|s| {
+            s["backend"] == "web" && s["status"].as_str().is_some_and(|x| x.starts_with("UP"))
+        })
         .filter_map(|s| s["server"].as_str().map(str::to_string))
         .collect();
     up.sort();

@@ -536,7 +536,8 @@ fn actions(hp: &HostPlan, hc: &HostChanges) -> Vec<Value> {
     hc.services
         .iter()
         .map(|s| {
-            let check = (s.action != ServiceAction::Stop).then(|| crate::services::check(s.service));
+            let check =
+                (s.action != ServiceAction::Stop).then(|| crate::services::check(s.service));
             let mut a =
                 json!({"service": s.service.unit(), "action": s.action.as_str(), "check": check});
             if let (Service::Firewall, Some(secs)) = (s.service, hp.firewall_guard_s) {
@@ -1116,7 +1117,13 @@ async fn apply_files<'a>(
             // never in service (first deploy) or seeded as a replica after this phase
             // cannot pass its health check yet (its release or database comes later).
             let wait_ready = changes.in_service.iter().any(|s| s == hp.name()) && hc.db.is_none();
-            let step = Step { lbs: &lbs, run, rotation, wait_ready, printer };
+            let step = Step {
+                lbs: &lbs,
+                run,
+                rotation,
+                wait_ready,
+                printer,
+            };
             match roll_host(hp, hc, r, &step, &mut done).await {
                 Ok(()) => reports.push(report(hp, hc, t0.elapsed(), "applied", printer)),
                 Err(e) => {
