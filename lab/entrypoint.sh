@@ -1,22 +1,69 @@
 #!/usr/bin/env bash
-# PID 1 of a foobar-infra lab container (installed as /usr/local/sbin/lab-entrypoint).
-# There is no systemd in the containers: this script does the little an init must do
-# for the lab, i.e. start the services of $LAB_SERVICES, run sshd in the foreground of
-# `docker logs`, and stop the services cleanly on `docker stop`/`docker restart`.
+# PID 1 of a Debian 12 (bookworm) foobar-infra lab container (installed as
+# /usr/local/sbin/lab-entrypoint). There is no systemd in these containers: this script
+# does the little an init must do for the lab, as a sysvinit boot would:
+#   - first start only (marker /var/lib/foobar-lab/first-start-done): the image has every
+#     installed service enabled by its package; `update-rc.d NAME disable` each stack
+#     service not in $LAB_SERVICES (and enable those in it);
+#   - every start: start each enabled stack or foobar-* service (an S??NAME link in
+#     /etc/rc2.d), in link order, so that after a restart exactly the services enabled
+#     at boot come back;
+#   - run sshd in the foreground of `docker logs`, and stop the services cleanly
+#     (MariaDB first) on `docker stop`/`docker restart`.
 #
 # Env:
 #   LAB_AUTHORIZED_KEY  public key allowed to log in as root and as deploy
-#   LAB_SERVICES        space-separated init scripts to start, e.g. "nginx mariadb"
+#   LAB_SERVICES        space-separated services this host runs, e.g. "nginx mariadb"
 set -euo pipefail
 
 log() { echo "lab-entrypoint: $*" >&2; }
 
-services=(${LAB_SERVICES:-})
-# Services foobar-infra installed and enabled (update-rc.d) start at boot too, as on a
-# real host.
-for link in /etc/rc2.d/S*foobar-* /etc/rc2.d/S*keepalived; do
-    [[ -e $link ]] && services+=("$(basename "$link" | sed 's/^S[0-9]*//')")
-done
+# The stack's services (same list as lab/setup.sh). Only these and foobar-* are started
+# from rc2.d: hwclock, procps and the like are not daemons (and ssh is this script's).
+STACK=(nginx haproxy mariadb keepalived prometheus prometheus-node-exporter
+       prometheus-mysqld-exporter prometheus-nginx-exporter prometheus-blackbox-exporter)
+MARKER=/var/lib/foobar-lab/first-start-done
+read -r -a wanted <<<"${LAB_SERVICES:-}"
+
+in_list() {
+    local x=$1; shift
+    local y
+    for y in "$@"; do [[ $x == "$y" ]] && return 0; done
+    return 1
+}
+
+if [[ ! -e $MARKER ]]; then
+    for s in "${STACK[@]}"; do
+        [[ -x /etc/init.d/$s ]] || continue
+        if in_list "$s" "${wanted[@]}"; then
+            # `enable` needs links to modify; `defaults` adds them only when none exist.
+            compgen -G "/etc/rc2.d/[SK][0-9][0-9]$s" >/dev/null || update-rc.d "$s" defaults
+            update-rc.d "$s" enable
+        else
+            update-rc.d "$s" disable
+            log "first start: disabled $s"
+        fi
+    done
+    for s in "${wanted[@]}"; do
+        in_list "$s" "${STACK[@]}" || [[ -x /etc/init.d/$s ]] || log "LAB_SERVICES names $s, which has no init script"
+    done
+    mkdir -p "${MARKER%/*}"
+    touch "$MARKER"
+fi
+
+# Enabled services, in link order (the glob sorts S01... before S02...).
+enabled_services() {
+    local link name
+    for link in /etc/rc2.d/S[0-9][0-9]*; do
+        [[ -e $link ]] || continue
+        name=${link##*/}
+        name=${name:3}
+        if in_list "$name" "${STACK[@]}" || [[ $name == foobar-* ]]; then
+            echo "$name"
+        fi
+    done
+}
+mapfile -t services < <(enabled_services)
 
 # A hard kill (or the image itself) can leave PID files behind; haproxy, nginx and
 # keepalived then refuse to start or report a dead process as running.
@@ -81,17 +128,26 @@ done
 
 sshd_pid=
 
-# Stop MariaDB first (as a real shutdown would), then the rest, then sshd. MariaDB
-# is stopped whenever it runs, even if the tool started it rather than LAB_SERVICES:
-# killed by the kernel it would run crash recovery on its next start.
+# Stop MariaDB first (as a real shutdown would), then the rest in reverse link order,
+# then sshd. MariaDB is stopped whenever it runs, even if the tool started it rather
+# than this script: killed by the kernel it would run crash recovery on its next start.
+# "The rest" is what this script started plus what was enabled since (the tool enables
+# and starts keepalived, foobar-* units...), when it runs.
 stop_all() {
     trap - TERM INT
     log "stopping"
-    local s
-    if [[ -e /run/mysqld/mysqld.pid ]] || [[ " ${services[*]} " == *" mariadb "* ]]; then
+    local s i now=() stop=()
+    mapfile -t now < <(enabled_services)
+    for s in "${services[@]}"; do stop+=("$s"); done
+    for s in "${now[@]}"; do
+        in_list "$s" "${stop[@]}" && continue
+        service "$s" status >/dev/null 2>&1 && stop+=("$s")
+    done
+    if [[ -e /run/mysqld/mysqld.pid ]] || in_list mariadb "${stop[@]}"; then
         service mariadb stop || log "mariadb stop failed"
     fi
-    for s in "${services[@]}"; do
+    for ((i = ${#stop[@]} - 1; i >= 0; i--)); do
+        s=${stop[i]}
         [[ $s == mariadb ]] && continue
         service "$s" stop || log "$s stop failed"
     done
