@@ -187,20 +187,27 @@ def live_problem(name, check, before, action):
 
 
 def service_message(name, since, init):
-    """The service's own words since `since` (the journal on systemd, else its log file)."""
+    """The service's own words since `since`: its log file (nginx's master writes a failed
+    reload there), then on systemd its journal."""
+    said = log_tail(name)
     if init == "systemd":
         code, out, _ = capture(["journalctl", "--no-pager", "-o", "cat", "-n", "20", "-u", name,
                                 "--since", "@%d" % int(since)], timeout=10)
         lines = [l for l in out.splitlines() if l.strip()]
         if code == 0 and lines:
-            return "\n--- journalctl -u %s ---\n%s" % (name, "\n".join(lines))
-        return ""
-    return log_tail(name)
+            said += "\n--- journalctl -u %s ---\n%s" % (name, "\n".join(lines))
+    return said
 
 
-def live_confirm(name, check, before, action, since, init):
+def severe_line(text):
+    """The first error-looking line of text, without timestamp/pid prefixes ("" if none)."""
+    lines = [l for l in text.splitlines() if SEVERE.search(l)]
+    return headline(lines[0]) if lines else ""
+
+
+def live_confirm(name, check, before, action, since, init, out=""):
     """Poll until the service shows the new config (None), or the deadline: the problem
-    with the service's own message."""
+    with the service's own message (its journal or log, or what the action printed)."""
     deadline = now() + float(check.get("timeout_s", 15))
     while True:
         problem = live_problem(name, check, before, action)
@@ -210,5 +217,5 @@ def live_confirm(name, check, before, action, since, init):
     if not problem:
         return None
     said = service_message(name, since, init)
-    best = headline(said) if said else ""
+    best = severe_line(said) or severe_line(out)
     return ("%s (%s says: %s)" % (problem, name, best) if best else problem) + said
