@@ -133,6 +133,7 @@ sshd_pid=
 # than this script: killed by the kernel it would run crash recovery on its next start.
 # "The rest" is what this script started plus what was enabled since (the tool enables
 # and starts keepalived, foobar-* units...), when it runs.
+# shellcheck disable=SC2317 # run by the trap below
 stop_all() {
     trap - TERM INT
     log "stopping"

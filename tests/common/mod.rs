@@ -46,6 +46,8 @@ pub fn lab() -> Option<MutexGuard<'static, ()>> {
             eprintln!("\n!!!!!!!! SKIPPING END-TO-END LAB TESTS: no working Docker daemon (docker info failed) !!!!!!!!\n");
             return false;
         }
+        // lab/up reads LAB_OS: the kind of every host (debian13 unless set).
+        eprintln!("lab: {} hosts (LAB_OS)", lab_os());
         // A fresh lab unless the developer asks to reuse the running one.
         if std::env::var("FOOBAR_LAB_REUSE").is_err() {
             sh(&root().join("lab/down"), &[]);
@@ -247,16 +249,84 @@ pub fn lab_variant(name: &str, edit: impl Fn(&str) -> String) -> PathBuf {
     path
 }
 
-/// Count of "Starting session: command" lines sshd logged since `since` (RFC 3339).
-pub fn sshd_sessions_since(host: &str, since: &str) -> usize {
-    let out = docker(&["logs", "--since", since, &format!("foobar-lab-{host}")]);
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+/// The kind of lab the fixture makes: `LAB_OS` (what `lab/up` reads), default debian13.
+pub fn lab_os() -> String {
+    std::env::var("LAB_OS")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "debian13".to_string())
+}
+
+/// The kind of a lab host ("debian12" or "debian13"), from its container's
+/// `foobar-lab.os` label (a container made before kinds existed is debian12).
+pub fn host_os(host: &str) -> String {
+    let out = docker(&[
+        "container",
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"foobar-lab.os\"}}",
+        &format!("foobar-lab-{host}"),
+    ]);
+    assert!(
+        out.status.success(),
+        "docker inspect {host}: {}",
+        text(&out)
     );
-    all.lines()
-        .filter(|l| l.contains("Starting session: command"))
+    match String::from_utf8_lossy(&out.stdout).trim() {
+        "" => "debian12".to_string(),
+        os => os.to_string(),
+    }
+}
+
+/// Count of "Starting session: command" lines sshd logged since `since` (a
+/// [`docker_now`] timestamp: Unix seconds with fractions). sshd logs to `docker logs`
+/// on debian12 and to the journal on debian13 (read whole: sshd-session processes are
+/// not reliably tagged with ssh.service).
+pub fn sshd_sessions_since(host: &str, since: &str) -> usize {
+    const MARK: &str = "Starting session: command";
+    let c = format!("foobar-lab-{host}");
+    if host_os(host) == "debian12" {
+        let out = docker(&["logs", "--since", since, &c]);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return all.lines().filter(|l| l.contains(MARK)).count();
+    }
+    let since_s: f64 = since.parse().unwrap_or_else(|_| {
+        panic!("sshd_sessions_since wants a docker_now() timestamp, not {since:?}")
+    });
+    // Whatever journald still holds in memory reaches the files (and so the reader).
+    let sync = docker(&["exec", &c, "journalctl", "--sync"]);
+    assert!(
+        sync.status.success(),
+        "journalctl --sync on {host}: {}",
+        text(&sync)
+    );
+    // --since takes whole seconds: start a second early and compare each entry's own
+    // time (short-unix: "SECONDS.MICROS HOST IDENT[PID]: MESSAGE").
+    let out = docker(&[
+        "exec",
+        &c,
+        "journalctl",
+        "--quiet",
+        "--no-pager",
+        "-o",
+        "short-unix",
+        "--since",
+        &format!("@{}", since_s.floor() as u64),
+    ]);
+    assert!(out.status.success(), "journalctl on {host}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(MARK))
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .and_then(|t| t.parse::<f64>().ok())
+                .is_some_and(|t| t >= since_s)
+        })
         .count()
 }
 
