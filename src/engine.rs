@@ -300,6 +300,7 @@ fn observe_request(hp: &HostPlan, secrets: &Secrets) -> Result<Value> {
         "users": hp.users,
         "haproxy": hp.host.has(Role::Lb),
         "certs": hp.files.iter().filter(|f| f.path.ends_with(".pem")).map(|f| &f.path).collect::<Vec<_>>(),
+        "ports": crate::run::preflight::observe_ports(hp),
     }))
 }
 

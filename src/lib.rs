@@ -15,6 +15,7 @@ pub mod planfile;
 pub mod release;
 pub mod remote;
 pub mod render;
+pub mod run;
 pub mod secrets;
 pub mod services;
 pub mod templates;

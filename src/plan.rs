@@ -225,6 +225,17 @@ pub struct HostPlan {
     /// With a firewall: seconds after which the host restores its previous ruleset
     /// unless a fresh SSH connection confirmed the new one.
     pub firewall_guard_s: Option<u64>,
+    /// The TCP listeners its services need (no other process may hold them).
+    pub listens: Vec<Listen>,
+}
+
+/// A TCP port a service of the host listens on, and the address it binds as its
+/// config says (0.0.0.0: every IPv4 address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Listen {
+    pub port: u16,
+    pub address: std::net::IpAddr,
+    pub service: Service,
 }
 
 /// An application release: the files, packed, and their content hash as id.

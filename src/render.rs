@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::inventory::{Flavor, Host, Inventory, PoolMode, Role};
 use crate::plan::{
-    DbPlan, DbRole, DbUser, HostPlan, Init, ManagedFile, Plan, PrimaryRef, ReleasePlan, Service,
+    DbPlan, DbRole, DbUser, HostPlan, Init, Listen, ManagedFile, Plan, PrimaryRef, ReleasePlan,
+    Service,
 };
 use crate::templates::Templates;
 
@@ -255,6 +256,10 @@ struct Ctx<'a> {
     mon: Option<MonCtx<'a>>,
 }
 
+/// Where HAProxy's public frontend binds: every IPv4 address (with a VIP too: the
+/// address floats, the bind does not change).
+const HAPROXY_BIND: &str = "*";
+
 fn lb_ctx(inv: &Inventory) -> LbCtx<'_> {
     let h = &inv.haproxy;
     let backends = inv
@@ -271,7 +276,7 @@ fn lb_ctx(inv: &Inventory) -> LbCtx<'_> {
             pem: tls_pem_path(inv),
             hsts_max_age: t.hsts_max_age,
         }),
-        bind: "*",
+        bind: HAPROXY_BIND,
         balance: match h.balance {
             crate::inventory::Balance::Roundrobin => "roundrobin",
             crate::inventory::Balance::Leastconn => "leastconn",
@@ -802,7 +807,44 @@ fn render_host(
         } else {
             Vec::new()
         },
+        listens: listens(inv, host, with_app),
     })
+}
+
+/// The TCP listeners the host's services need, bound as the templates bind them:
+/// HAProxy's frontend `www` on every address ([`HAPROXY_BIND`]) at 80, and 443 with
+/// TLS; nginx's site (`listen 80`); gunicorn on 127.0.0.1 at `app.port`; the database
+/// on the host's own address (`bind-address`).
+fn listens(inv: &Inventory, host: &Host, with_app: bool) -> Vec<Listen> {
+    use std::net::{IpAddr, Ipv4Addr};
+    let every = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let listen = |port, address, service| Listen {
+        port,
+        address,
+        service,
+    };
+    let mut v = Vec::new();
+    if host.has(Role::Lb) {
+        v.push(listen(80, every, Service::Haproxy));
+        if inv.tls.is_some() {
+            v.push(listen(443, every, Service::Haproxy));
+        }
+    }
+    if host.has(Role::Web) {
+        v.push(listen(80, every, Service::Nginx));
+        if with_app {
+            v.push(listen(
+                inv.app.port,
+                Ipv4Addr::LOCALHOST.into(),
+                Service::App,
+            ));
+        }
+    }
+    if host.is_db() {
+        let service = Service::for_flavor(inv.mysql.flavor);
+        v.push(listen(inv.mysql.port, host.address, service));
+    }
+    v
 }
 
 /// A file the tool writes itself (no template), owned by root.

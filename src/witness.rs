@@ -58,19 +58,39 @@ pub const PIDFILES: &[(&str, &str)] = &[
 
 /// The script: `sh -c SCRIPT foobar-witness ITEM... -- AGENT-ARGV...`, stdin's first
 /// line "DIGEST-SYSV DIGEST-SYSTEMD". Items are pairs: `f PATH` (a file, any init),
-/// `f:sysv PATH` / `f:systemd PATH` (that init only), `s NAME=PIDFILE` (running: the
-/// pid file's process is alive, or `service NAME status` without one; `systemctl
-/// is-active` under systemd), `k PACKAGE` (dpkg's file list present), `u USER` (in
-/// /etc/passwd, else getent), `r ROOT=ID` (ROOT/current leads to release ID). The digest
-/// is the sha256 of "init INIT", then `stat` and `sha256sum` of the files, in item order.
-/// Same rules as agent.py's observe; where they could differ the script answers
-/// "not sure" and the agent decides.
+/// `f:sysv PATH` / `f:systemd PATH` (that init only), `s NAME=PIDFILE[=PROCESSES]`
+/// (running: the pid file's process is alive, and its name (`/proc/PID/comm`) starts
+/// with one of the comma-separated PROCESSES when given, or `service NAME status`
+/// without a pid file; `systemctl is-active` under systemd), `k PACKAGE` (dpkg's file
+/// list present), `u USER` (in /etc/passwd, else getent), `r ROOT=ID` (ROOT/current
+/// leads to release ID). The digest is the sha256 of "init INIT", then `stat` and
+/// `sha256sum` of the files, in item order. Same rules as agent.py's observe; where
+/// they could differ the script answers "not sure" and the agent decides.
+///
+/// Ports (src/run/preflight.rs): a service that runs holds the port it needs (nginx's
+/// 80, gunicorn's `app.port`), and Linux then lets no other process listen on an
+/// overlapping address (neither sets SO_REUSEPORT), so a host whose services run has
+/// no port conflict to report. That holds only if the pid file's process is the
+/// service: a stale pid file whose number another process took proves nothing, hence
+/// the PROCESSES check (one `read` builtin; systemd tracks the unit's processes itself).
 pub const SCRIPT: &str = r#"set -f
 IFS=' '
 agent() {
     while [ "$#" -gt 0 ] && [ "$1" != -- ]; do shift; done
     [ "$#" -gt 0 ] && shift
     exec "$@"
+}
+# Whether process $1's name starts with one of the comma-separated names $2 (none: yes).
+named() {
+    [ -z "$2" ] && return 0
+    c=
+    [ -r "/proc/$1/comm" ] && read -r c <"/proc/$1/comm" || return 1
+    IFS=,
+    for m in $2; do
+        case $c in "$m"*) IFS=' ' && return 0 ;; esac
+    done
+    IFS=' '
+    return 1
 }
 read -r want_sysv want_systemd || true
 if [ -d /run/systemd/system ]; then init=systemd want=$want_systemd; else init=sysv want=$want_sysv; fi
@@ -82,12 +102,13 @@ while [ -n "$want" ] && [ "$#" -ge 2 ] && [ "$1" != -- ]; do
     f | f:"$init") files="$files $v" ;;
     f:sysv | f:systemd) ;;
     s)
-        n=${v%%=*} pf=${v#*=} pid=
+        n=${v%%=*} pf=${v#*=} pid= names=
+        case $pf in *=*) names=${pf#*=} pf=${pf%%=*} ;; esac
         if [ "$init" = systemd ]; then
             systemctl is-active --quiet "$n" >/dev/null 2>&1 || want=
         elif [ -n "$pf" ] && [ -r "$pf" ] && read -r pid _ <"$pf" &&
             case $pid in '' | 0* | *[!0-9]*) false ;; esac && kill -0 "$pid" 2>/dev/null; then
-            pids="$pids $n=$pid"
+            if named "$pid" "$names"; then pids="$pids $n=$pid"; else want=; fi
         else
             service "$n" status >/dev/null 2>&1 </dev/null || want=
         fi
@@ -366,7 +387,12 @@ impl Witness {
         }
         item("f", self.manifest_path.clone());
         for (name, pidfile) in &self.services {
-            item("s", format!("{name}={}", pidfile.as_deref().unwrap_or("")));
+            let mut v = format!("{name}={}", pidfile.as_deref().unwrap_or(""));
+            let names = crate::run::preflight::process_names_of_unit(name);
+            if !names.is_empty() {
+                v = format!("{v}={}", names.join(","));
+            }
+            item("s", v);
         }
         for p in &self.packages {
             item("k", p.clone());
@@ -442,6 +468,8 @@ impl Witness {
             users: self.users.iter().map(|u| (u.clone(), true)).collect(),
             haproxy: None,
             certs: Default::default(),
+            // Its services run (checked by name, see SCRIPT): each holds its port.
+            listeners: Vec::new(),
         }
     }
 }
@@ -800,5 +828,32 @@ mod tests {
         let mut other = w.clone();
         other.packages = vec!["no-such-package".into()];
         assert_eq!(run(&other), agent, "package");
+    }
+
+    #[test]
+    fn a_pid_file_vouches_only_for_a_process_of_the_services_name() {
+        let Local { dir, mut w, init } = local();
+        if id("-un") != "root" || init != Init::Sysv {
+            eprintln!("skipped: needs root (the manifest is root's) and no systemd");
+            return;
+        }
+        let d = dir.path().to_str().unwrap();
+        // nginx's pid file names a live process that is not nginx (this test): another
+        // process may then hold :80, so the agent looks.
+        w.services = vec![("nginx".into(), Some(format!("{d}/svc.pid")))];
+        assert!(w.args().contains(&format!("nginx={d}/svc.pid=nginx")));
+        assert_eq!(run(&w), "AGENT\nSCRIPT-AND-REQUEST\n");
+        // A process called nginx: vouched for.
+        std::fs::copy("/bin/sleep", format!("{d}/nginx")).unwrap();
+        let mut nginx = Command::new(format!("{d}/nginx"))
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::write(format!("{d}/svc.pid"), format!("{}\n", nginx.id())).unwrap();
+        let out = run(&w);
+        let _ = nginx.kill();
+        let _ = nginx.wait();
+        let seen = parse_in_sync(out.as_bytes()).unwrap_or_else(|| panic!("in sync: {out}"));
+        assert_eq!(seen.pids, [("nginx".to_string(), nginx.id() as u64)]);
     }
 }

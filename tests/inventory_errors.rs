@@ -64,3 +64,59 @@ fn every_invalid_fixture_fails_with_its_message() {
         }
     }
 }
+
+/// `mysql.flavor: mysql8` cannot be tested end to end (MySQL 8 is not in Debian's
+/// archive): the commands that lead to apply refuse it, naming file, line, column and
+/// field, before connecting to any host; `render` still writes its files.
+#[test]
+fn a_flavor_no_lab_can_test_is_refused_but_still_rendered() {
+    let path = "examples/large/inventory-mysql8.yaml";
+    let run = |args: &[&str]| {
+        let mut cmd = Command::cargo_bin("foobar-infra").unwrap();
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let want = format!(
+        "error: {path}:62:11: mysql.flavor: mysql8 is refused by check, diff, plan and apply: \
+         MySQL 8 is not in Debian's archive"
+    );
+    let plan_out = std::env::temp_dir().join("foobar-mysql8-never-written.plan");
+    let plan_out = plan_out.to_str().unwrap();
+    for args in [
+        vec!["check", path],
+        vec!["check", "--json", path],
+        vec!["diff", path],
+        vec!["plan", path, "--out", plan_out],
+        vec!["apply", path],
+    ] {
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&want),
+            "{args:?}:\n  want: {want}\n  got:  {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+    }
+    assert!(!std::path::Path::new(plan_out).exists());
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["render", path, "--out", dir.path().to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cnf = dir
+        .path()
+        .join("db-01/etc/mysql/mysql.conf.d/60-foobar.cnf");
+    assert!(
+        cnf.is_file(),
+        "render wrote the mysql8 config: {}",
+        cnf.display()
+    );
+}

@@ -850,11 +850,12 @@ def op_observe(req):
     users = {u: user_exists(u) for u in req.get("users") or []}  # release.py
     balancer = haproxy_observe() if req.get("haproxy") else None  # release.py
     certs = {safe_path(c, "certs"): cert_not_after(c) for c in req.get("certs") or []}  # release.py
+    listeners = listeners_observe(req.get("ports") or [], init)  # ports.py
     return {
         "ok": True, "init": init, "hostname": os.uname().nodename, "files": files, "db": db, "release": release, "users": users, "haproxy": balancer, "certs": certs,
         "services": {s: {"running": service_running(s, init), "pid": service_pid(s)} for s in services},
         "packages": dpkg_installed(packages), "lock": lock, "manifest": manifest,
-        "last_history": last_history(), "former_replica": former_replica,
+        "last_history": last_history(), "former_replica": former_replica, "listeners": listeners,
     }
 
 

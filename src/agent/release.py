@@ -242,7 +242,8 @@ def op_haproxy_server(req):
 
 
 def haproxy_observe():
-    """Every backend server's status and sessions, from the runtime API (None if no socket)."""
+    """Every backend server's status and sessions, and every frontend's ({"frontend":
+    NAME, "status": OPEN|STOP|FULL, ...}), from the runtime API (None if no socket)."""
     if not os.path.exists(HAPROXY_SOCKET):
         return None
     try:
@@ -255,6 +256,10 @@ def haproxy_observe():
     servers = []
     for line in lines[1:]:
         row = dict(zip(header, line.split(",")))
+        if row.get("svname") == "FRONTEND" and row.get("pxname"):
+            servers.append({"frontend": row["pxname"], "status": row.get("status"),
+                            "sessions": int(row.get("scur") or 0)})
+            continue
         if row.get("svname") in ("FRONTEND", "BACKEND", None) or not row.get("pxname"):
             continue
         servers.append({"backend": row["pxname"], "server": row["svname"], "status": row.get("status"),

@@ -16,6 +16,22 @@ pub fn run(args: &ApplyArgs, p: &Arc<Printer>) -> Result<Outcome> {
     let t0 = Instant::now();
     runtime()?.block_on(async {
         let mut session = remote::open(&args.remote, p, Observe::Witnessed).await?;
+        // Before staging anything: a port the stack needs held by another process.
+        let command = if args.dry_run {
+            "apply-dry-run"
+        } else {
+            "apply"
+        };
+        if let Err(e) = remote::refuse_held_ports(&session, p, command) {
+            session.close().await;
+            if !args.dry_run {
+                p.event(
+                    json!({"event": "summary", "ok": false, "error": format!("{e:#}"),
+                               "seconds": t0.elapsed().as_secs_f64()}),
+                );
+            }
+            return Err(e);
+        }
         if args.dry_run {
             let pending = remote::print_changes(&session.changes, p, "apply-dry-run");
             session.close().await;

@@ -3,13 +3,13 @@
 
 use anyhow::{bail, Result};
 
-use super::{load_and_render, Outcome};
+use super::{load_tested_and_render, Outcome};
 use crate::cli::CheckArgs;
 use crate::output::Printer;
 use crate::validate::{validate_plan, Verdict};
 
 pub fn run(args: &CheckArgs, p: &Printer) -> Result<Outcome> {
-    let (inv, plan) = load_and_render(&args.inventory, args.templates.templates.as_deref())?;
+    let (inv, plan) = load_tested_and_render(&args.inventory, args.templates.templates.as_deref())?;
     p.status(
         "Checking",
         format!("{} hosts of {}", plan.hosts.len(), inv.path.display()),

@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::io::AsyncReadExt;
 
 use super::remote::{limit, secret_names};
-use super::{load_and_render, runtime, Outcome};
+use super::{load_tested_and_render, runtime, Outcome};
 use crate::cli::{DbBackupArgs, DbRestoreArgs};
 use crate::database;
 use crate::output::Printer;
@@ -36,7 +36,7 @@ fn gtid_of(head: &str) -> Option<String> {
 }
 
 pub fn backup(args: &DbBackupArgs, p: &Arc<Printer>) -> Result<Outcome> {
-    let (_inv, plan) = load_and_render(
+    let (_inv, plan) = load_tested_and_render(
         &args.remote.inventory,
         args.remote.templates.templates.as_deref(),
     )?;
@@ -162,7 +162,7 @@ pub fn backup(args: &DbBackupArgs, p: &Arc<Printer>) -> Result<Outcome> {
 }
 
 pub fn restore(args: &DbRestoreArgs, p: &Arc<Printer>) -> Result<Outcome> {
-    let (inventory, plan) = load_and_render(
+    let (inventory, plan) = load_tested_and_render(
         &args.remote.inventory,
         args.remote.templates.templates.as_deref(),
     )?;

@@ -15,6 +15,10 @@ pub fn run(args: &RemoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
     }
     runtime()?.block_on(async {
         let session = remote::open(args, p, Observe::Witnessed).await?;
+        if let Err(e) = remote::refuse_held_ports(&session, p, "diff") {
+            session.close().await;
+            return Err(e);
+        }
         let pending = remote::print_changes(&session.changes, p, "diff");
         session.close().await;
         Ok(if pending {

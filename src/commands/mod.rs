@@ -38,6 +38,19 @@ pub fn load_and_render(
     Ok((inv, plan))
 }
 
+/// [`load_and_render`] for the commands that check a stack for, or make, changes on
+/// hosts: a setting no lab can test end to end (`mysql.flavor: mysql8`) is refused
+/// before anything is rendered. `render` alone keeps producing its files.
+pub fn load_tested_and_render(
+    inventory: &std::path::Path,
+    templates: Option<&std::path::Path>,
+) -> Result<(Inventory, Plan)> {
+    let inv = Inventory::load(inventory)?;
+    inv.refuse_untested()?;
+    let plan = render_plan(&inv, templates)?;
+    Ok((inv, plan))
+}
+
 /// The plan of a loaded inventory, with the templates (built-in, or those of the folder).
 pub fn render_plan(inv: &Inventory, templates: Option<&std::path::Path>) -> Result<Plan> {
     let templates = Templates::load(templates)?;

@@ -16,6 +16,10 @@ use crate::planfile;
 pub fn run(args: &PlanArgs, p: &Arc<Printer>) -> Result<Outcome> {
     runtime()?.block_on(async {
         let session = remote::open(&args.remote, p, Observe::Witnessed).await?;
+        if let Err(e) = remote::refuse_held_ports(&session, p, "plan") {
+            session.close().await;
+            return Err(e);
+        }
         let file = planfile::build(&session.inventory, &session.plan, &session.observed, &session.changes);
         let pending = !session.changes.is_empty();
         let printed = if p.json { false } else { remote::print_changes(&session.changes, p, "plan") };

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::remote::secret_names;
-use super::{load_and_render, runtime, Outcome};
+use super::{load_tested_and_render, runtime, Outcome};
 use crate::cli::DbPromoteArgs;
 use crate::inventory::{swap_db_primary, Role};
 use crate::output::Printer;
@@ -19,7 +19,7 @@ use crate::remote::{agent, ssh};
 use crate::secrets::Secrets;
 
 pub fn run(args: &DbPromoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
-    let (inv, plan) = load_and_render(
+    let (inv, plan) = load_tested_and_render(
         &args.remote.inventory,
         args.remote.templates.templates.as_deref(),
     )?;

@@ -18,6 +18,7 @@ use crate::planfile;
 use crate::remote::agent::HostState;
 use crate::remote::ssh::SshRemote;
 use crate::remote::Remote;
+use crate::run::preflight::{self, PortConflict};
 use crate::secrets::{placeholders_in, Secrets};
 
 /// Keeps the hosts named by --limit (host names or roles).
@@ -83,6 +84,8 @@ pub struct Session {
     pub remotes: Vec<SshRemote>,
     pub observed: BTreeMap<String, HostState>,
     pub changes: Changes,
+    /// Ports the stack needs that other processes hold: apply must not start.
+    pub conflicts: Vec<PortConflict>,
 }
 
 impl Session {
@@ -111,6 +114,7 @@ pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>, how: Observe) -> Re
     // The connections start as soon as the inventory is read: rendering the plan (the
     // templates, the release archive) and reading the secrets overlap their key exchanges.
     let inventory = Inventory::load(&inventory_path)?;
+    inventory.refuse_untested()?;
     let prune = parse_prune(&args.prune_host, &inventory)?;
     check_limit(&inventory.hosts.iter().collect::<Vec<_>>(), &args.limit)?;
     // (With --prune-host the connections wait for the plan: connect_with_pruned.)
@@ -175,6 +179,7 @@ pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>, how: Observe) -> Re
             },
         );
     }
+    let conflicts = preflight::conflicts(&plan, &observed);
     Ok(Session {
         inventory,
         plan,
@@ -182,6 +187,7 @@ pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>, how: Observe) -> Re
         remotes,
         observed,
         changes,
+        conflicts,
     })
 }
 
@@ -270,6 +276,7 @@ async fn add_pruned(
             release: None,
             users: Vec::new(),
             firewall_guard_s: None,
+            listens: Vec::new(),
         });
         remotes.push(remote);
     }
@@ -337,14 +344,48 @@ fn live_primary_matches(plan: &Plan, observed: &BTreeMap<String, HostState>) -> 
     Ok(())
 }
 
+/// Stops diff, plan and apply when a port the stack needs is held by another process
+/// (src/run/preflight.rs): an error that blocks apply, not a pending change. Prints the
+/// changes all the same (with `--json`: the one document, with `errors`; `apply
+/// --json`: an `error` event each) and returns the error naming each host, port and
+/// process.
+pub fn refuse_held_ports(session: &Session, p: &Printer, command: &str) -> Result<()> {
+    let conflicts = &session.conflicts;
+    if conflicts.is_empty() {
+        return Ok(());
+    }
+    let errors: Vec<serde_json::Value> = conflicts.iter().map(PortConflict::to_json).collect();
+    if p.json && command == "apply" {
+        for e in errors {
+            p.event(serde_json::json!({"event": "error", "error": e}));
+        }
+    } else if p.json {
+        let mut doc = changes_document(&session.changes, command);
+        doc["errors"] = errors.into();
+        p.json_line(&doc);
+    } else {
+        print_changes(&session.changes, p, command);
+    }
+    let mut lines: Vec<String> = conflicts.iter().map(PortConflict::message).collect();
+    if command == "apply" {
+        lines.push("nothing was changed on any host".into());
+    }
+    bail!("{}", lines.join("\n"))
+}
+
+/// The JSON document of `diff`, `plan` and `apply --dry-run`.
+fn changes_document(changes: &Changes, command: &str) -> serde_json::Value {
+    serde_json::json!({
+        "schema": 1, "command": command, "in_sync": changes.is_empty(),
+        "topology": changes.topology, "hosts": changes.hosts,
+    })
+}
+
 /// Prints the changes as unified diffs (or one JSON document); true when any.
 pub fn print_changes(changes: &Changes, p: &Printer, command: &str) -> bool {
     let pending = !changes.is_empty();
     if p.json {
-        p.json_line(&serde_json::json!({
-            "schema": 1, "command": command, "in_sync": !pending, "topology": changes.topology,
-            "hosts": changes.hosts,
-        }));
+        p.json_line(&changes_document(changes, command));
         return pending;
     }
     let t = &changes.topology;

@@ -16,6 +16,8 @@ use crate::output::Printer;
 use crate::plan::{DbRole, HostPlan};
 use crate::remote::agent::HostState;
 use crate::remote::ssh;
+use crate::render::paths;
+use crate::run::preflight::port_conflicts;
 use crate::secrets::Secrets;
 
 #[derive(Debug, Serialize)]
@@ -29,13 +31,97 @@ struct HostStatus {
     release: Option<String>,
     database: Option<Value>,
     backends: Option<Value>,
+    frontends: Option<Value>,
     last_apply: Option<Value>,
     certificates: Vec<Value>,
     warnings: Vec<String>,
     problems: Vec<String>,
 }
 
-fn host_status(hp: &HostPlan, st: &HostState, secrets: &Secrets) -> HostStatus {
+/// The frontends (and listen sections) a HAProxy config declares.
+fn config_frontends(cfg: &str) -> Vec<String> {
+    cfg.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("frontend" | "listen"), Some(name)) => Some(name.to_string()),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// What is wrong with a load balancer as HAProxy itself reports it (`show stat`, read
+/// by the agent's haproxy_observe): the servers of backend `web` are not exactly the
+/// inventory's web servers (`servers`), one of them is not UP, or a frontend of the
+/// planned config (`frontends`) is missing or not OPEN. A HAProxy running another
+/// config (the distribution's, after a reload that failed) fails all of these.
+fn balancer_problems(
+    live: Option<&Value>,
+    servers: &[String],
+    frontends: &[String],
+) -> Vec<String> {
+    let rows = match live {
+        None => {
+            return vec![
+                "HAProxy's runtime API (/run/haproxy/admin.sock) does not answer: \
+                         its backends and frontends cannot be checked"
+                    .into(),
+            ]
+        }
+        Some(Value::Array(rows)) => rows,
+        Some(other) => {
+            let why = other["error"]
+                .as_str()
+                .map_or(other.to_string(), str::to_string);
+            return vec![format!("HAProxy's runtime API: {why}")];
+        }
+    };
+    let mut problems = Vec::new();
+    let web: Vec<&Value> = rows.iter().filter(|r| r["backend"] == "web").collect();
+    if web.is_empty() {
+        problems.push("backend web is not there: HAProxy does not run the planned config".into());
+    } else {
+        let live_names: Vec<&str> = web.iter().filter_map(|r| r["server"].as_str()).collect();
+        for s in servers.iter().filter(|s| !live_names.contains(&s.as_str())) {
+            problems.push(format!(
+                "backend web has no server {s} (an inventory web server)"
+            ));
+        }
+        for r in &web {
+            let name = r["server"].as_str().unwrap_or("?");
+            let status = r["status"].as_str().unwrap_or("?");
+            if !servers.iter().any(|s| s == name) {
+                problems.push(format!(
+                    "backend web has server {name}, which is not a web server of the inventory"
+                ));
+            } else if !status.starts_with("UP") {
+                let backup = if r["backup"] == true { " (backup)" } else { "" };
+                problems.push(format!("backend web/{name}{backup} is {status}"));
+            }
+        }
+    }
+    for f in frontends {
+        match rows.iter().find(|r| r["frontend"] == f.as_str()) {
+            None => problems.push(format!(
+                "frontend {f} is not there: HAProxy does not run the planned config"
+            )),
+            Some(r) if r["status"] != "OPEN" => problems.push(format!(
+                "frontend {f} is {}, not OPEN",
+                r["status"].as_str().unwrap_or("?")
+            )),
+            Some(_) => {}
+        }
+    }
+    problems
+}
+
+fn host_status(
+    hp: &HostPlan,
+    st: &HostState,
+    secrets: &Secrets,
+    backends: &[String],
+) -> HostStatus {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     let services: Vec<Value> = hp
@@ -121,18 +207,21 @@ fn host_status(hp: &HostPlan, st: &HostState, secrets: &Secrets) -> HostStatus {
             None => warnings.push(format!("certificate {path} is missing or unreadable")),
         }
     }
-    if let Some(servers) = st.haproxy.as_ref().and_then(|v| v.as_array()) {
-        for s in servers {
-            let status = s["status"].as_str().unwrap_or("");
-            let backup = s["backup"].as_bool().unwrap_or(false);
-            if s["backend"] == "web" && !status.starts_with("UP") && !backup {
-                problems.push(format!(
-                    "backend web/{} is {status}",
-                    s["server"].as_str().unwrap_or("?")
-                ));
-            }
-        }
+    let haproxy_runs = st.services.get("haproxy").is_some_and(|x| x.running);
+    if let (Some(cfg), true) = (hp.file(paths::HAPROXY_CFG), haproxy_runs) {
+        let frontends = config_frontends(&cfg.content);
+        problems.extend(balancer_problems(st.haproxy.as_ref(), backends, &frontends));
     }
+    problems.extend(port_conflicts(hp, st).iter().map(|c| c.describe()));
+    let rows = |key: &str| -> Option<Value> {
+        let rows = st.haproxy.as_ref()?.as_array()?;
+        Some(
+            rows.iter()
+                .filter(|r| r.get(key).is_some())
+                .cloned()
+                .collect(),
+        )
+    };
     HostStatus {
         host: hp.name().to_string(),
         reachable: true,
@@ -142,7 +231,8 @@ fn host_status(hp: &HostPlan, st: &HostState, secrets: &Secrets) -> HostStatus {
         drift,
         release: st.release.as_ref().and_then(|r| r.current.clone()),
         database,
-        backends: st.haproxy.clone(),
+        backends: rows("backend"),
+        frontends: rows("frontend"),
         last_apply: st.last_history.clone(),
         certificates,
         warnings,
@@ -161,6 +251,7 @@ pub fn run(args: &RemoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
             |hp: &HostPlan| {
                 let p = p.clone();
                 let secrets = &secrets;
+                let backends = &plan.backends;
                 async move {
                     let observed = match ssh::connect(&hp.host, p).await {
                         Ok(r) => {
@@ -171,7 +262,7 @@ pub fn run(args: &RemoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
                         Err(e) => Err(e),
                     };
                     match observed {
-                        Ok(st) => host_status(hp, &st, secrets),
+                        Ok(st) => host_status(hp, &st, secrets, backends),
                         Err(e) => HostStatus {
                             host: hp.name().to_string(),
                             reachable: false,
@@ -182,6 +273,7 @@ pub fn run(args: &RemoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
                             release: None,
                             database: None,
                             backends: None,
+                            frontends: None,
                             last_apply: None,
                             certificates: Vec::new(),
                             warnings: Vec::new(),
@@ -281,6 +373,19 @@ fn print_table(statuses: &[HostStatus], p: &Printer) {
                 .collect();
             p.out(format!("{}: backend web: {}", s.host, list.join(" ")));
         }
+        if let Some(rows) = s.frontends.as_ref().and_then(|v| v.as_array()) {
+            let list: Vec<String> = rows
+                .iter()
+                .map(|x| {
+                    format!(
+                        "{}={}",
+                        x["frontend"].as_str().unwrap_or("?"),
+                        x["status"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect();
+            p.out(format!("{}: frontends: {}", s.host, list.join(" ")));
+        }
     }
     for s in statuses {
         for d in &s.drift {
@@ -292,5 +397,88 @@ fn print_table(statuses: &[HostStatus], p: &Printer) {
         for prob in &s.problems {
             p.out(format!("{}: PROBLEM: {prob}", s.host));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn web() -> Vec<String> {
+        vec!["web-01".into(), "web-02".into()]
+    }
+
+    fn www() -> Vec<String> {
+        vec!["www".into(), "stats".into()]
+    }
+
+    #[test]
+    fn a_balancer_serving_the_inventory_with_its_frontends_open_is_healthy() {
+        let live = json!([
+            {"frontend": "www", "status": "OPEN"},
+            {"frontend": "stats", "status": "OPEN"},
+            {"backend": "web", "server": "web-01", "status": "UP"},
+            {"backend": "web", "server": "web-02", "status": "UP 1/3"},
+        ]);
+        assert!(balancer_problems(Some(&live), &web(), &www()).is_empty());
+    }
+
+    #[test]
+    fn the_distributions_config_has_no_backend_web_and_no_frontend() {
+        // What `status` once printed as `lb-01: backend web:` and exit 0.
+        assert_eq!(
+            balancer_problems(Some(&json!([])), &web(), &www()),
+            [
+                "backend web is not there: HAProxy does not run the planned config",
+                "frontend www is not there: HAProxy does not run the planned config",
+                "frontend stats is not there: HAProxy does not run the planned config",
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_extra_and_unhealthy_servers_and_a_closed_frontend_are_each_named() {
+        let live = json!([
+            {"frontend": "www", "status": "STOP"},
+            {"frontend": "stats", "status": "OPEN"},
+            {"backend": "web", "server": "web-01", "status": "DOWN"},
+            {"backend": "web", "server": "web-03", "status": "UP"},
+            {"backend": "web", "server": "web-04", "status": "MAINT", "backup": true},
+            {"backend": "other", "server": "web-02", "status": "UP"},
+        ]);
+        let mut servers = web();
+        servers.push("web-04".into());
+        assert_eq!(
+            balancer_problems(Some(&live), &servers, &www()),
+            [
+                "backend web has no server web-02 (an inventory web server)",
+                "backend web/web-01 is DOWN",
+                "backend web has server web-03, which is not a web server of the inventory",
+                "backend web/web-04 (backup) is MAINT",
+                "frontend www is STOP, not OPEN",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_silent_runtime_api_is_a_problem() {
+        assert_eq!(balancer_problems(None, &web(), &www()).len(), 1);
+        let err = json!({"error": "connection refused"});
+        assert_eq!(
+            balancer_problems(Some(&err), &web(), &www()),
+            ["HAProxy's runtime API: connection refused"]
+        );
+    }
+
+    #[test]
+    fn the_planned_config_names_its_frontends() {
+        let plan = crate::render::lab_plan();
+        let cfg = plan
+            .host("lb-01")
+            .unwrap()
+            .file(paths::HAPROXY_CFG)
+            .unwrap();
+        assert_eq!(config_frontends(&cfg.content), ["www", "stats"]);
+        assert_eq!(plan.backends, web());
     }
 }

@@ -436,9 +436,23 @@ pub struct Inventory {
     /// Present when a host has the role `monitor`.
     pub monitoring: Option<MonitoringSettings>,
     pub secrets: BTreeMap<String, SecretSource>,
+    /// Settings `render` accepts but no lab can test end to end (DECISIONS.md, "Host
+    /// kinds"), each as a message naming file, line, column and field: the commands
+    /// that lead to changing hosts refuse them ([`Inventory::refuse_untested`]).
+    #[serde(skip)]
+    pub untested: Vec<String>,
 }
 
 impl Inventory {
+    /// Refuses an inventory with a setting no lab can test end to end: `check`,
+    /// `diff`, `plan`, `apply` and the database commands call it; `render` does not.
+    pub fn refuse_untested(&self) -> Result<()> {
+        if self.untested.is_empty() {
+            return Ok(());
+        }
+        anyhow::bail!("{}", self.untested.join("\n"))
+    }
+
     /// Reads, parses and validates an inventory file.
     pub fn load(path: &Path) -> Result<Inventory> {
         let text = std::fs::read_to_string(path)
@@ -671,12 +685,15 @@ fn is_sql_name(s: &str) -> bool {
 }
 
 impl Validator {
-    fn err(&mut self, path: &str, msg: impl fmt::Display) {
+    /// `FILE:LINE:COL: PATH: MSG`, at the value of `path` (or its nearest parent).
+    fn at(&self, path: &str, msg: impl fmt::Display) -> String {
         let pos = self.map.value(path).unwrap_or(Pos { line: 1, col: 1 });
-        self.messages.push(format!(
-            "{}:{}:{}: {path}: {msg}",
-            self.file, pos.line, pos.col
-        ));
+        format!("{}:{}:{}: {path}: {msg}", self.file, pos.line, pos.col)
+    }
+
+    fn err(&mut self, path: &str, msg: impl fmt::Display) {
+        let message = self.at(path, msg);
+        self.messages.push(message);
     }
 
     fn check(&mut self, ok: bool, path: &str, msg: impl FnOnce() -> String) {
@@ -1089,7 +1106,20 @@ impl Validator {
             connect_timeout: raw.ssh.connect_timeout.unwrap_or(10),
             connector: raw.ssh.connector.unwrap_or_default(),
         };
+        // MySQL 8 is not in Debian's archive, and seeding, backup and restore call
+        // MariaDB's tools: its templates are snapshot-tested, never run.
+        let untested = match raw.mysql.flavor {
+            Flavor::Mariadb => Vec::new(),
+            Flavor::Mysql8 => vec![self.at(
+                "mysql.flavor",
+                "mysql8 is refused by check, diff, plan and apply: MySQL 8 is not in \
+                 Debian's archive, so no lab can test it end to end (seeding, backup and \
+                 restore call MariaDB's tools); use `flavor: mariadb` (render still writes \
+                 the mysql8 files)",
+            )],
+        };
         Inventory {
+            untested,
             ssh,
             path: path.to_path_buf(),
             source_hash: hex::encode(Sha256::digest(text.as_bytes())),

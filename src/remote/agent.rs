@@ -18,6 +18,7 @@ pub const AGENT: &str = concat!(
     include_str!("../agent/db.py"),
     include_str!("../agent/release.py"),
     include_str!("../agent/firewall.py"),
+    include_str!("../agent/ports.py"),
     include_str!("../agent/live.py"),
     include_str!("../agent/daemon.py"),
     include_str!("../agent/run.py"),
@@ -346,6 +347,30 @@ pub struct HostState {
     /// Certificates on the host: path -> expiry (Unix seconds), None when unreadable.
     #[serde(default)]
     pub certs: BTreeMap<String, Option<f64>>,
+    /// The listening sockets on the ports the host's services need, whoever holds them
+    /// (the request's `ports`; src/run/preflight.rs decides what is a conflict).
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+}
+
+/// A listening TCP socket (agent's ports.py: sock_diag, else `/proc/net/tcp{,6}`) and
+/// the process holding it, found through `/proc/PID/fd` (None when no process shows it).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Listener {
+    pub port: u16,
+    pub address: std::net::IpAddr,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// `/proc/PID/comm`.
+    #[serde(default)]
+    pub process: Option<String>,
+    /// The file name of `/proc/PID/exe`.
+    #[serde(default)]
+    pub exe: Option<String>,
+    /// The service it runs under: its systemd unit (from its cgroup), or the init
+    /// script of its name on init-script hosts.
+    #[serde(default)]
+    pub unit: Option<String>,
 }
 
 /// The application releases on a web server.
