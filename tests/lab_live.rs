@@ -137,3 +137,122 @@ fn an_nginx_reload_that_cannot_bind_is_a_failed_reload() {
     assert_eq!(remote_sha("web-01", site), before, "previous site restored");
     assert!(both_backends_serve());
 }
+
+/// Turns a service off at boot the way the host's init system does it.
+fn disable_at_boot(host: &str, service: &str) {
+    if host_os(host) == "debian12" {
+        exec(host, &["update-rc.d", service, "disable"]);
+    } else {
+        exec(host, &["systemctl", "disable", "--quiet", service]);
+    }
+}
+
+fn replication_runs() -> bool {
+    let status = exec("web-02", &["mariadb", "-e", "SHOW SLAVE STATUS\\G"]);
+    status.contains("Slave_IO_Running: Yes") && status.contains("Slave_SQL_Running: Yes")
+}
+
+#[test]
+fn every_host_restarted_after_a_converged_apply_serves_with_no_apply_between() {
+    let Some(_g) = lab() else { return };
+    converged();
+    // As many images ship them: the stack's services installed but off at boot.
+    for (host, services) in [
+        ("lb-01", &["haproxy"][..]),
+        ("web-01", &["nginx", "mariadb", "foobar-app"]),
+        ("web-02", &["nginx", "mariadb", "foobar-app"]),
+    ] {
+        for s in services {
+            disable_at_boot(host, s);
+        }
+    }
+    let diff = cli(&["diff", &inv()]);
+    let shown = text(&diff);
+    assert_eq!(diff.status.code(), Some(2), "{shown}");
+    assert!(shown.contains("not enabled at boot"), "{shown}");
+    apply_ok(&inv(), &[]);
+    let diff = cli(&["diff", &inv()]);
+    assert_eq!(diff.status.code(), Some(0), "{}", text(&diff));
+
+    let restart = docker(&[
+        "restart",
+        "-t",
+        "30",
+        "foobar-lab-lb-01",
+        "foobar-lab-web-01",
+        "foobar-lab-web-02",
+    ]);
+    assert!(restart.status.success(), "{}", text(&restart));
+    // No apply in between: what is enabled at boot is the whole stack.
+    assert!(
+        wait_until(Duration::from_secs(120), both_backends_serve_once),
+        "the site answers through the load balancer with both web servers after the reboot"
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), replication_runs),
+        "replication runs again after the reboot"
+    );
+    let diff = cli(&["diff", &inv()]);
+    assert_eq!(diff.status.code(), Some(0), "in sync: {}", text(&diff));
+}
+
+/// One try of [`both_backends_serve`] without its own wait (for an outer bounded wait).
+fn both_backends_serve_once() -> bool {
+    let who: Vec<String> = (0..10)
+        .filter_map(|_| http_get(LB, "/health").ok())
+        .filter(|r| r.status == 200)
+        .filter_map(|r| r.header("X-Served-By").map(str::to_string))
+        .collect();
+    who.len() == 10 && who.iter().any(|s| s == "web-01") && who.iter().any(|s| s == "web-02")
+}
+
+/// Runs `service NAME ACTION` the way the host's init system does it.
+fn service(host: &str, name: &str, action: &str) {
+    if host_os(host) == "debian12" {
+        exec(host, &["service", name, action]);
+    } else {
+        exec(host, &["systemctl", action, name]);
+    }
+}
+
+#[test]
+fn a_port_held_by_another_process_is_named_and_stops_apply_before_anything_changes() {
+    let Some(_g) = lab() else { return };
+    converged();
+    // The distribution's nginx on the load balancer, as an image that carries it has it.
+    service("lb-01", "haproxy", "stop");
+    service("lb-01", "nginx", "start");
+    let nginx = pidfile("lb-01", "/run/nginx.pid");
+    let before = managed_hashes();
+
+    let diff = cli(&["diff", &inv()]);
+    let shown = text(&diff);
+    assert_eq!(diff.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "lb-01: port 80 is held by nginx (pid {nginx}), not haproxy"
+        )),
+        "diff names the process: {shown}"
+    );
+    let json = cli(&["diff", &inv(), "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).expect("one JSON document");
+    assert_eq!(doc["errors"][0]["kind"], "port-held", "{}", text(&json));
+    assert_eq!(doc["errors"][0]["host"], "lb-01");
+
+    let out = cli(&["apply", &inv()]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("port 80 is held by nginx"), "{all}");
+    assert!(all.contains("nothing was changed on any host"), "{all}");
+    assert_eq!(managed_hashes(), before, "no file changed on any host");
+    assert_eq!(
+        pidfile("lb-01", "/run/nginx.pid"),
+        nginx,
+        "the holder was left alone"
+    );
+
+    // Once the holder is gone, apply brings HAProxy back.
+    service("lb-01", "nginx", "stop");
+    apply_ok(&inv(), &[]);
+    assert!(both_backends_serve());
+}

@@ -201,7 +201,7 @@ def service_message(name, since, init):
 
 def severe_line(text):
     """The first error-looking line of text, without timestamp/pid prefixes ("" if none)."""
-    lines = [l for l in text.splitlines() if SEVERE.search(l)]
+    lines = [l for l in text.splitlines() if SEVERE.search(l) and not l.startswith("---")]
     return headline(lines[0]) if lines else ""
 
 
