@@ -9,7 +9,12 @@ pub const EXIT_CODES: &str = "\
 Exit codes:
   0  success; for diff and apply --dry-run: everything is in sync
   1  error (bad inventory, invalid config, unreachable host, failed apply)
-  2  changes pending (diff, apply --dry-run)";
+  2  changes pending (diff, apply --dry-run)
+  64 usage error (unknown option, missing or invalid argument)";
+
+/// The exit code of a usage error (sysexits' EX_USAGE), never 2: CI scripts read 2 as
+/// "changes pending".
+pub const EX_USAGE: i32 = 64;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -147,7 +152,7 @@ Every apply that touched a host appends a record there
 Exit codes: 0, 1 error.")]
     History(HistoryArgs),
 
-    /// Database operations: backup, restore
+    /// Database operations: backup, restore, promote (failover)
     #[command(subcommand)]
     Db(DbCommand),
 
@@ -214,8 +219,10 @@ inventory was not written: apply would refuse until it is).")]
 
 #[derive(Args, Debug)]
 pub struct DbPromoteArgs {
+    /// The inventory file
+    pub inventory: PathBuf,
     #[command(flatten)]
-    pub remote: RemoteArgs,
+    pub templates: TemplateArgs,
     /// The replica to promote
     pub host: String,
     /// Show the steps and the inventory change, change nothing

@@ -24,7 +24,8 @@ pub enum FileChangeKind {
     Delete,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Serialized by src/keyed_hash.rs: the hashes of a file with secrets are keyed there.
+#[derive(Debug, Clone, Deserialize)]
 pub struct FileChange {
     pub path: String,
     pub kind: FileChangeKind,
@@ -40,6 +41,9 @@ pub struct FileChange {
     pub mode: String,
     pub owner: String,
     pub group: String,
+    /// The file holds a secret (or may: a deletion), so its hashes are published keyed.
+    #[serde(skip, default)]
+    pub carries_secret: bool,
 }
 
 /// Why a service is acted on.
@@ -292,6 +296,7 @@ pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<
             mode,
             owner: f.owner.clone(),
             group: f.group.clone(),
+            carries_secret: !crate::secrets::placeholders_in(&f.content).is_empty(),
         });
     }
 
@@ -329,6 +334,7 @@ pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<
             mode: entry.mode.clone(),
             owner: entry.owner.clone(),
             group: entry.group.clone(),
+            carries_secret: true,
         });
     }
 

@@ -1,8 +1,9 @@
 //! Entry point: parse arguments, run, map the result to an exit code.
 
 use clap::Parser;
+use foobar_infra::cli::{Cli, EX_USAGE};
 use foobar_infra::remote::connector;
-use foobar_infra::{cli::Cli, exit_code, output::Printer, run};
+use foobar_infra::{exit_code, output::Printer, run};
 
 fn main() {
     // Internal entry points, outside the command line definition (so not in --help, man
@@ -15,7 +16,11 @@ fn main() {
     if args.get(1).is_some_and(|a| a == connector::SUBCOMMAND) {
         std::process::exit(connector::main(&args[2..]));
     }
-    let cli = Cli::parse();
+    // clap exits 2 on a usage error, which `diff` uses for "changes pending".
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let _ = e.print();
+        std::process::exit(if e.use_stderr() { EX_USAGE } else { 0 })
+    });
     connector::enable();
     let printer = std::sync::Arc::new(Printer::new(&cli.global));
     let result = run(&cli, &printer);

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::diff::Changes;
+use crate::keyed_hash;
 use crate::plan::{ManagedFile, Plan};
 use crate::remote::agent::HostState;
 
@@ -85,6 +86,9 @@ pub fn build(
                 .map(|f| {
                     let seen = st.and_then(|s| s.files.get(&f.path));
                     let sha = seen.filter(|s| s.exists).and_then(|s| s.sha256.clone());
+                    // A host's copy of a file with secrets: no plain hash to guess against.
+                    let secret = !crate::secrets::placeholders_in(&f.content).is_empty();
+                    let sha = sha.map(|s| if secret { keyed_hash::keyed(&s) } else { s });
                     (f.path.clone(), sha)
                 })
                 .collect();
@@ -189,12 +193,25 @@ impl PlanFile {
                 let seen = st.files.get(path);
                 let now = seen.filter(|s| s.exists).and_then(|s| s.sha256.clone());
                 let target = desired.get(&planned.host).and_then(|d| d.get(path));
-                if &now != then && now.as_ref() != target {
+                let same = match (then, &now) {
+                    (Some(then), Some(now)) => keyed_hash::matches(then, now),
+                    (then, now) => then.is_none() && now.is_none(),
+                };
+                if !same && now.as_ref() != target {
+                    let keyed = then
+                        .as_deref()
+                        .is_some_and(|t| t.starts_with(keyed_hash::PREFIX));
                     changed.push(format!(
-                        "{}: {path} changed since the plan was made ({} then, {} now)",
+                        "{}: {path} changed since the plan was made ({} then, {} now){}",
                         planned.host,
                         short(then.as_deref()),
-                        short(now.as_deref())
+                        short(now.as_deref()),
+                        if keyed {
+                            " (a file with secrets, its hash keyed by the controller that \
+                             made the plan: another controller needs the same FOOBAR_HASH_KEY)"
+                        } else {
+                            ""
+                        }
                     ));
                 }
             }
@@ -211,6 +228,7 @@ impl PlanFile {
 
 fn short(sha: Option<&str>) -> String {
     match sha {
+        Some(s) if s.starts_with(keyed_hash::PREFIX) => "a keyed hash".into(),
         Some(s) => s[..s.len().min(12)].to_string(),
         None => "no file".into(),
     }

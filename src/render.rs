@@ -732,6 +732,12 @@ fn render_host(
         if let Some(t) = &inv.tls {
             let cert = std::fs::read_to_string(&t.cert)
                 .with_context(|| format!("reading the certificate {}", t.cert.display()))?;
+            if cert.contains("{{secret:") {
+                anyhow::bail!(
+                    "{}: secret placeholder text in a certificate",
+                    t.cert.display()
+                );
+            }
             // The key stays a placeholder until apply resolves it in memory.
             files.push(ManagedFile {
                 path: tls_pem_path(inv),

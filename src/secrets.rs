@@ -120,15 +120,23 @@ impl Secrets {
             .ok_or_else(|| anyhow::anyhow!("secret {name} was not loaded"))
     }
 
-    /// Replaces every placeholder with its value (in memory, just before a push).
+    /// Replaces every placeholder with its value (in memory, just before a push), in one
+    /// pass: a value is never searched for placeholders itself.
     pub fn resolve(&self, text: &str) -> Result<String> {
-        let mut out = text.to_string();
-        for name in placeholders_in(text) {
-            let Some(v) = self.values.get(&name) else {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(i) = rest.find("{{secret:") {
+            let after = &rest[i + "{{secret:".len()..];
+            let Some(j) = after.find("}}") else { break };
+            let name = &after[..j];
+            let Some(v) = self.values.get(name) else {
                 bail!("secret {name} was not loaded");
             };
-            out = out.replace(&placeholder(&name), v.expose());
+            out.push_str(&rest[..i]);
+            out.push_str(v.expose());
+            rest = &after[j + 2..];
         }
+        out.push_str(rest);
         Ok(out)
     }
 
@@ -207,6 +215,14 @@ impl Secrets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Finding 2 of issue 20: a value is inserted as it is, never resolved in turn.
+    #[test]
+    fn finding_2_a_resolved_value_is_not_searched_for_placeholders() {
+        let s = Secrets::with(&[("a", "x{{secret:b}}y"), ("b", "B")]);
+        let text = "1 {{secret:a}} 2 {{secret:b}}";
+        assert_eq!(s.resolve(text).unwrap(), "1 x{{secret:b}}y 2 B");
+    }
 
     #[test]
     fn resolve_and_mask_round_trip() {

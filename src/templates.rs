@@ -48,7 +48,16 @@ impl Entry {
                 tera.autoescape_on(vec![]);
                 tera.add_raw_template(&self.name, &self.source)
                     .map(|_| tera)
-                    .map_err(|e| format!("template {}: {}", self.origin, unravel(&e)))
+                    .map_err(|e| {
+                        let cause = unravel(&e);
+                        match unclosed_block(&self.source).filter(|_| at_end(&cause, &self.source))
+                        {
+                            Some((line, what)) => {
+                                format!("template {}:{line}: {what}", self.origin)
+                            }
+                            None => format!("template {}: {cause}", self.origin),
+                        }
+                    })
             })
             .as_ref()
             .map_err(|e| anyhow::anyhow!("{e}"))
@@ -78,7 +87,16 @@ impl Templates {
             names.sort();
             for path in names {
                 if !path.is_file() {
-                    continue;
+                    bail!(
+                        "{}: {}: overrides are matched by file name at the top of the \
+                         templates directory, nothing else may be there",
+                        path.display(),
+                        if path.is_dir() {
+                            "a folder"
+                        } else {
+                            "not a regular file"
+                        }
+                    );
                 }
                 let name = path
                     .file_name()
@@ -111,14 +129,26 @@ impl Templates {
     /// Renders one template, with errors naming the template, the line and the cause.
     pub fn render(&self, name: &str, ctx: &tera::Context) -> Result<String> {
         let entry = self.entry(name)?;
-        entry.parse()?.render(name, ctx).map_err(|e| {
+        let text = entry.parse()?.render(name, ctx).map_err(|e| {
             let cause = unravel(&e);
             let line = missing_variable(&cause).and_then(|v| line_of(&entry.source, &v));
             match line {
                 Some(l) => anyhow::anyhow!("template {}:{l}: {cause}", entry.origin),
                 None => anyhow::anyhow!("template {}: {cause}", entry.origin),
             }
-        })
+        })?;
+        // Secrets are resolved only where a template writes their placeholder: one that
+        // came in through a value is refused here too (the inventory refuses them first).
+        for secret in crate::secrets::placeholders_in(&text) {
+            if !entry.source.contains(&crate::secrets::placeholder(&secret)) {
+                bail!(
+                    "template {}: renders the placeholder of secret {secret}, which the \
+                     template does not write itself (it came in through a value)",
+                    entry.origin
+                );
+            }
+        }
+        Ok(text)
     }
 
     pub fn source(&self, name: &str) -> Option<&str> {
@@ -146,6 +176,66 @@ fn unravel(e: &tera::Error) -> String {
         .filter(|p| !p.starts_with("Failed to render"))
         .collect::<Vec<_>>()
         .join(": ")
+}
+
+/// Whether Tera's parse error points at the template's last line or past it: where
+/// it notices a block that was never closed.
+fn at_end(cause: &str, source: &str) -> bool {
+    let Some(i) = cause.find("--> ") else {
+        return false;
+    };
+    let line: usize = cause[i + 4..]
+        .split(':')
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    line >= source.trim_end().lines().count()
+}
+
+/// The first block tag (`{% if %}`, `{% for %}`, …) whose end tag is missing or crossed,
+/// with its line: Tera only says that the file ended.
+fn unclosed_block(src: &str) -> Option<(usize, String)> {
+    const BLOCKS: [&str; 5] = ["if", "for", "macro", "block", "filter"];
+    let line_at = |i: usize| src[..i].matches('\n').count() + 1;
+    let mut open: Vec<(usize, &str, &str)> = Vec::new();
+    let mut i = 0;
+    while let Some(start) = src[i..].find("{%").map(|s| s + i) {
+        // A comment that starts before this tag hides it.
+        if let Some(c) = src[i..start].find("{#").map(|c| c + i) {
+            i = src[c..].find("#}").map_or(src.len(), |e| c + e + 2);
+            continue;
+        }
+        let end = src[start..].find("%}").map(|e| start + e + 2)?;
+        let tag = &src[start..end];
+        let words = tag[2..tag.len() - 2].trim_matches(|c: char| c == '-' || c.is_whitespace());
+        let word = words.split_whitespace().next().unwrap_or("");
+        i = end;
+        if word == "raw" {
+            i = src[end..].find("endraw").map_or(src.len(), |e| end + e);
+        } else if BLOCKS.contains(&word) {
+            open.push((line_at(start), word, tag));
+        } else if let Some(kind) = word.strip_prefix("end").filter(|k| BLOCKS.contains(k)) {
+            match open.pop() {
+                Some((_, w, _)) if w == kind => {}
+                Some((line, w, tag)) => {
+                    return Some((
+                        line,
+                        format!(
+                            "`{tag}` is never closed: `{{% end{kind} %}}` at line {} comes \
+                             before `{{% end{w} %}}`",
+                            line_at(start)
+                        ),
+                    ))
+                }
+                None => return Some((line_at(start), format!("`{tag}` closes no block"))),
+            }
+        }
+    }
+    let (line, word, tag) = open.pop()?;
+    Some((
+        line,
+        format!("`{tag}` is never closed (no `{{% end{word} %}}` after it)"),
+    ))
 }
 
 /// The variable named in Tera's "Variable `x.y` not found" message.
@@ -197,6 +287,65 @@ mod tests {
         std::fs::write(dir.path().join("haproxy.cgf"), "x").unwrap();
         let err = Templates::load(Some(dir.path())).err().unwrap().to_string();
         assert!(err.contains("haproxy.cgf: matches no template"), "{err}");
+    }
+
+    /// Finding 15 of issue 20: Tera reports an unclosed block at the end of the file.
+    #[test]
+    fn finding_15_an_unclosed_if_is_reported_where_it_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = "a\n{% if x %}\nb\n{% for i in y %}\n{%- endfor %}\nc\nd\n";
+        std::fs::write(dir.path().join("nginx.conf"), src).unwrap();
+        let err = Templates::load(Some(dir.path())).err().unwrap().to_string();
+        assert!(
+            err.contains("nginx.conf:2: `{% if x %}` is never closed"),
+            "{err}"
+        );
+        assert!(err.contains("{% endif %}"), "{err}");
+        let crossed = "{% for i in y %}\n{% if x %}\n{% endfor %}\n";
+        std::fs::write(dir.path().join("nginx.conf"), crossed).unwrap();
+        let err = Templates::load(Some(dir.path())).err().unwrap().to_string();
+        assert!(err.contains("nginx.conf:"), "{err}");
+        let raw = "{% raw %}{% if %}{% endraw %}\n{# {% for %} #}\n{% if x %}\n";
+        assert_eq!(
+            unclosed_block(raw),
+            Some((
+                3,
+                "`{% if x %}` is never closed (no `{% endif %}` after it)".into()
+            ))
+        );
+    }
+
+    /// Finding 15 of issue 20: a subfolder of --templates was skipped without a word.
+    #[test]
+    fn finding_15_a_subfolder_of_the_templates_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("lb")).unwrap();
+        std::fs::write(dir.path().join("lb/haproxy.cfg"), "x").unwrap();
+        let err = Templates::load(Some(dir.path()))
+            .err()
+            .map(|e| e.to_string());
+        let err = err.expect("a subfolder is refused");
+        assert!(err.contains("lb: a folder"), "{err}");
+    }
+
+    /// Finding 2 of issue 20: a placeholder the template does not write (it came in
+    /// through a value) is not rendered, so it is never resolved.
+    #[test]
+    fn finding_2_only_placeholders_written_in_a_template_are_rendered() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("haproxy.cfg"), "uri {{ path }}\n").unwrap();
+        let t = Templates::load(Some(dir.path())).unwrap();
+        let mut ctx = tera::Context::new();
+        ctx.insert("path", "/h{{secret:db_app_password}}");
+        let err = t.render("haproxy.cfg", &ctx).unwrap_err().to_string();
+        assert!(err.contains("db_app_password"), "{err}");
+        ctx.insert("path", "/health");
+        assert_eq!(t.render("haproxy.cfg", &ctx).unwrap(), "uri /health\n");
+        let app = Templates::load(None).unwrap();
+        assert!(app
+            .source("app.ini")
+            .unwrap()
+            .contains("{{secret:db_app_password}}"));
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub fn backup(args: &DbBackupArgs, p: &Arc<Printer>) -> Result<Outcome> {
         .clone();
     let out_path = args.out.clone();
     let tmp_path = out_path.with_extension("partial");
+    // 0600, new, not through a symlink (and not removed below if it was already there).
+    let file = crate::private_file::create(&tmp_path)?;
     let (bytes, gtid, sha) = runtime()?
         .block_on(async {
             let r = ssh::connect(&source.host, p.clone()).await?;
@@ -90,8 +92,6 @@ pub fn backup(args: &DbBackupArgs, p: &Arc<Printer>) -> Result<Outcome> {
                 Some(Box::new(writer)),
                 "database backup",
             );
-            let file = std::fs::File::create(&tmp_path)
-                .with_context(|| format!("creating {}", tmp_path.display()))?;
             let write = async move {
                 use sha2::Digest;
                 let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
@@ -141,11 +141,8 @@ pub fn backup(args: &DbBackupArgs, p: &Arc<Printer>) -> Result<Outcome> {
         "gtid": gtid, "created": crate::engine::chrono_now(), "bytes": bytes, "sha256_sql": sha,
         "file": out_path,
     });
-    std::fs::write(
-        sidecar(&out_path),
-        serde_json::to_string_pretty(&meta)? + "\n",
-    )
-    .with_context(|| format!("writing {}", sidecar(&out_path).display()))?;
+    let record = serde_json::to_string_pretty(&meta)? + "\n";
+    crate::private_file::write(&sidecar(&out_path), record.as_bytes())?;
     if p.json {
         p.json_line(&json!({"schema": 1, "command": "db-backup", "backup": meta}));
     } else {

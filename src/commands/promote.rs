@@ -19,10 +19,7 @@ use crate::remote::{agent, ssh};
 use crate::secrets::Secrets;
 
 pub fn run(args: &DbPromoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
-    let (inv, plan) = load_tested_and_render(
-        &args.remote.inventory,
-        args.remote.templates.templates.as_deref(),
-    )?;
+    let (inv, plan) = load_tested_and_render(&args.inventory, args.templates.templates.as_deref())?;
     let new = inv
         .host(&args.host)
         .filter(|h| h.has(Role::DbReplica))

@@ -14,9 +14,7 @@ pub fn completions(args: &CompletionsArgs) -> Result<Outcome> {
 }
 
 pub fn man() -> Result<Outcome> {
-    let cmd = Cli::command();
-    clap_mangen::Man::new(cmd)
-        .render(&mut std::io::stdout())
+    crate::manpage::render(Cli::command(), &mut std::io::stdout().lock())
         .context("writing the man page")?;
     Ok(Outcome::Success)
 }

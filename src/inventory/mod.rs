@@ -2,6 +2,9 @@
 //! model and every validation rule, with errors that name file, line, column and field.
 //! serde_yaml is used here and nowhere else.
 
+mod grammar;
+pub mod limits;
+mod raw_secret;
 mod source_map;
 
 use std::collections::{BTreeMap, HashMap};
@@ -455,15 +458,22 @@ impl Inventory {
 
     /// Reads, parses and validates an inventory file.
     pub fn load(path: &Path) -> Result<Inventory> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading inventory {}", path.display()))?;
+        let text = limits::read(path)?;
         Ok(Inventory::parse(path, &text)?)
     }
 
     /// Parses and validates inventory text; `path` is used for messages and relative paths.
     pub fn parse(path: &Path, text: &str) -> std::result::Result<Inventory, InventoryError> {
         let file = path.display().to_string();
+        let refuse = |messages: Vec<String>| Err(InventoryError { messages });
+        if let Err(message) = limits::check(&file, text) {
+            return refuse(vec![message]);
+        }
         let (map, duplicates) = SourceMap::build(text);
+        let placeholders = grammar::secret_placeholders(&file, &map);
+        if !placeholders.is_empty() {
+            return refuse(placeholders);
+        }
         if !duplicates.is_empty() {
             let messages = duplicates
                 .iter()
@@ -559,6 +569,7 @@ fn yaml_error(file: &str, e: &serde_yaml::Error) -> String {
     if let Some(i) = msg.find(" at line ") {
         msg.truncate(i);
     }
+    let mut msg = raw_secret::without_internals(&msg);
     // "hosts.web-02: unknown field `adress`, ..." names the field in the path too.
     if let Some((path, rest)) = msg.split_once(": unknown field `") {
         if let Some(field) = rest.split('`').next() {
@@ -624,12 +635,7 @@ struct RawHost {
     server_id: Option<u32>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSecret {
-    env: Option<String>,
-    file: Option<PathBuf>,
-}
+use raw_secret::RawSecret;
 
 // ---- validation ---------------------------------------------------------------------
 
@@ -800,8 +806,14 @@ impl Validator {
                 };
                 self.err(&p, "port 0 is not a valid SSH port");
             }
-            if ssh.user.is_empty() || ssh.user.starts_with('-') {
-                self.err(&format!("{hp}.ssh.user"), "invalid SSH user");
+            if !grammar::is_login_name(&ssh.user) {
+                self.err(
+                    &format!("{hp}.ssh.user"),
+                    format!(
+                        "invalid SSH user {:?} (letters, digits, '_', '.', '-')",
+                        ssh.user
+                    ),
+                );
             }
             let server_id = h.server_id.unwrap_or_else(|| derived_server_id(address));
             if server_id == 0 && !address_taken {
@@ -894,11 +906,12 @@ impl Validator {
         });
         let hc = &raw.haproxy.health_check;
         self.check(
-            hc.path.starts_with('/') && !hc.path.contains(char::is_whitespace),
+            grammar::is_url_path(&hc.path),
             "haproxy.health_check.path",
             || {
                 format!(
-                    "health check path must start with '/' and have no spaces, got {:?}",
+                    "invalid health check path {:?} (a '/' then letters, digits and \
+                     '/', '-', '_', '.', '~'; at most 255)",
                     hc.path
                 )
             },
@@ -1031,7 +1044,9 @@ impl Validator {
             if v.router_id == 0 {
                 self.err("vip.router_id", "VRRP router ids are 1 to 255");
             }
+            // Linux names: at most 15 bytes (IFNAMSIZ).
             if v.interface.is_empty()
+                || v.interface.len() > 15
                 || !v
                     .interface
                     .chars()

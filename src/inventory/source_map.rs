@@ -18,6 +18,8 @@ pub struct Pos {
 #[derive(Debug, Default)]
 pub struct SourceMap {
     values: HashMap<String, Pos>,
+    /// Keys and values that carry secret placeholder text (`{{secret:`), by path.
+    pub placeholder_text: Vec<(String, Pos)>,
 }
 
 /// A key that appears twice in one mapping.
@@ -38,6 +40,7 @@ impl SourceMap {
         (
             SourceMap {
                 values: walker.values,
+                placeholder_text: walker.placeholder_text,
             },
             walker.duplicates,
         )
@@ -76,7 +79,11 @@ struct Walker {
     stack: Vec<Frame>,
     values: HashMap<String, Pos>,
     duplicates: Vec<DuplicateKey>,
+    placeholder_text: Vec<(String, Pos)>,
 }
+
+/// How a secret placeholder starts (`{{secret:NAME}}`, src/secrets.rs).
+const PLACEHOLDER_START: &str = "{{secret:";
 
 fn pos(mark: Marker) -> Pos {
     Pos {
@@ -135,7 +142,19 @@ impl MarkedEventReceiver for Walker {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         match ev {
             Event::Scalar(ref value, ..) => {
-                if let Some(p) = self.next_value_path(Some(value), mark) {
+                let p = self.next_value_path(Some(value), mark);
+                if value.contains(PLACEHOLDER_START) {
+                    let path = p.clone().unwrap_or_else(|| match self.stack.last() {
+                        Some(Frame::Map {
+                            path,
+                            pending_key: Some(key),
+                            ..
+                        }) => join(path, key),
+                        _ => String::new(),
+                    });
+                    self.placeholder_text.push((path, pos(mark)));
+                }
+                if let Some(p) = p {
                     self.values.entry(p).or_insert(pos(mark));
                 }
             }

@@ -1,0 +1,243 @@
+//! The size and nesting limits of an inventory file, checked by a linear pre-scan before
+//! any YAML parser sees the text: libyaml (under serde_yaml) spends time quadratic in
+//! the nesting depth (40,000 levels of `[` took 2.4 s, a 10 MB file minutes), so a
+//! hostile or broken file is refused in milliseconds, with file:line:col.
+
+use std::io::Read;
+use std::path::Path;
+
+/// The largest inventory accepted: a 1,000-host inventory is about 100 KiB.
+pub const MAX_BYTES: usize = 1 << 20;
+/// The deepest nesting accepted (mappings and sequences, block or flow); the schema
+/// itself needs 4 (`hosts.web-01.ssh.user`).
+pub const MAX_DEPTH: usize = 32;
+
+/// Reads a file of at most [`MAX_BYTES`], never more than one byte past the limit.
+pub fn read(path: &Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("reading inventory {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading inventory {}", path.display()))?;
+    if bytes.len() > MAX_BYTES {
+        anyhow::bail!("{}", too_large(&path.display().to_string(), &bytes));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let (line, col) = line_col(e.as_bytes(), e.utf8_error().valid_up_to());
+        anyhow::anyhow!(
+            "{}:{line}:{col}: the inventory is not UTF-8 text",
+            path.display()
+        )
+    })
+}
+
+fn too_large(file: &str, bytes: &[u8]) -> String {
+    let (line, col) = line_col(bytes, MAX_BYTES);
+    format!(
+        "{file}:{line}:{col}: the inventory is larger than {} KiB (the limit; a 1,000-host \
+         inventory is about 100 KiB)",
+        MAX_BYTES / 1024
+    )
+}
+
+/// 1-based line and column (in characters) of byte `at`.
+fn line_col(bytes: &[u8], at: usize) -> (usize, usize) {
+    let before = &bytes[..at.min(bytes.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let col = String::from_utf8_lossy(&before[start..]).chars().count() + 1;
+    (line, col)
+}
+
+/// Refuses a text over [`MAX_BYTES`] or nested deeper than [`MAX_DEPTH`], naming the
+/// place where the limit is crossed.
+pub fn check(file: &str, text: &str) -> Result<(), String> {
+    if text.len() > MAX_BYTES {
+        return Err(too_large(file, text.as_bytes()));
+    }
+    match deepest(text) {
+        Some((line, col)) => Err(format!(
+            "{file}:{line}:{col}: nested more than {MAX_DEPTH} levels deep (the limit; an \
+             inventory needs 4)"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Where the nesting first goes past [`MAX_DEPTH`], if it does. A conservative scan of
+/// the structure YAML can nest with: indentation (each deeper indent, and each `- ` or
+/// `? ` that starts a line's content, opens a level) and flow brackets outside quotes,
+/// comments and plain scalars. It may count a level YAML would not (never fewer), which
+/// only matters for a file near the limit, far beyond any inventory.
+fn deepest(text: &str) -> Option<(usize, usize)> {
+    let mut indents: Vec<usize> = Vec::new();
+    let mut flow = 0usize;
+    let mut quote: Option<char> = None;
+    // A block scalar (`|`, `>`): its lines, indented deeper than this, are text.
+    let mut block_scalar_above: Option<usize> = None;
+    for (n, line) in text.split('\n').enumerate() {
+        let chars: Vec<char> = line.trim_end_matches('\r').chars().collect();
+        let indent = chars.iter().take_while(|c| **c == ' ').count();
+        let blank = chars[indent..].iter().all(|c| c.is_whitespace());
+        if let Some(parent) = block_scalar_above {
+            if blank || indent > parent {
+                continue;
+            }
+            block_scalar_above = None;
+        }
+        let mut i = indent;
+        if quote.is_none() && flow == 0 {
+            if blank || chars[i] == '#' {
+                continue;
+            }
+            while indents.last().is_some_and(|&top| top > indent) {
+                indents.pop();
+            }
+            if indents.last() != Some(&indent) {
+                indents.push(indent);
+            }
+            // `- - - x` and `? x` nest without indentation.
+            while i + 1 < chars.len() && "-?".contains(chars[i]) && chars[i + 1] == ' ' {
+                i += 1;
+                while i < chars.len() && chars[i] == ' ' {
+                    i += 1;
+                }
+                indents.push(i);
+            }
+            if indents.len() > MAX_DEPTH {
+                return Some((n + 1, i + 1));
+            }
+        }
+        // Where a flow collection may open: at the start of a value, or inside one.
+        let mut value_start = true;
+        while i < chars.len() {
+            let c = chars[i];
+            if let Some(q) = quote {
+                if q == '"' && c == '\\' {
+                    i += 1;
+                } else if c == q {
+                    if q == '\'' && chars.get(i + 1) == Some(&'\'') {
+                        i += 1;
+                    } else {
+                        quote = None;
+                        value_start = false;
+                    }
+                }
+                i += 1;
+                continue;
+            }
+            match c {
+                ' ' | '\t' => {}
+                '#' if i == 0 || chars[i - 1] == ' ' || chars[i - 1] == '\t' => break,
+                '"' | '\'' if value_start => quote = Some(c),
+                // An anchor or a tag comes before the node it names; an alias is one.
+                '&' | '!' | '*' if value_start => {
+                    while i + 1 < chars.len() && !chars[i + 1].is_whitespace() {
+                        i += 1;
+                    }
+                    value_start = c != '*';
+                }
+                '[' | '{' if value_start || flow > 0 => {
+                    flow += 1;
+                    if indents.len() + flow > MAX_DEPTH {
+                        return Some((n + 1, i + 1));
+                    }
+                    value_start = true;
+                }
+                ']' | '}' if flow > 0 => {
+                    flow -= 1;
+                    value_start = false;
+                }
+                ',' if flow > 0 => value_start = true,
+                ':' | '-' | '?'
+                    if chars.get(i + 1).is_none_or(|n| *n == ' ' || *n == '\t')
+                        || (flow > 0 && c == ':') =>
+                {
+                    value_start = true
+                }
+                '|' | '>' if value_start && flow == 0 => {
+                    block_scalar_above = Some(indent);
+                    break;
+                }
+                _ => {
+                    // A plain scalar: outside flow it runs to the end of the line (or
+                    // to a `: ` or ` #`); inside, to the next flow indicator.
+                    value_start = false;
+                    if flow == 0 {
+                        while i + 1 < chars.len()
+                            && !(chars[i + 1] == ':' && chars.get(i + 2).is_none_or(|n| *n == ' '))
+                            && !(chars[i + 1] == '#' && chars[i] == ' ')
+                        {
+                            i += 1;
+                        }
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_inventory_is_far_within_the_limits() {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("inventory/inventory.yaml"),
+        )
+        .unwrap();
+        assert_eq!(check("i.yaml", &text), Ok(()));
+        let compact = "a: [1, {b: [c, d]}, 'x[[[', \"y{{{\", e[f]]\n# [[[[\nk: v[[[ # ]\n";
+        assert_eq!(deepest(compact), None);
+    }
+
+    #[test]
+    fn the_level_past_the_limit_is_named() {
+        let flow = format!("domain: x\nhosts: {}\n", "[".repeat(40));
+        let err = check("i.yaml", &flow).unwrap_err();
+        assert!(err.starts_with("i.yaml:2:39: nested more than 32"), "{err}");
+        let dashes = format!("hosts:\n  {}x\n", "- ".repeat(40));
+        let err = check("i.yaml", &dashes).unwrap_err();
+        assert!(err.starts_with("i.yaml:2:"), "{err}");
+        let tagged = format!("hosts: &a !!seq {}\n", "[".repeat(40));
+        assert!(check("i.yaml", &tagged).is_err());
+        let mut indented = String::new();
+        for d in 0..40 {
+            indented.push_str(&format!("{}k{d}:\n", " ".repeat(d)));
+        }
+        let err = check("i.yaml", &indented).unwrap_err();
+        assert!(err.starts_with("i.yaml:33:"), "{err}");
+    }
+
+    #[test]
+    fn quotes_comments_and_block_scalars_do_not_count() {
+        let text = format!(
+            "a: \"{}\"\nb: '{}'\n# {}\nc: |\n    {}\n      {}\nd: x{}\n",
+            "[".repeat(50),
+            "{".repeat(50),
+            "[".repeat(50),
+            "[".repeat(50),
+            "- ".repeat(50),
+            "[".repeat(50)
+        );
+        assert_eq!(check("i.yaml", &text), Ok(()));
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_refused_without_reading_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.yaml");
+        std::fs::write(&path, "# padding\n".repeat(MAX_BYTES / 5)).unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("big.yaml:104858:"), "{err}");
+        assert!(err.contains("larger than 1024 KiB"), "{err}");
+    }
+}
