@@ -125,6 +125,42 @@ fn timed_check(path: &Path) -> (Duration, String, Option<i32>) {
     )
 }
 
+/// Any job of the example workflow that a pull request can run gets no secret, no
+/// runner of our own (one that reaches the hosts) and runs no command that talks to
+/// hosts; the jobs that do are limited to pushes to the protected branch.
+#[test]
+fn finding_3_pull_request_jobs_get_no_secrets_and_no_hosts() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ci/foobar-infra.yml");
+    let workflow: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let jobs = workflow["jobs"].as_mapping().unwrap();
+    let mut protected = 0;
+    for (name, job) in jobs {
+        let text = serde_yaml::to_string(job).unwrap();
+        let condition = job["if"].as_str().unwrap_or("");
+        if condition.contains("github.event_name == 'push'")
+            && condition.contains("github.ref == 'refs/heads/main'")
+        {
+            protected += 1;
+            continue;
+        }
+        assert!(!text.contains("secrets."), "{name:?} gets secrets:\n{text}");
+        assert!(
+            !text.contains("self-hosted"),
+            "{name:?} runs on our runners"
+        );
+        for command in [
+            "plan", "apply", "diff", "status", "db", "history", "rollback",
+        ] {
+            let call = format!("foobar-infra {command} ");
+            assert!(!text.contains(&call), "{name:?} runs `{call}`");
+        }
+    }
+    assert!(protected >= 2, "plan and apply run on the protected branch");
+    let on = &workflow["on"]["push"]["branches"];
+    assert_eq!(on.as_sequence().map(|b| b.len()), Some(1), "{on:?}");
+}
+
 #[test]
 fn finding_8_deeply_nested_or_huge_yaml_is_refused_in_milliseconds() {
     let dir = tempfile::tempdir().unwrap();
@@ -194,6 +230,37 @@ fn finding_9_an_inline_secret_is_not_echoed() {
     std::fs::write(&path, format!("{}secrets: \"S3cr3t-P@ss\"\n", &text[..cut])).unwrap();
     let err = refused(&path);
     assert!(!err.contains("S3cr3t"), "{err}");
+}
+
+#[test]
+fn finding_11_the_firewall_filters_input_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let large = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/large/inventory.yaml");
+    let out = cli()
+        .arg("render")
+        .arg(&large)
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let mut rulesets = 0;
+    for host in std::fs::read_dir(dir.path()).unwrap() {
+        let path = host.unwrap().path().join("etc/foobar/firewall.nft");
+        let Ok(rules) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        rulesets += 1;
+        let hooks: Vec<&str> = rules.lines().filter(|l| l.contains(" hook ")).collect();
+        assert_eq!(hooks.len(), 1, "{}: {hooks:?}", path.display());
+        assert!(
+            hooks[0].contains("hook input"),
+            "{}: {hooks:?}",
+            path.display()
+        );
+        assert!(!rules.contains("hook forward"), "{}", path.display());
+    }
+    assert!(rulesets >= 8, "{rulesets} rulesets");
 }
 
 #[test]
