@@ -152,7 +152,7 @@ Every apply that touched a host appends a record there
 Exit codes: 0, 1 error.")]
     History(HistoryArgs),
 
-    /// Database operations: backup, restore, promote (failover)
+    /// Database operations: backup, restore, promote (failover), reseed (a diverged replica)
     #[command(subcommand)]
     Db(DbCommand),
 
@@ -215,6 +215,35 @@ moves the application's writes to the new primary.
 Exit codes: 0 promoted (and inventory written), 2 dry run, 1 error (also when the
 inventory was not written: apply would refuse until it is).")]
     Promote(DbPromoteArgs),
+    /// Copy the primary into a replica again (a diverged replica); --dry-run shows the steps
+    #[command(after_help = "Examples:
+  foobar-infra db reseed lab/inventory.yaml web-02 --dry-run
+  foobar-infra db reseed lab/inventory.yaml web-02
+
+For a replica that diverged from its primary (a write on the replica, then an error
+replication cannot go past: GTID out of order, a duplicate key, a position the primary
+does not have), which diff and apply name and refuse to change in place. The replica
+is drained from the load balancers; its application database is replaced by a
+consistent dump streamed from the primary (which, as in apply, only gets what it lacks:
+database, tables, accounts), replication starts by GTID at the dump's position,
+read_only goes back ON; then it is put back in the pool. Refused when the inventory's
+primary is not the live, writable primary.
+
+Exit codes: 0 re-seeded and replicating, 2 dry run, 1 error.")]
+    Reseed(DbReseedArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DbReseedArgs {
+    /// The inventory file
+    pub inventory: PathBuf,
+    #[command(flatten)]
+    pub templates: TemplateArgs,
+    /// The replica to copy the primary into
+    pub host: String,
+    /// Show the steps, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]

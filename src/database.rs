@@ -4,6 +4,9 @@
 //! new replica seeded from a consistent dump streamed through the tool's own SSH
 //! connections (nothing written to disk), then started by GTID.
 
+pub mod replica;
+pub mod reseed;
+
 use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -35,6 +38,12 @@ pub enum DbChange {
     SeedReplica { from: String, reason: String },
     /// The server was not running when observed: decide once it runs.
     CheckReplica { from: String },
+    /// The replica is not as planned in a way that is safe to put right in place
+    /// (src/database/replica.rs): `read_only`, a stopped thread, the source.
+    RepairReplica {
+        from: String,
+        repairs: Vec<replica::ReplicaRepair>,
+    },
 }
 
 impl DbChange {
@@ -57,6 +66,13 @@ impl DbChange {
             DbChange::CheckReplica { from } => format!(
                 "database: not running when observed; seed from {from} if it does not replicate"
             ),
+            DbChange::RepairReplica { from, repairs } => {
+                let what: Vec<String> = repairs
+                    .iter()
+                    .map(replica::ReplicaRepair::describe)
+                    .collect();
+                format!("database: replica of {from}: {}", what.join("; "))
+            }
         }
     }
 }
@@ -171,12 +187,21 @@ pub fn diff(hp: &HostPlan, state: Option<&DbState>) -> Option<DbChange> {
                         ),
                     })
                 }
-                Some(_) if st.replica_password_ok == Some(false) => {
-                    Some(DbChange::ReplicaPassword {
+                Some(r) => match replica::assess(&st, r, primary, None) {
+                    // Not a change but an error that stops diff and apply
+                    // (replica::diverged_replicas, with the primary's state).
+                    replica::Verdict::Diverged(_) => None,
+                    // Restarts replication (both threads) with the new password; the
+                    // rest, if any, in the next run.
+                    _ if st.replica_password_ok == Some(false) => Some(DbChange::ReplicaPassword {
                         from: primary.name.clone(),
-                    })
-                }
-                Some(_) => None,
+                    }),
+                    replica::Verdict::Repair(repairs) => Some(DbChange::RepairReplica {
+                        from: primary.name.clone(),
+                        repairs,
+                    }),
+                    replica::Verdict::Healthy | replica::Verdict::Reconnecting { .. } => None,
+                },
             }
         }
     }
@@ -246,10 +271,7 @@ pub async fn converge(
         let Some(replica) = remote_of(host) else {
             continue;
         };
-        let needs_seed = match change {
-            // Done before the files (rotate_replication, remove_replicas).
-            DbChange::ReplicaPassword { .. } | DbChange::RemoveReplica { .. } => false,
-            DbChange::SeedReplica { .. } => true,
+        let todo = match change {
             DbChange::CheckReplica { .. } => {
                 // Observe again now that the server runs.
                 let v = agent::call(
@@ -259,14 +281,27 @@ pub async fn converge(
                 )
                 .await?;
                 let st: Option<DbState> = serde_json::from_value(v["db"].clone()).ok();
-                matches!(diff(hp, st.as_ref()), Some(DbChange::SeedReplica { .. }))
+                if let Some(d) = st.as_ref().and_then(|s| replica::divergence(db, s)) {
+                    anyhow::bail!(
+                        "{host}: the replica has diverged from its primary: {}; re-seed it with `foobar-infra db reseed INVENTORY {host}`",
+                        d.error
+                    );
+                }
+                diff(hp, st.as_ref())
             }
-            DbChange::ConvergePrimary { .. } => false,
+            other => Some(other.clone()),
         };
-        if !needs_seed {
-            continue;
-        }
         let pref = db.primary.as_ref().context("replica without primary")?;
+        match todo {
+            Some(DbChange::SeedReplica { .. }) => {}
+            Some(DbChange::RepairReplica { repairs, .. }) => {
+                replica::repair(replica, db, &repairs, secrets, printer).await?;
+                printer.status("Replicating", format!("{host} from {} (GTID)", pref.name));
+                continue;
+            }
+            // Done before the files (rotate_replication, remove_replicas), or nothing.
+            _ => continue,
+        }
         let source = primary_remote.context("the primary is not connected")?;
         seed(source, replica, db, secrets, printer)
             .await

@@ -1284,7 +1284,7 @@ async fn switch_release(hp: &HostPlan, r: &dyn Remote, id: &str) -> Result<Value
 
 /// Sets a web server's state in the `web` backend of every load balancer; with `wait`,
 /// until its sessions ended (drain) or its health check passes (ready), bounded.
-async fn set_backend_state(
+pub(crate) async fn set_backend_state(
     lbs: &[(&HostPlan, &dyn Remote)],
     server: &str,
     state: &str,

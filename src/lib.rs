@@ -47,6 +47,7 @@ pub fn run(cli: &Cli, p: &std::sync::Arc<Printer>) -> Result<Outcome> {
         Command::Db(cli::DbCommand::Backup(a)) => commands::db::backup(a, p),
         Command::Db(cli::DbCommand::Restore(a)) => commands::db::restore(a, p),
         Command::Db(cli::DbCommand::Promote(a)) => commands::promote::run(a, p),
+        Command::Db(cli::DbCommand::Reseed(a)) => commands::reseed::run(a, p),
     }
 }
 

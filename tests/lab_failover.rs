@@ -125,3 +125,179 @@ fn promote_web_02_after_web_01_database_died() {
         text(&cli(&["status", &base]))
     );
 }
+
+/// One field of SHOW SLAVE STATUS on a lab host ("" when not there).
+fn replica_field(host: &str, field: &str) -> String {
+    exec(host, &["mariadb", "-e", "SHOW SLAVE STATUS\\G"])
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == field).then(|| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+fn replicating(host: &str) -> bool {
+    replica_field(host, "Slave_IO_Running") == "Yes"
+        && replica_field(host, "Slave_SQL_Running") == "Yes"
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// Issue 19: the replica's state is desired state. `read_only` OFF and a thread stopped
+/// by hand are changes that diff shows and apply puts right (without writing anything
+/// to either binary log); a replica that diverged (a write on it, then a conflicting
+/// one on the primary) stops diff and apply, naming the server's error and
+/// `db reseed`, which brings it back replicating with the primary's rows; and `status`
+/// right after an apply that restarted the primary does not call the replica's
+/// reconnection a problem. On either host kind (MariaDB 10.11 and 11.8).
+#[test]
+fn replica_state_is_repaired_and_a_diverged_replica_is_reseeded() {
+    let Some(_g) = lab() else { return };
+    let inv = lab_inventory().display().to_string();
+    eprintln!("web-02: {}", host_os("web-02"));
+    apply_ok(&inv, &[]);
+    assert!(wait_until(Duration::from_secs(15), || replicating(
+        "web-02"
+    )));
+    let gtid = |h: &str| sql(h, "SELECT @@gtid_current_pos");
+
+    // read_only OFF on the replica: a pending change, put back by apply.
+    sql("web-02", "SET GLOBAL read_only=0");
+    let (g1, g2) = (gtid("web-01"), gtid("web-02"));
+    let diff = cli(&["diff", &inv]);
+    assert_eq!(diff.status.code(), Some(2), "{}", text(&diff));
+    assert!(
+        String::from_utf8_lossy(&diff.stdout)
+            .contains("database: replica of web-01: read_only back ON"),
+        "{}",
+        text(&diff)
+    );
+    apply_ok(&inv, &[]);
+    assert_eq!(sql("web-02", "SELECT @@read_only"), "1");
+    assert_eq!(
+        (gtid("web-01"), gtid("web-02")),
+        (g1, g2),
+        "the repair wrote nothing to a binary log"
+    );
+    assert_eq!(cli(&["diff", &inv]).status.code(), Some(0));
+
+    // Both threads stopped by hand: started again.
+    sql("web-02", "STOP SLAVE");
+    let diff = cli(&["diff", &inv]);
+    assert_eq!(diff.status.code(), Some(2), "{}", text(&diff));
+    let shown = String::from_utf8_lossy(&diff.stdout).to_string();
+    assert!(
+        shown.contains("start the IO thread (stopped, no error)")
+            && shown.contains("start the SQL thread (stopped, no error)"),
+        "{shown}"
+    );
+    apply_ok(&inv, &[]);
+    assert!(replicating("web-02"));
+    assert_eq!(cli(&["diff", &inv]).status.code(), Some(0));
+
+    // Diverged: a row written on the replica, then a write on the primary.
+    for i in 0..5 {
+        let r = http_post(LB, "/items", &format!("text=before+divergence+{i}")).unwrap();
+        assert_eq!(r.status, 201);
+    }
+    sql(
+        "web-02",
+        "SET GLOBAL read_only=0; INSERT INTO foobar.items (text, host) VALUES ('written on the replica', 'web-02')",
+    );
+    assert_eq!(
+        http_post(LB, "/items", "text=conflict").unwrap().status,
+        201
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || replica_field(
+            "web-02",
+            "Slave_SQL_Running"
+        ) == "No"),
+        "the replica's SQL thread did not stop"
+    );
+    let errno = replica_field("web-02", "Last_SQL_Errno");
+    assert!(
+        ["1950", "1062"].contains(&errno.as_str()),
+        "GTID out of order or a duplicate key, not {errno}"
+    );
+    let reseed = format!("foobar-infra db reseed {inv} web-02");
+    let before = managed_hashes();
+    for command in ["diff", "apply"] {
+        let out = cli(&[command, &inv]);
+        assert_eq!(out.status.code(), Some(1), "{command}: {}", text(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(
+                "web-02: the replica has diverged from web-01: SQL thread stopped on error "
+            ) && err.contains(&format!("error {errno} "))
+                && err.contains(&format!("`{reseed}`")),
+            "{command}: {}",
+            text(&out)
+        );
+    }
+    assert!(stderr(&cli(&["apply", &inv])).contains("nothing was changed on any host"));
+    assert_eq!(managed_hashes(), before);
+    assert_eq!(replica_field("web-02", "Slave_SQL_Running"), "No");
+    let json = cli(&["diff", "--json", &inv]);
+    assert_eq!(json.status.code(), Some(1), "{}", text(&json));
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(doc["errors"][0]["kind"], "replica-diverged", "{doc:#}");
+    assert_eq!(doc["errors"][0]["errno"].to_string(), errno);
+    assert_eq!(doc["errors"][0]["repair"], reseed.as_str());
+
+    // The repair command, as printed.
+    let dry = cli(&["db", "reseed", &inv, "web-02", "--dry-run"]);
+    assert_eq!(dry.status.code(), Some(2), "{}", text(&dry));
+    assert_eq!(replica_field("web-02", "Slave_SQL_Running"), "No");
+    let out = cli(&["db", "reseed", &inv, "web-02"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(replicating("web-02"));
+    assert_eq!(sql("web-02", "SELECT @@read_only"), "1");
+    assert_eq!(
+        http_post(LB, "/items", "text=after+reseed").unwrap().status,
+        201
+    );
+    let counts = |h: &str| {
+        sql(
+            h,
+            "SELECT (SELECT COUNT(*) FROM foobar.items), (SELECT COUNT(*) FROM foobar.visits)",
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || counts("web-01")
+            == counts("web-02")),
+        "primary {} replica {}",
+        counts("web-01"),
+        counts("web-02")
+    );
+    assert_eq!(
+        sql(
+            "web-02",
+            "SELECT COUNT(*) FROM foobar.items WHERE text='written on the replica'"
+        ),
+        "0"
+    );
+    assert_eq!(cli(&["diff", &inv]).status.code(), Some(0));
+
+    // An apply that restarts the primary: status at once is healthy (the replica's
+    // IO thread reconnects within its grace).
+    exec(
+        "web-01",
+        &[
+            "sh",
+            "-c",
+            "echo '# drift' >> /etc/mysql/mariadb.conf.d/60-foobar.cnf",
+        ],
+    );
+    let out = apply_ok(&inv, &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("mariadb restart"),
+        "{}",
+        text(&out)
+    );
+    let status = cli(&["status", &inv]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+}

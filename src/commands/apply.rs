@@ -16,13 +16,14 @@ pub fn run(args: &ApplyArgs, p: &Arc<Printer>) -> Result<Outcome> {
     let t0 = Instant::now();
     runtime()?.block_on(async {
         let mut session = remote::open(&args.remote, p, Observe::Witnessed).await?;
-        // Before staging anything: a port the stack needs held by another process.
+        // Before staging anything: a port the stack needs held by another process, or a
+        // replica diverged from its primary.
         let command = if args.dry_run {
             "apply-dry-run"
         } else {
             "apply"
         };
-        if let Err(e) = remote::refuse_held_ports(&session, p, command) {
+        if let Err(e) = remote::refuse_blocked(&session, p, command) {
             session.close().await;
             if !args.dry_run {
                 p.event(

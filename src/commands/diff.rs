@@ -15,7 +15,7 @@ pub fn run(args: &RemoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
     }
     runtime()?.block_on(async {
         let session = remote::open(args, p, Observe::Witnessed).await?;
-        if let Err(e) = remote::refuse_held_ports(&session, p, "diff") {
+        if let Err(e) = remote::refuse_blocked(&session, p, "diff") {
             session.close().await;
             return Err(e);
         }

@@ -9,6 +9,7 @@ pub mod plan;
 pub mod promote;
 pub mod remote;
 pub mod render;
+pub mod reseed;
 pub mod rollback;
 pub mod shell;
 pub mod status;

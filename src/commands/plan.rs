@@ -16,7 +16,7 @@ use crate::planfile;
 pub fn run(args: &PlanArgs, p: &Arc<Printer>) -> Result<Outcome> {
     runtime()?.block_on(async {
         let session = remote::open(&args.remote, p, Observe::Witnessed).await?;
-        if let Err(e) = remote::refuse_held_ports(&session, p, "plan") {
+        if let Err(e) = remote::refuse_blocked(&session, p, "plan") {
             session.close().await;
             return Err(e);
         }

@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 
 use super::render_plan;
 use crate::cli::RemoteArgs;
+use crate::database::replica::{self, DivergedReplica};
 use crate::diff::{desired_hashes, diff, Changes};
 use crate::engine::{self, Observe};
 use crate::inventory::{Host, Inventory, Role};
@@ -86,6 +87,8 @@ pub struct Session {
     pub changes: Changes,
     /// Ports the stack needs that other processes hold: apply must not start.
     pub conflicts: Vec<PortConflict>,
+    /// Replicas that diverged from their primary: apply must not start either.
+    pub diverged: Vec<DivergedReplica>,
 }
 
 impl Session {
@@ -180,7 +183,9 @@ pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>, how: Observe) -> Re
         );
     }
     let conflicts = preflight::conflicts(&plan, &observed);
+    let diverged = replica::diverged_replicas(&plan, &observed, &inventory.path);
     Ok(Session {
+        diverged,
         inventory,
         plan,
         secrets,
@@ -345,16 +350,19 @@ fn live_primary_matches(plan: &Plan, observed: &BTreeMap<String, HostState>) -> 
 }
 
 /// Stops diff, plan and apply when a port the stack needs is held by another process
-/// (src/run/preflight.rs): an error that blocks apply, not a pending change. Prints the
+/// (src/run/preflight.rs) or a replica diverged from its primary
+/// (src/database/replica.rs): errors that block apply, not pending changes. Prints the
 /// changes all the same (with `--json`: the one document, with `errors`; `apply
-/// --json`: an `error` event each) and returns the error naming each host, port and
-/// process.
-pub fn refuse_held_ports(session: &Session, p: &Printer, command: &str) -> Result<()> {
-    let conflicts = &session.conflicts;
-    if conflicts.is_empty() {
+/// --json`: an `error` event each) and returns the error naming each host and cause,
+/// and for a diverged replica the command that repairs it.
+pub fn refuse_blocked(session: &Session, p: &Printer, command: &str) -> Result<()> {
+    let (conflicts, diverged) = (&session.conflicts, &session.diverged);
+    if conflicts.is_empty() && diverged.is_empty() {
         return Ok(());
     }
-    let errors: Vec<serde_json::Value> = conflicts.iter().map(PortConflict::to_json).collect();
+    let errors: Vec<serde_json::Value> = (conflicts.iter().map(PortConflict::to_json))
+        .chain(diverged.iter().map(DivergedReplica::to_json))
+        .collect();
     if p.json && command == "apply" {
         for e in errors {
             p.event(serde_json::json!({"event": "error", "error": e}));
@@ -366,7 +374,9 @@ pub fn refuse_held_ports(session: &Session, p: &Printer, command: &str) -> Resul
     } else {
         print_changes(&session.changes, p, command);
     }
-    let mut lines: Vec<String> = conflicts.iter().map(PortConflict::message).collect();
+    let mut lines: Vec<String> = (conflicts.iter().map(PortConflict::message))
+        .chain(diverged.iter().map(DivergedReplica::message))
+        .collect();
     if command == "apply" {
         lines.push("nothing was changed on any host".into());
     }

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::remote::{limit, secret_names};
 use super::{load_and_render, runtime, Outcome};
 use crate::cli::RemoteArgs;
+use crate::database::replica;
 use crate::diff::diff_host;
 use crate::engine::{bounded, observe_one};
 use crate::output::Printer;
@@ -121,7 +122,9 @@ fn host_status(
     st: &HostState,
     secrets: &Secrets,
     backends: &[String],
+    inventory: &std::path::Path,
 ) -> HostStatus {
+    let reseed = |host: &str| replica::reseed_command(inventory, host);
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     let services: Vec<Value> = hp
@@ -163,16 +166,19 @@ fn host_status(
         }
         let replica = db.replica.as_ref();
         if role == Some(DbRole::Replica) && db.running {
-            match replica {
-                None => problems.push("replica is not replicating (not configured)".into()),
-                Some(r) if !r.running() => problems.push(format!(
+            match (replica, replica::replicating(hp, Some(st))) {
+                (None, _) => problems.push("replica is not replicating (not configured)".into()),
+                (Some(_), Some((db, r, primary))) => {
+                    problems.extend(replica::problem(db, r, primary, &reseed(hp.name())))
+                }
+                (Some(r), None) if !r.running() => problems.push(format!(
                     "replication stopped: IO thread {}, SQL thread {}{}{}",
                     r.io_running.as_deref().unwrap_or("?"),
                     r.sql_running.as_deref().unwrap_or("?"),
                     if r.last_io_error.is_empty() { String::new() } else { format!(": {}", r.last_io_error) },
                     if r.last_sql_error.is_empty() { String::new() } else { format!(": {}", r.last_sql_error) },
                 )),
-                Some(_) => {}
+                (Some(_), None) => {}
             }
         }
         if role == Some(DbRole::Primary) && db.read_only == Some(true) {
@@ -255,14 +261,18 @@ pub fn run(args: &RemoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
                 async move {
                     let observed = match ssh::connect(&hp.host, p).await {
                         Ok(r) => {
-                            let st = observe_one(hp, &r, secrets).await;
+                            let mut st = observe_one(hp, &r, secrets).await;
+                            // A replica reconnecting by itself gets a short grace.
+                            if let Ok(st) = st.as_mut() {
+                                replica::settle(hp, &r, st).await;
+                            }
                             let _ = r.close().await;
                             st
                         }
                         Err(e) => Err(e),
                     };
                     match observed {
-                        Ok(st) => host_status(hp, &st, secrets, backends),
+                        Ok(st) => host_status(hp, &st, secrets, backends, &args.inventory),
                         Err(e) => HostStatus {
                             host: hp.name().to_string(),
                             reachable: false,

@@ -280,6 +280,17 @@ pub struct ReplicaState {
     pub last_sql_error: String,
     #[serde(default)]
     pub gtid_io_pos: Option<String>,
+    #[serde(default)]
+    pub master_user: Option<String>,
+    /// `Current_Pos`, `Slave_Pos` or `No`.
+    #[serde(default)]
+    pub using_gtid: Option<String>,
+    /// The error number each thread last stopped with (0: none), which tells a
+    /// transient stop from a diverged replica (src/database/replica.rs).
+    #[serde(default)]
+    pub last_io_errno: u32,
+    #[serde(default)]
+    pub last_sql_errno: u32,
 }
 
 impl ReplicaState {
