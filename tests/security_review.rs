@@ -172,6 +172,11 @@ fn finding_8_deeply_nested_or_huge_yaml_is_refused_in_milliseconds() {
     let block = format!("domain: example.com\nhosts:\n  {}x\n", "- ".repeat(80_000));
     let top = format!("{}x\n", "[".repeat(5_000_000));
     let huge = "a: b\n".repeat(2_000_000);
+    let unit = format!("{}1{}", "[".repeat(30), "]".repeat(30));
+    let many = format!(
+        "domain: example.com\nhosts: [{}]\n",
+        vec![unit; 16_000].join(",")
+    );
     for (name, text, place) in [
         (
             "flow.yaml",
@@ -181,6 +186,12 @@ fn finding_8_deeply_nested_or_huge_yaml_is_refused_in_milliseconds() {
         ("block.yaml", block, "block.yaml:3:"),
         ("top.yaml", top, "top.yaml:1:"),
         ("huge.yaml", huge, "huge.yaml:209716:"),
+        // Under both limits, but 1 MiB of one-character items cost seconds to parse.
+        (
+            "many.yaml",
+            many,
+            "many.yaml:2:40001: more than 20000 entries",
+        ),
     ] {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();

@@ -11,6 +11,18 @@ pub const MAX_BYTES: usize = 1 << 20;
 /// The deepest nesting accepted (mappings and sequences, block or flow); the schema
 /// itself needs 4 (`hosts.web-01.ssh.user`).
 pub const MAX_DEPTH: usize = 32;
+/// The most entries accepted (block lines, `- ` items, flow items): a host takes about
+/// five, so this is a 4,000-host inventory. Parsing costs per node (the source map
+/// keeps every node's path): at this bound it stays in milliseconds in a release build,
+/// where 1 MiB of one-character items took seconds.
+pub const MAX_ENTRIES: usize = 20_000;
+
+/// Which limit a text goes past.
+#[derive(Debug, PartialEq, Eq)]
+enum Past {
+    Depth,
+    Entries,
+}
 
 /// Reads a file of at most [`MAX_BYTES`], never more than one byte past the limit.
 pub fn read(path: &Path) -> anyhow::Result<String> {
@@ -54,27 +66,33 @@ fn line_col(bytes: &[u8], at: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Refuses a text over [`MAX_BYTES`] or nested deeper than [`MAX_DEPTH`], naming the
-/// place where the limit is crossed.
+/// Refuses a text over [`MAX_BYTES`], nested deeper than [`MAX_DEPTH`] or with more than
+/// [`MAX_ENTRIES`] entries, naming the place where the limit is crossed.
 pub fn check(file: &str, text: &str) -> Result<(), String> {
     if text.len() > MAX_BYTES {
         return Err(too_large(file, text.as_bytes()));
     }
-    match deepest(text) {
-        Some((line, col)) => Err(format!(
+    match past_limits(text) {
+        Some((Past::Depth, line, col)) => Err(format!(
             "{file}:{line}:{col}: nested more than {MAX_DEPTH} levels deep (the limit; an \
              inventory needs 4)"
+        )),
+        Some((Past::Entries, line, col)) => Err(format!(
+            "{file}:{line}:{col}: more than {MAX_ENTRIES} entries (the limit; a host takes \
+             about 5)"
         )),
         None => Ok(()),
     }
 }
 
-/// Where the nesting first goes past [`MAX_DEPTH`], if it does. A conservative scan of
-/// the structure YAML can nest with: indentation (each deeper indent, and each `- ` or
-/// `? ` that starts a line's content, opens a level) and flow brackets outside quotes,
-/// comments and plain scalars. It may count a level YAML would not (never fewer), which
-/// only matters for a file near the limit, far beyond any inventory.
-fn deepest(text: &str) -> Option<(usize, usize)> {
+/// Where the nesting first goes past [`MAX_DEPTH`], or the entries past [`MAX_ENTRIES`],
+/// if they do. A conservative scan of the structure YAML can nest with: indentation
+/// (each deeper indent, and each `- ` or `? ` that starts a line's content, opens a
+/// level) and flow brackets outside quotes, comments and plain scalars. It may count a
+/// level YAML would not (never fewer), which only matters for a file near the limit,
+/// far beyond any inventory.
+fn past_limits(text: &str) -> Option<(Past, usize, usize)> {
+    let mut entries = 0usize;
     let mut indents: Vec<usize> = Vec::new();
     let mut flow = 0usize;
     let mut quote: Option<char> = None;
@@ -101,6 +119,7 @@ fn deepest(text: &str) -> Option<(usize, usize)> {
             if indents.last() != Some(&indent) {
                 indents.push(indent);
             }
+            entries += 1;
             // `- - - x` and `? x` nest without indentation.
             while i + 1 < chars.len() && "-?".contains(chars[i]) && chars[i + 1] == ' ' {
                 i += 1;
@@ -108,9 +127,13 @@ fn deepest(text: &str) -> Option<(usize, usize)> {
                     i += 1;
                 }
                 indents.push(i);
+                entries += 1;
             }
             if indents.len() > MAX_DEPTH {
-                return Some((n + 1, i + 1));
+                return Some((Past::Depth, n + 1, i + 1));
+            }
+            if entries > MAX_ENTRIES {
+                return Some((Past::Entries, n + 1, indent + 1));
             }
         }
         // Where a flow collection may open: at the start of a value, or inside one.
@@ -144,8 +167,9 @@ fn deepest(text: &str) -> Option<(usize, usize)> {
                 }
                 '[' | '{' if value_start || flow > 0 => {
                     flow += 1;
+                    entries += 1;
                     if indents.len() + flow > MAX_DEPTH {
-                        return Some((n + 1, i + 1));
+                        return Some((Past::Depth, n + 1, i + 1));
                     }
                     value_start = true;
                 }
@@ -153,7 +177,10 @@ fn deepest(text: &str) -> Option<(usize, usize)> {
                     flow -= 1;
                     value_start = false;
                 }
-                ',' if flow > 0 => value_start = true,
+                ',' if flow > 0 => {
+                    entries += 1;
+                    value_start = true;
+                }
                 ':' | '-' | '?'
                     if chars.get(i + 1).is_none_or(|n| *n == ' ' || *n == '\t')
                         || (flow > 0 && c == ':') =>
@@ -178,6 +205,9 @@ fn deepest(text: &str) -> Option<(usize, usize)> {
                     }
                 }
             }
+            if entries > MAX_ENTRIES {
+                return Some((Past::Entries, n + 1, i + 1));
+            }
             i += 1;
         }
     }
@@ -189,6 +219,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn too_many_entries_are_refused_where_the_limit_is_crossed() {
+        let unit = format!("{}1{}", "[".repeat(20), "]".repeat(20));
+        let flow = format!("hosts: [{}]\n", vec![unit; 1000].join(","));
+        let err = check("i.yaml", &flow).unwrap_err();
+        assert!(err.starts_with("i.yaml:1:"), "{err}");
+        assert!(err.contains("more than 20000 entries"), "{err}");
+        let block = format!("hosts:\n{}", "  - x\n".repeat(MAX_ENTRIES));
+        let err = check("i.yaml", &block).unwrap_err();
+        assert!(err.starts_with("i.yaml:10001:3:"), "{err}");
+        let hosts: String = (0..3000)
+            .map(|i| {
+                format!(
+                    "  h-{i}:\n    address: 10.0.{}.{}\n    roles: [web]\n",
+                    i / 250,
+                    i % 250
+                )
+            })
+            .collect();
+        assert_eq!(
+            check("i.yaml", &format!("domain: x.y\nhosts:\n{hosts}")),
+            Ok(())
+        );
+    }
+
+    #[test]
     fn an_inventory_is_far_within_the_limits() {
         let text = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("inventory/inventory.yaml"),
@@ -196,7 +251,7 @@ mod tests {
         .unwrap();
         assert_eq!(check("i.yaml", &text), Ok(()));
         let compact = "a: [1, {b: [c, d]}, 'x[[[', \"y{{{\", e[f]]\n# [[[[\nk: v[[[ # ]\n";
-        assert_eq!(deepest(compact), None);
+        assert_eq!(past_limits(compact), None);
     }
 
     #[test]
