@@ -36,10 +36,10 @@ fn served_by(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Both web servers serve through the load balancer, within a bounded wait (a freshly
+/// started HAProxy counts its servers up with their health checks first).
 fn both_backends_serve() -> bool {
-    wait_until(Duration::from_secs(30), || {
-        (0..4).all(|_| http_get(LB, "/health").is_ok_and(|r| r.status == 200))
-    }) && {
+    wait_until(Duration::from_secs(30), both_backends_serve_once) && {
         let who = served_by(10);
         who.iter().any(|s| s == "web-01") && who.iter().any(|s| s == "web-02")
     }
@@ -255,4 +255,85 @@ fn a_port_held_by_another_process_is_named_and_stops_apply_before_anything_chang
     service("lb-01", "nginx", "stop");
     apply_ok(&inv(), &[]);
     assert!(both_backends_serve());
+}
+
+/// The last history record web-02 wrote itself (its own file: the tool may have given up).
+fn last_result(host: &str) -> String {
+    let all = exec(host, &["tail", "-n", "1", "/var/lib/foobar-infra/history.jsonl"]);
+    let rec: serde_json::Value = serde_json::from_str(all.trim()).expect("a history record");
+    rec["result"].as_str().unwrap_or("").to_string()
+}
+
+#[test]
+fn a_host_paused_during_its_commit_fails_the_run_in_bounded_time_and_never_commits_late() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    let Some(_g) = lab() else { return };
+    converged();
+    let cnf = "/etc/mysql/mariadb.conf.d/60-foobar.cnf";
+    let before = remote_sha("web-02", cnf);
+    let pool = sql("web-02", "SELECT @@innodb_buffer_pool_size");
+    // A MariaDB setting: the replica (web-02) restarts first, one host at a time.
+    let variant = lab_variant("bigger-pool", |t| {
+        format!("{t}mysql:\n  innodb_buffer_pool_size: 192M\n")
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_foobar-infra"))
+        .args(["apply", variant.to_str().unwrap()])
+        .current_dir(root())
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut said = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        said.push_str(&line);
+        said.push('\n');
+        if line.contains("Restarting web-02") {
+            break;
+        }
+    }
+    assert!(said.contains("Restarting web-02"), "{said}");
+    let paused = docker(&["pause", "foobar-lab-web-02"]);
+    let t0 = Instant::now();
+    for line in lines {
+        said.push_str(&line.unwrap());
+        said.push('\n');
+    }
+    let status = child.wait().unwrap();
+    let took = t0.elapsed();
+    assert!(docker(&["unpause", "foobar-lab-web-02"]).status.success());
+    assert!(paused.status.success(), "{}", text(&paused));
+    assert_eq!(status.code(), Some(1), "{said}");
+    // The documented bound: three missed keepalives, 5 s apart.
+    assert!(took < Duration::from_secs(40), "failed after {took:?}: {said}");
+    assert!(
+        said.contains("web-02") && said.contains("connection was lost"),
+        "names the host that did not answer: {said}"
+    );
+    // After the unpause, the agent left on web-02 undoes rather than finishes.
+    assert!(
+        wait_until(Duration::from_secs(90), || {
+            exec_raw("web-02", &["pgrep", "-f", "foobar_agent|import sys,os"])
+                .stdout
+                .is_empty()
+        }),
+        "the agent on web-02 ends"
+    );
+    assert_eq!(remote_sha("web-02", cnf), before, "web-02 keeps its previous .cnf");
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            exec_raw("web-02", &["mariadb", "-N", "-B", "-e", "SELECT @@innodb_buffer_pool_size"])
+                .stdout
+                .starts_with(pool.as_bytes())
+        }),
+        "MariaDB on web-02 runs its previous settings"
+    );
+    assert_eq!(last_result("web-02"), "aborted");
+    // The next apply converges (no lock left behind), and the baseline comes back.
+    apply_ok(variant.to_str().unwrap(), &[]);
+    apply_ok(&inv(), &[]);
 }

@@ -15,6 +15,7 @@ RELEASE_ID_CHARS = frozenset("0123456789abcdef")  # [0-9a-f]{8,64}
 def release_id_ok(v):
     return chars_ok(v, RELEASE_ID_CHARS, 64) and len(v) >= 8
 HAPROXY_SOCKET = "/run/haproxy/admin.sock"
+HAPROXY_STATE = "/var/lib/haproxy/server-state"  # server-state-file in haproxy.cfg
 
 
 def user_exists(name):
@@ -203,10 +204,10 @@ def save_haproxy_state():
         return
     try:
         dump = haproxy_cmd("show servers state")
-        tmp = "/var/lib/haproxy/server-state.tmp"
+        tmp = HAPROXY_STATE + ".tmp"
         with open(tmp, "w") as f:
             f.write(dump)
-        os.replace(tmp, "/var/lib/haproxy/server-state")
+        os.replace(tmp, HAPROXY_STATE)
     except (AgentError, OSError):
         pass
 

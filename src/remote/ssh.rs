@@ -15,6 +15,12 @@ use super::{agent, Check, Checked, ExecOutput, Input, Remote, Sink};
 use crate::inventory::Host;
 use crate::output::Printer;
 
+/// Seconds between SSH keepalives on every connection; ssh gives up on a host after three
+/// unanswered ones (ServerAliveCountMax), so a host that stops answering fails its step
+/// within [`LOST_AFTER_S`] (README: "A host lost mid-run").
+pub const KEEPALIVE_S: u64 = 5;
+pub const LOST_AFTER_S: u64 = 3 * KEEPALIVE_S;
+
 /// A connected host.
 pub struct SshRemote {
     name: String,
@@ -205,7 +211,7 @@ pub async fn connect_with(
         .port(host.ssh.port)
         .known_hosts_check(KnownHosts::Strict)
         .connect_timeout(Duration::from_secs(host.ssh.connect_timeout))
-        .server_alive_interval(Duration::from_secs(15))
+        .server_alive_interval(Duration::from_secs(KEEPALIVE_S))
         .control_directory(control_dir());
     if let Some(k) = &host.ssh.known_hosts {
         b.user_known_hosts_file(k);
