@@ -190,13 +190,18 @@ on the host. FILE.json records the host, the GTID position, the size and a sha25
 
 Exit codes: 0 saved, 1 error.")]
     Backup(DbBackupArgs),
-    /// Restore a backup into the primary, then reseed every replica (dry run without --yes)
+    /// Restore a verified backup into the primary, all or nothing (dry run without --yes)
     #[command(after_help = "Examples:
   foobar-infra db restore lab/inventory.yaml foobar.sql.gz          # what it would do
   foobar-infra db restore lab/inventory.yaml foobar.sql.gz --yes
 
-The application's database on the primary is replaced by the backup, then every
-replica is seeded again from the primary and replicates by GTID.
+The backup is checked before any host is touched: its record FILE.json (sha256 and size
+of the SQL), the dump's `-- Dump completed` trailer, its GTID position, database and
+server version (a dump from a newer MariaDB series is refused). With --yes: a safety
+backup of the primary's data is saved beside FILE (path printed, kept), the backup loads
+into a scratch database, and only a complete load replaces the application's tables, with
+one RENAME TABLE that the replicas apply through replication. Any failure before that
+leaves the primary and the replicas as they were.
 
 Exit codes: 0 restored, 2 dry run (nothing changed), 1 error.")]
     Restore(DbRestoreArgs),

@@ -4,8 +4,11 @@
 //! new replica seeded from a consistent dump streamed through the tool's own SSH
 //! connections (nothing written to disk), then started by GTID.
 
+pub mod backup;
+pub mod dump;
 pub mod replica;
 pub mod reseed;
+pub mod restore;
 
 use anyhow::{Context, Result};
 use serde::Serialize;

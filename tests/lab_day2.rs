@@ -269,3 +269,244 @@ fn a_backup_restores_into_fresh_database_hosts_and_replicas_follow() {
     }));
     assert_eq!(cli(&["status", &inv()]).status.code(), Some(0));
 }
+
+/// Row counts and a digest of the application's data on a database host.
+fn data_of(host: &str) -> String {
+    sql(
+        host,
+        "SELECT (SELECT COUNT(*) FROM foobar.items), (SELECT COUNT(*) FROM foobar.visits), \
+         (SELECT MD5(GROUP_CONCAT(id, text ORDER BY id)) FROM foobar.items)",
+    )
+}
+
+/// The primary's data once the replica holds the same (both asserted equal).
+fn settled_data() -> String {
+    let primary = data_of("web-01");
+    assert!(
+        wait_until(Duration::from_secs(10), || data_of("web-02") == primary),
+        "the replica holds {} and the primary {primary}",
+        data_of("web-02")
+    );
+    primary
+}
+
+fn post_items(prefix: &str, n: usize) {
+    for i in 0..n {
+        let r = http_post(WEB1, "/items", &format!("text={prefix}+{i}")).unwrap();
+        assert_eq!(r.status, 201);
+    }
+}
+
+/// A clean directory under lab/.state for a test's backups.
+fn backup_dir(name: &str) -> std::path::PathBuf {
+    let dir = root().join("lab/.state").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn gunzip(path: &std::path::Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut sql = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+        .read_to_end(&mut sql)
+        .unwrap();
+    sql
+}
+
+/// Writes `sql` gzipped to `path`, with a record beside it: `record` with the checksum
+/// and size of `sql` when `own` (a record made for it), else `record` as it is.
+fn write_backup(path: &std::path::Path, sql: &[u8], record: &serde_json::Value, own: bool) {
+    use sha2::Digest;
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(path).unwrap(),
+        flate2::Compression::default(),
+    );
+    gz.write_all(sql).unwrap();
+    gz.finish().unwrap();
+    let mut record = record.clone();
+    if own {
+        record["sha256_sql"] = hex::encode(sha2::Sha256::digest(sql)).into();
+        record["bytes"] = sql.len().into();
+    }
+    std::fs::write(format!("{}.json", path.display()), record.to_string()).unwrap();
+}
+
+fn backup_record(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(format!("{}.json", path.display())).unwrap())
+        .unwrap()
+}
+
+/// Issue 19, acceptance 1: a valid gzip of half a backup (with the backup's record, or
+/// with a record made for the half) and a whole backup whose record has a wrong checksum
+/// are refused before anything reaches the primary: no remote command runs there, its
+/// GTID position and the data of primary and replica stay as they were.
+#[test]
+fn half_a_backup_or_a_wrong_checksum_is_refused_before_the_primary_is_touched() {
+    let Some(_g) = setup() else { return };
+    post_items("kept", 20);
+    let before = settled_data();
+    let dir = backup_dir("restore-refused");
+    let full = dir.join("full.sql.gz");
+    let out = cli(&["db", "backup", &inv(), "--out", full.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let record = backup_record(&full);
+    // MariaDB 11 (debian13) writes the position at the end of the dump, 10.11 at the top.
+    assert!(
+        record["gtid"].as_str().unwrap().starts_with("0-"),
+        "{} on {}: {record:#}",
+        host_os("web-01"),
+        text(&out)
+    );
+    assert!(
+        record["server_version"]
+            .as_str()
+            .unwrap()
+            .contains("MariaDB"),
+        "{record:#}"
+    );
+    for f in [full.clone(), dir.join("full.sql.gz.json")] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", f.display());
+    }
+
+    let sql = gunzip(&full);
+    let half = &sql[..sql.len() / 2];
+    let mut wrong = record.clone();
+    wrong["sha256_sql"] = "0".repeat(64).into();
+    let cases = [
+        (
+            "half.sql.gz",
+            half,
+            &record,
+            false,
+            vec!["checksum mismatch", "does not end with `-- Dump completed`"],
+        ),
+        (
+            "half-own.sql.gz",
+            half,
+            &record,
+            true,
+            vec!["does not end with `-- Dump completed`"],
+        ),
+        (
+            "wrong-sum.sql.gz",
+            &sql[..],
+            &wrong,
+            false,
+            vec!["checksum mismatch: the record says sha256 0000"],
+        ),
+    ];
+    for (name, content, rec, own, expected) in cases {
+        let file = dir.join(name);
+        write_backup(&file, content, rec, own);
+        let gtid = sql_gtid("web-01");
+        let t0 = docker_now();
+        let out = cli(&["db", "restore", &inv(), file.to_str().unwrap(), "--yes"]);
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for e in expected {
+            assert!(stderr.contains(e), "{name}: {e:?} in {stderr}");
+        }
+        assert!(
+            stderr.contains("nothing was changed on any host"),
+            "{stderr}"
+        );
+        assert!(stderr.len() < 2000, "{name}: bounded output: {stderr}");
+        assert_eq!(
+            sshd_sessions_since("web-01", &t0),
+            0,
+            "{name}: the primary was not contacted"
+        );
+        assert_eq!(
+            sql_gtid("web-01"),
+            gtid,
+            "{name}: nothing written on the primary"
+        );
+        assert_eq!(data_of("web-01"), before, "{name}: the primary's data");
+        assert_eq!(data_of("web-02"), before, "{name}: the replica's data");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn sql_gtid(host: &str) -> String {
+    sql(host, "SELECT @@gtid_binlog_pos")
+}
+
+/// Issue 19, acceptance 2: a complete, valid dump made by hand whose last statement
+/// fails (a duplicate key in a long INSERT, near the end) leaves the previous data on
+/// the primary and the replica, no scratch database behind, a bounded message, and a
+/// safety backup that restores the previous data.
+#[test]
+fn a_restore_failing_midway_keeps_the_data_and_its_safety_backup_restores() {
+    let Some(_g) = setup() else { return };
+    post_items("in+backup", 10);
+    let dir = backup_dir("restore-midway");
+    let full = dir.join("full.sql.gz");
+    let out = cli(&["db", "backup", &inv(), "--out", full.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The data moves on after the backup: this is what a failed restore must keep.
+    post_items("after+backup", 7);
+    let before = settled_data();
+
+    let dump = String::from_utf8(gunzip(&full)).unwrap();
+    let trailer = dump.rfind("\n-- Dump completed").expect("a complete dump") + 1;
+    // 5,000 new rows, then the first one again: the statement fails on its last row.
+    let mut ids: Vec<u32> = (1_000_001..=1_005_000).collect();
+    ids.push(1_000_001);
+    let rows: Vec<String> = ids
+        .iter()
+        .map(|i| format!("({i},'dup {i}','web-01','2026-12-03 15:00:00')"))
+        .collect();
+    let failing = format!(
+        "{}INSERT INTO `items` VALUES\n{};\n{}",
+        &dump[..trailer],
+        rows.join(",\n"),
+        &dump[trailer..]
+    );
+    let broken = dir.join("broken.sql.gz");
+    write_backup(&broken, failing.as_bytes(), &backup_record(&full), true);
+
+    let out = cli(&["db", "restore", &inv(), broken.to_str().unwrap(), "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(stderr.contains("loading the backup failed"), "{stderr}");
+    assert!(stderr.contains("Duplicate entry"), "{stderr}");
+    assert!(
+        stderr.contains("foobar is unchanged on web-01 and its replicas"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.len() < 3000,
+        "bounded: {} bytes: {stderr}",
+        stderr.len()
+    );
+    assert_eq!(data_of("web-01"), before, "the primary's data");
+    assert_eq!(settled_data(), before, "the replica's data");
+    for h in ["web-01", "web-02"] {
+        assert_eq!(
+            sql(h, "SHOW DATABASES LIKE 'foobar\\_\\_%'"),
+            "",
+            "{h}: no scratch database left"
+        );
+    }
+    let slave = exec("web-02", &["mariadb", "-e", "SHOW SLAVE STATUS\\G"]);
+    assert!(slave.contains("Slave_SQL_Running: Yes"), "{slave}");
+
+    // The safety backup taken first restores the data as it was before.
+    let safety = stderr
+        .lines()
+        .find_map(|l| l.split("safety backup: ").nth(1))
+        .expect("the safety backup's path")
+        .trim()
+        .to_string();
+    post_items("after+failure", 3);
+    let out = cli(&["db", "restore", &inv(), &safety, "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(data_of("web-01"), before, "restored from the safety backup");
+    assert_eq!(settled_data(), before);
+    assert_eq!(cli(&["status", &inv()]).status.code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
