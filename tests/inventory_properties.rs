@@ -485,12 +485,16 @@ fn every_field_accepts_its_valid_value() {
 #[test]
 fn every_hostile_character_in_every_field() {
     for (at, field) in FIELDS.iter().enumerate() {
-        for h in HOSTILE {
+        for (i, h) in HOSTILE.iter().enumerate() {
             let valid = field.valid;
-            // First and last: where a grammar check that only looks at one end fails.
-            for value in [format!("{h}{valid}"), format!("{valid}{h}")] {
-                check(at, &value);
-            }
+            // First or last (in turn): where a check that looks at one end only fails.
+            // The middle is the random test's.
+            let value = if (at + i) % 2 == 0 {
+                format!("{h}{valid}")
+            } else {
+                format!("{valid}{h}")
+            };
+            check(at, &value);
         }
     }
 }
@@ -503,7 +507,7 @@ fn piece() -> impl Strategy<Value = &'static str> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn mixed_values_in_any_field(at in 0..FIELDS.len(), pieces in prop::collection::vec(piece(), 0..8)) {
