@@ -8,6 +8,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::boot::BootChange;
 use crate::database::DbChange;
 use crate::plan::{HostPlan, Init, Plan, Service, ServiceAction};
 use crate::remote::agent::{FileState, HostState, ManifestEntry};
@@ -74,6 +75,9 @@ pub struct HostChanges {
     /// would not be known for removal.
     #[serde(default)]
     pub record_manifest: bool,
+    /// Services to enable or disable at boot (src/boot.rs).
+    #[serde(default)]
+    pub boot: Vec<BootChange>,
 }
 
 impl HostChanges {
@@ -93,6 +97,7 @@ impl HostChanges {
             && self.install.is_empty()
             && self.create_users.is_empty()
             && !self.record_manifest
+            && self.boot.is_empty()
     }
 }
 
@@ -376,7 +381,7 @@ pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<
         services.extend(change);
     }
     // A service whose role left the host stops, once its files are gone.
-    for svc in stopped {
+    for &svc in &stopped {
         if state.services.get(svc.unit()).is_some_and(|s| s.running) {
             services.push(ServiceChange {
                 service: svc,
@@ -385,10 +390,12 @@ pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<
             });
         }
     }
+    let boot = crate::boot::changes(hp, state, &services, &stopped);
     Ok(HostChanges {
         host: hp.name().to_string(),
         files,
         services,
+        boot,
         install,
         db: crate::database::diff(hp, state.db.as_ref()).or_else(|| {
             let r = state.former_replica.as_ref().filter(|_| hp.db.is_none())?;

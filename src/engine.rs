@@ -402,7 +402,7 @@ impl RunInfo {
             "time": chrono_now(), "user": self.user, "tool_version": env!("CARGO_PKG_VERSION"),
             "run_id": self.run_id, "inventory": self.inventory,
             "inventory_hash": self.inventory_hash, "git_commit": self.git_commit,
-            "files": files, "services": services, "hosts": self.hosts,
+            "files": files, "services": services, "hosts": self.hosts, "boot": hc.boot,
         })
     }
 }
@@ -623,7 +623,7 @@ async fn confirm_firewall(
     )
 }
 
-fn commit_request(hp: &HostPlan, hc: &HostChanges, run: &RunInfo) -> Value {
+pub(crate) fn commit_request(hp: &HostPlan, hc: &HostChanges, run: &RunInfo) -> Value {
     let staged: Vec<&str> = hc
         .files
         .iter()
@@ -639,6 +639,7 @@ fn commit_request(hp: &HostPlan, hc: &HostChanges, run: &RunInfo) -> Value {
     json!({
         "op": "commit", "run_id": run.run_id, "files": staged, "deletes": deletes,
         "actions": actions(hp, hc), "manifest": hc.manifest, "history": run.history(hc),
+        "boot": hc.boot.iter().map(|b| b.request()).collect::<Vec<_>>(),
     })
 }
 
@@ -1363,6 +1364,10 @@ fn report(
         .collect();
     if hc.manifest_only() {
         services.push("manifest recorded".into());
+    }
+    for b in &hc.boot {
+        printer.event(b.event(hp.name()));
+        services.push(b.done());
     }
     printer.host_done(hp.name(), "applied");
     printer.status(

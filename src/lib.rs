@@ -3,6 +3,7 @@
 //! The pipeline is inventory -> render -> plan -> observe -> diff -> apply; see
 //! docs/DESIGN.md. Rendering and diffing are pure; I/O is at the edges.
 
+pub mod boot;
 pub mod cli;
 pub mod commands;
 pub mod database;

@@ -684,13 +684,12 @@ def service_action(name, action, init):
 
 
 def enable_service(name, init):
-    """Start at boot, as a package's postinst would (a no-op when already enabled)."""
-    if init == "systemd":
-        if quiet(["systemctl", "is-enabled", "--quiet", name]) != 0:
-            run(["systemctl", "enable", name])
-    elif os.path.exists("/etc/init.d/" + name) and not any(
-            f.startswith("S") and f[3:] == name for f in os.listdir("/etc/rc2.d") if len(f) > 3):
-        run(["update-rc.d", name, "defaults"])
+    """Start at boot (boot.py), also when it was disabled (`update-rc.d NAME disable`,
+    `systemctl disable`); nothing when it already starts at boot. Best effort: the
+    next observe reports a service that is still off at boot."""
+    if init == "systemd" or os.path.exists(os.path.join(INIT_D, name)):
+        if boot_enabled([name], init).get(name) is not True:
+            set_boot(name, True, init)
 
 
 def run_check(name, check, init, before=None, action=None, since=0.0):
@@ -850,10 +849,12 @@ def op_observe(req):
     users = {u: user_exists(u) for u in req.get("users") or []}  # release.py
     balancer = haproxy_observe() if req.get("haproxy") else None  # release.py
     certs = {safe_path(c, "certs"): cert_not_after(c) for c in req.get("certs") or []}  # release.py
+    boot = boot_enabled(services, init)  # boot.py
     listeners = listeners_observe(req.get("ports") or [], init)  # ports.py
     return {
         "ok": True, "init": init, "hostname": os.uname().nodename, "files": files, "db": db, "release": release, "users": users, "haproxy": balancer, "certs": certs,
-        "services": {s: {"running": service_running(s, init), "pid": service_pid(s)} for s in services},
+        "services": {s: {"running": service_running(s, init), "pid": service_pid(s), "enabled": boot.get(s)}
+                     for s in services},
         "packages": dpkg_installed(packages), "lock": lock, "manifest": manifest,
         "last_history": last_history(), "former_replica": former_replica, "listeners": listeners,
     }
@@ -1305,6 +1306,7 @@ def op_commit(req):
     rid = run_id_of(req)
     rdir = run_dir(rid)
     actions = check_actions(req.get("actions") or [])
+    boot = check_boot(req.get("boot") or [])  # boot.py
     history = req.get("history")
     require_lock(rid)
     bj = os.path.join(rdir, "backup.json")
@@ -1327,7 +1329,7 @@ def op_commit(req):
 
     entries = []
     state = {"run_id": rid, "state": "committing", "entries": entries, "actions": actions,
-             "had_manifest": os.path.exists(MANIFEST), "dirs": record.get("dirs", [])}
+             "had_manifest": os.path.exists(MANIFEST), "dirs": record.get("dirs", []), "boot": []}
     changed = False
     try:
         # 1. back up everything first, and record it, before touching any target
@@ -1350,6 +1352,8 @@ def op_commit(req):
         stops = [a for a in actions if a["action"] == "stop"]
         others = [a for a in actions if a["action"] != "stop"]
         stopped = run_actions(stops, init, rid)
+        # ... and is off at boot (systemctl disable needs its unit file).
+        apply_boot([b for b in boot if not b["enable"]], init, state["boot"])
         # 2. swap files in
         for e in entries:
             changed = True
@@ -1362,12 +1366,15 @@ def op_commit(req):
             fsync_dir(d)
         # 3. services
         done = stopped + run_actions(others, init, rid)
+        apply_boot([b for b in boot if b["enable"]], init, state["boot"])
+        drop_dangling(state["boot"], init)
     except BaseException as e:
         if any(a.get("guard") for a in actions):
             firewall_disarm()  # the restore below puts the old ruleset back itself
         problems = restore_backups(rid, entries, state["dirs"]) if changed else []
         for f in record["files"]:
             remove_quiet(f["staged"])
+        problems += undo_boot(state["boot"], init)
         not_back = []
         if changed:
             try:
@@ -1406,7 +1413,7 @@ def op_commit(req):
     append_history(history, "applied")
     prune_runs(rid)
     release_lock(rid)
-    return {"ok": True, "actions": done}
+    return {"ok": True, "actions": done, "boot": state["boot"]}
 
 
 def op_rollback(req):
@@ -1432,6 +1439,7 @@ def op_rollback(req):
                     raise AgentError("conflict", "%s changed after run %s committed it: not rolling back"
                                      % (e["path"], rid), path=e["path"])
         problems = restore_backups(rid, entries, state.get("dirs", []))
+        problems += undo_boot(state.get("boot"), init_system())  # boot.py: what the run changed at boot
         for f in (load_staged(rid) or {}).get("files", []):
             remove_quiet(f["staged"])  # left over if a commit crashed half-way
         if problems:

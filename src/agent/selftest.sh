@@ -16,7 +16,7 @@ import base64, hashlib, json, subprocess, sys, time
 
 # The agent as the tool embeds it: agent.py, db.py, then run.py (src/remote/agent.rs).
 C = sys.argv[1]
-AGENT = "".join(open("%s/%s" % (sys.argv[2], f)).read() for f in ("agent.py", "db.py", "release.py", "run.py"))
+AGENT = "".join(open("%s/%s" % (sys.argv[2], f)).read() for f in ("agent.py", "boot.py", "db.py", "release.py", "run.py"))
 failures, passes = [], 0
 
 

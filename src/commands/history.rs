@@ -72,6 +72,13 @@ pub fn run(args: &HistoryArgs, p: &Arc<Printer>) -> Result<Outcome> {
                                 s["action"].as_str().unwrap_or("?")
                             )
                         })
+                        .chain(rec["boot"].as_array().into_iter().flatten().map(|b| {
+                            format!(
+                                "{} {} at boot",
+                                b["service"].as_str().unwrap_or("?"),
+                                b["action"].as_str().unwrap_or("?")
+                            )
+                        }))
                         .collect();
                     let mut changes = format!("{files} files");
                     if !services.is_empty() {

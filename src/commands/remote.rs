@@ -474,6 +474,10 @@ pub fn print_changes(changes: &Changes, p: &Printer, command: &str) -> bool {
                 s.reason
             ));
         }
+        for b in &hc.boot {
+            actions += 1;
+            p.out(format!("  {}", b.describe()));
+        }
         if let Some(db) = &hc.db {
             actions += 1;
             p.out(format!("  {}", db.describe()));

@@ -15,6 +15,7 @@ use super::{Check, Checked, ExecOutput, Remote};
 /// the entry point last.
 pub const AGENT: &str = concat!(
     include_str!("../agent/agent.py"),
+    include_str!("../agent/boot.py"),
     include_str!("../agent/db.py"),
     include_str!("../agent/release.py"),
     include_str!("../agent/firewall.py"),
@@ -238,6 +239,9 @@ pub struct ServiceState {
     pub running: bool,
     #[serde(default)]
     pub pid: Option<u64>,
+    /// Starts at boot (src/boot.rs); None when the host did not say.
+    #[serde(default)]
+    pub enabled: Option<bool>,
 }
 
 /// One entry of the host's managed-file manifest.
