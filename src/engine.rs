@@ -1257,7 +1257,10 @@ async fn roll_host<'a>(
     .await;
     if web {
         // Back into the pool whatever happened: on failure its old state was restored.
-        let back = set_backend_state(lbs, hp.name(), "ready", wait_ready, printer).await;
+        // (Not waited for after a failure: the run fails anyway, and a host that stopped
+        // answering would only hold the error back.)
+        let wait = wait_ready && result.is_ok();
+        let back = set_backend_state(lbs, hp.name(), "ready", wait, printer).await;
         result?;
         return back;
     }

@@ -676,6 +676,8 @@ def service_action(name, action, init):
         action = "start"
     if name == "haproxy" and action in ("reload", "restart"):
         save_haproxy_state()  # release.py: the new processes keep drains and checks
+    elif name == "haproxy" and action == "start":
+        remove_quiet(HAPROXY_STATE)  # a stopped HAProxy's last state is stale by now
     argv = ["systemctl", action, name] if init == "systemd" else ["service", name, action]
     code, out = run(argv, timeout=300, detach=True)
     if code == 0 and action in ("start", "restart"):
@@ -692,13 +694,13 @@ def enable_service(name, init):
             set_boot(name, True, init)
 
 
-def run_check(name, check, init, before=None, action=None, since=0.0):
+def run_check(name, check, init, before=None, action=None, since=0.0, out=""):
     """Poll a health check (validated by check_actions). None on success, else what failed.
     A "live" check (live.py) compares what runs after the action with `before`."""
     if not check:
         return None
     if "live" in check:
-        return live_confirm(name, check, before or {}, action, since, init)
+        return live_confirm(name, check, before or {}, action, since, init, out)
     if "tcp" in check:
         deadline = now() + float(check.get("timeout_s", 10))
         host, _, port = str(check["tcp"]).rpartition(":")
@@ -1122,6 +1124,7 @@ def op_stage(req):
         finally:
             release_lock(rid)
         raise
+    STAGED_RUNS[rid] = history  # undone if the tool goes away before it commits (main)
     answer = {"ok": True, "staged": [{"path": f["path"], "staged": f["staged"]} for f in record["files"]],
               "installed": installed, "validated": checked}
     if taken.get("replaced_stale"):
@@ -1133,6 +1136,7 @@ def op_stage(req):
 
 def op_abort(req):
     rid = run_id_of(req)
+    STAGED_RUNS.pop(rid, None)
     rdir = run_dir(rid)
     removed = []
     try:
@@ -1193,15 +1197,15 @@ def check_actions(actions):
             raise AgentError("request", "check of %s must be an object" % name, service=name)
         try:
             float(c.get("timeout_s", 0))
-            if "tcp" in c:
-                int(str(c["tcp"]).rpartition(":")[2])
-            elif "live" in c:
+            if "live" in c:
                 if c["live"] not in LIVE_KINDS:
                     raise ValueError("unknown live check %r" % c["live"])
                 if c["live"] in ("haproxy", "mariadb"):
                     safe_path(c.get("config"), "check.config")
                 if not isinstance(c.get("tcp", []), list):
                     raise ValueError("tcp must be a list of HOST:PORT")
+            elif "tcp" in c:
+                int(str(c["tcp"]).rpartition(":")[2])
             elif "command" in c:
                 if not isinstance(c["command"], list) or not c["command"] or \
                         not all(isinstance(x, str) for x in c["command"]):
@@ -1213,11 +1217,14 @@ def check_actions(actions):
     return actions
 
 
-def run_actions(actions, init, rid=None):
+def run_actions(actions, init, rid=None, watch=False):
     """Run actions and their checks in order; raise AgentError(service) at the first failure.
-    An action with "guard" (the firewall) arms the anti-lockout guard first."""
+    An action with "guard" (the firewall) arms the anti-lockout guard first. With `watch`
+    (a commit), each action first makes sure the tool is still there."""
     done = []
     for a in actions:
+        if watch:
+            ensure_controller()
         name = a["service"]
         t0 = now()
         guard = a.get("guard")
@@ -1235,15 +1242,54 @@ def run_actions(actions, init, rid=None):
         if code != 0:
             raise AgentError("service", "%s %s failed (exit %s)" % (name, ran, code), service=name,
                              action=ran, output=tail(out.strip() + log_tail(name)))
-        problem = run_check(name, a.get("check"), init, before, ran, t0)
+        problem = run_check(name, a.get("check"), init, before, ran, t0, out)
         if problem:
             if guard:
                 firewall_disarm()
             raise AgentError("service", "%s %s: check failed: %s" % (name, ran, problem.splitlines()[0]),
                              service=name, action=ran,
-                             output=tail((out.strip() + "\n" + problem).strip() + log_tail(name)))
+                             output=tail((out.strip() + "\n" + problem).strip()
+                                         + ("" if "live" in a["check"] else log_tail(name))))
         done.append({"service": name, "action": ran, "seconds": round(now() - t0, 3)})
     return done
+
+
+SERVING = False  # main(): requests come framed over the tool's connection
+STAGED_RUNS = {}  # run id -> its history record, staged by this agent and not yet committed
+
+
+def abandon_staged():
+    """The tool's connection closed while a run it staged here was not committed (the
+    tool gave up on this host): remove the staged files, free the lock, and say so in
+    the host's history."""
+    for rid, history in list(STAGED_RUNS.items()):
+        STAGED_RUNS.pop(rid, None)
+        if os.path.exists(os.path.join(run_dir(rid), "backup.json")):
+            continue  # the commit ran (and undid itself if the tool had gone)
+        try:
+            held = read_json(LOCK, {}) or {}
+        except ValueError:
+            held = {}
+        if isinstance(held, dict) and held.get("run_id") == rid:
+            append_history(history, "aborted", "the tool's connection to this host was lost "
+                           "before the commit: nothing was changed, the staged files were removed")
+        op_abort({"run_id": rid})
+
+
+def ensure_controller():
+    """Raise AgentError("gone") once the tool's connection is gone (stdin, the SSH
+    channel, hung up: the tool gave up on this host, e.g. it stopped answering its SSH
+    keepalives). A commit then undoes itself rather than finish after the tool has
+    reported this host unchanged."""
+    if not SERVING:
+        return
+    import select
+    p = select.poll()
+    p.register(0, select.POLLIN | select.POLLPRI)
+    for _, ev in p.poll(0):
+        if ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+            raise AgentError("gone", "the tool's connection to this host was lost during the "
+                             "commit: it was undone here")
 
 
 def reload_again(actions, init):
@@ -1263,7 +1309,7 @@ def reload_again(actions, init):
             problems.append("%s: %s" % (name, e))
             continue
         problem = ("%s failed (exit %s): %s" % (ran, code, headline(out))) if code != 0 else \
-            run_check(name, check, init, before, ran, t0)
+            run_check(name, check, init, before, ran, t0, out)
         if problem:
             problems.append("%s: %s" % (name, problem.splitlines()[0]))
     return problems
@@ -1305,10 +1351,20 @@ def load_staged(rid):
 def op_commit(req):
     rid = run_id_of(req)
     rdir = run_dir(rid)
+    require_lock(rid)
+    try:
+        return commit_checked(req, rid, rdir)
+    except AgentError as e:
+        if e.kind == "request":  # refused before anything changed: the lock goes with it
+            release_lock(rid)
+        raise
+
+
+def commit_checked(req, rid, rdir):
+    STAGED_RUNS.pop(rid, None)  # from here the commit undoes itself if the tool goes away
     actions = check_actions(req.get("actions") or [])
     boot = check_boot(req.get("boot") or [])  # boot.py
     history = req.get("history")
-    require_lock(rid)
     bj = os.path.join(rdir, "backup.json")
     if os.path.exists(bj):
         raise AgentError("request", "run %s is already committed on this host" % rid)
@@ -1332,6 +1388,7 @@ def op_commit(req):
              "had_manifest": os.path.exists(MANIFEST), "dirs": record.get("dirs", []), "boot": []}
     changed = False
     try:
+        ensure_controller()
         # 1. back up everything first, and record it, before touching any target
         if state["had_manifest"]:
             copy_file(MANIFEST, os.path.join(rdir, "manifest.prev.json"))
@@ -1351,10 +1408,11 @@ def op_commit(req):
         # are still there.
         stops = [a for a in actions if a["action"] == "stop"]
         others = [a for a in actions if a["action"] != "stop"]
-        stopped = run_actions(stops, init, rid)
+        stopped = run_actions(stops, init, rid, watch=True)
         # ... and is off at boot (systemctl disable needs its unit file).
         apply_boot([b for b in boot if not b["enable"]], init, state["boot"])
         # 2. swap files in
+        ensure_controller()
         for e in entries:
             changed = True
             if e["kind"] == "replace":
@@ -1365,9 +1423,10 @@ def op_commit(req):
         for d in sorted({os.path.dirname(e["path"]) for e in entries}):
             fsync_dir(d)
         # 3. services
-        done = stopped + run_actions(others, init, rid)
+        done = stopped + run_actions(others, init, rid, watch=True)
         apply_boot([b for b in boot if b["enable"]], init, state["boot"])
         drop_dangling(state["boot"], init)
+        ensure_controller()  # the last moment a commit can still be undone
     except BaseException as e:
         if any(a.get("guard") for a in actions):
             firewall_disarm()  # the restore below puts the old ruleset back itself
@@ -1394,10 +1453,11 @@ def op_commit(req):
             msg += "; the previous files were restored"
         if not_back:
             msg += "; after the restore these do NOT run them: " + "; ".join(not_back)
-        state["state"] = "restored"
+        gone = isinstance(e, AgentError) and e.kind == "gone"
+        state["state"] = "aborted" if gone else "restored"
         try:
             write_json_atomic(bj, state)
-            append_history(history, "failed", msg)
+            append_history(history, "aborted" if gone else "failed", msg)
         finally:
             release_lock(rid)
         if isinstance(e, AgentError):
@@ -1428,7 +1488,7 @@ def op_rollback(req):
         state = None
     if not state:
         raise AgentError("request", "run %s has no committed changes on this host" % rid)
-    if state.get("state") in ("restored", "rolled-back"):
+    if state.get("state") in ("restored", "aborted", "rolled-back"):
         return {"ok": True, "restored": [], "actions": [], "already": state["state"]}
     take_lock(req, rid)
     entries = state.get("entries", [])
@@ -1505,9 +1565,12 @@ def main(argv=()):
         out.flush()
         return 0
     inp = sys.stdin.buffer
+    global SERVING
+    SERVING = True
     while True:
         head = inp.readline()
         if not head:
+            abandon_staged()
             return 0
         raw = inp.read(int(head))
         out.write(json.dumps(answer_of(raw), sort_keys=True) + "\n")

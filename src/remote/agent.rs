@@ -175,6 +175,18 @@ fn answer(host: &str, op: &str, out: ExecOutput) -> Result<Value> {
         Ok(v) => v,
         Err(_) => {
             let stderr = String::from_utf8_lossy(&out.stderr);
+            if out.stdout.is_empty() && out.status.is_none() {
+                let undo = if op == "commit" {
+                    ": the agent there undoes this commit as soon as it runs again, so it did not commit"
+                } else {
+                    ""
+                };
+                bail!(
+                    "{host}: the connection was lost during {op} (no answer to SSH keepalives for {} s, or the agent died){undo}: {}",
+                    super::ssh::LOST_AFTER_S,
+                    stderr.trim()
+                );
+            }
             let hint = if stderr.contains("sudo") && stderr.contains("password") {
                 " (the SSH user needs passwordless sudo: sudo -n failed)"
             } else if stderr.contains("python3") && stderr.contains("not found") {
