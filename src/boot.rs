@@ -108,17 +108,7 @@ mod tests {
     /// web-02 of the lab as a web server only, and a state in sync with it (what the
     /// witness stands for: every file as planned, services running and enabled).
     fn in_sync(init: Init) -> (HostPlan, HostState, Secrets) {
-        let mut hp = crate::render::lab_plan().host("web-02").unwrap().clone();
-        hp.db = None;
-        hp.files.retain(|f| !f.service.is_database());
-        hp.services.retain(|s| !s.is_database());
-        let names: Vec<String> = hp
-            .files
-            .iter()
-            .flat_map(|f| crate::secrets::placeholders_in(&f.content))
-            .collect();
-        let values: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "s3cret")).collect();
-        let secrets = Secrets::with(&values);
+        let (hp, secrets) = crate::witness::tests::web_only();
         let w = Witness::for_host(&hp, &secrets).unwrap().unwrap();
         let st = w.state(&InSync {
             init,

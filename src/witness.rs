@@ -532,13 +532,13 @@ pub fn parse_in_sync(line: &[u8]) -> Option<InSync> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
     use std::process::{Command, Stdio};
 
     /// web-02 of the lab inventory as a web server only (no replica): a host with a witness.
-    fn web_only() -> (HostPlan, Secrets) {
+    pub(crate) fn web_only() -> (HostPlan, Secrets) {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let inv = crate::inventory::Inventory::load(&root.join("lab/inventory.yaml")).unwrap();
         let templates = crate::templates::Templates::load(None).unwrap();
