@@ -711,10 +711,10 @@ pub async fn apply(
         // a wait (their health check needs the database): those that served before the
         // run must serve again (the others are waited for at their release switch).
         let lbs = balancers(plan, remotes);
-        for (host, _) in &db_changes {
+        for (host, change) in &db_changes {
             let served = changes.in_service.iter().any(|s| s == host);
             let switches = changes.host(host).is_some_and(|hc| hc.release.is_some());
-            if served && !switches {
+            if served && !switches && database_comes_later(change) {
                 set_backend_state(&lbs, host, "ready", true, printer).await?;
             }
         }
@@ -740,6 +740,15 @@ pub async fn apply(
         reports.extend(commit_deferred(&deferred, run, parallel, printer).await?);
     }
     Ok(reports)
+}
+
+/// Whether the host's database is only put in place after the file phase (seeded, or
+/// its server not running when observed): its health check cannot pass before.
+fn database_comes_later(change: &database::DbChange) -> bool {
+    matches!(
+        change,
+        database::DbChange::SeedReplica { .. } | database::DbChange::CheckReplica { .. }
+    )
 }
 
 pub fn balancers<'a>(
@@ -1118,7 +1127,8 @@ async fn apply_files<'a>(
             // Only a server that was in service is waited for when it goes back: one
             // never in service (first deploy) or seeded as a replica after this phase
             // cannot pass its health check yet (its release or database comes later).
-            let wait_ready = changes.in_service.iter().any(|s| s == hp.name()) && hc.db.is_none();
+            let wait_ready = changes.in_service.iter().any(|s| s == hp.name())
+                && !hc.db.as_ref().is_some_and(database_comes_later);
             let step = Step {
                 lbs: &lbs,
                 run,
