@@ -364,9 +364,14 @@ pub struct RemoteArgs {
     /// With a saved plan: refuse it when it is older than this
     #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
     pub max_plan_age: u64,
+    /// With a saved plan: the inventory it is applied with (default: the YAML file
+    /// beside the plan whose hash the plan records; the path the plan names is never read)
+    #[arg(long = "inventory", value_name = "INVENTORY")]
+    pub plan_inventory: Option<PathBuf>,
     /// A host removed from the inventory entirely: drain it, remove every file the tool
-    /// manages there and stop its services. Its address comes from the last apply
-    /// record on the other hosts unless given (NAME=ADDRESS). Repeatable.
+    /// manages there and stop its services. Its address is ADDRESS, or the one this
+    /// controller recorded at its last apply of this inventory, shown (and for apply
+    /// confirmed: a prompt on a terminal, else --yes). Repeatable.
     #[arg(long, value_name = "NAME[=ADDRESS]", value_delimiter = ',')]
     pub prune_host: Vec<String>,
     #[command(flatten)]
@@ -380,9 +385,14 @@ pub struct ApplyArgs {
     /// Show the diff of what would change and stop (exit 2 when something would)
     #[arg(long)]
     pub dry_run: bool,
-    /// Seconds after which another run's lock on a host counts as stale
-    #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+    /// Seconds to wait for another run's lock on a host to be freed. A lock is never
+    /// taken over while its run lives; a dead run's lock is free at once
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub lock_timeout: u64,
+    /// Take the addresses --prune-host finds in this controller's records without a
+    /// prompt (needed where there is no terminal, unless given as NAME=ADDRESS)
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[cfg(test)]

@@ -324,6 +324,8 @@ pub struct RunInfo {
     pub run_id: String,
     pub user: String,
     pub started: f64,
+    /// Seconds a host's stage waits for another run's live lock to be freed (never
+    /// taken over).
     pub lock_timeout: u64,
     pub inventory: String,
     pub inventory_hash: String,
@@ -430,7 +432,13 @@ pub fn chrono_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
-        .as_secs() as i64;
+        .as_secs();
+    iso_utc(secs)
+}
+
+/// Unix seconds as ISO 8601 UTC.
+pub fn iso_utc(secs: u64) -> String {
+    let secs = secs as i64;
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Civil from days (Howard Hinnant's algorithm).
@@ -527,7 +535,7 @@ fn stage_request(hp: &HostPlan, hc: &HostChanges, run: &RunInfo) -> Value {
         }
     }
     json!({
-        "op": "stage", "run_id": run.run_id, "lock": run.lock(), "stale_after_s": run.lock_timeout,
+        "op": "stage", "run_id": run.run_id, "lock": run.lock(), "lock_wait_s": run.lock_timeout,
         "expect": expect, "install": hc.install, "users": hc.create_users, "files": files, "deletes": deletes,
         "validate": validate, "history": run.history(hc),
     })
@@ -1054,7 +1062,17 @@ async fn apply_files<'a>(
         }
         bail!("nothing was changed on any host:\n{}", failures.join("\n"));
     }
-    for (hp, hc, _) in &to_stage {
+    for ((hp, hc, _), s) in to_stage.iter().zip(&staged) {
+        if let Some(old) = s.as_ref().ok().map(|a| &a["replaced_stale_lock"]) {
+            if old.is_object() {
+                printer.warn(format!(
+                    "{}: the lock left by run {} of {} was taken: its agent had ended (the run was interrupted)",
+                    hp.name(),
+                    old["run_id"].as_str().unwrap_or("?"),
+                    old["owner"].as_str().unwrap_or("?")
+                ));
+            }
+        }
         printer.status(
             "Validated",
             format!("{} ({} files)", hp.name(), hc.files.len()),

@@ -216,7 +216,9 @@ mod tests {
             );
         }
         let changes = crate::diff::diff(&plan, &observed, &secrets).unwrap();
-        let file = crate::planfile::build(&inv, &plan, &observed, &changes).unwrap();
+        let file =
+            crate::planfile::build(&inv, &templates.source_hash(), &plan, &observed, &changes)
+                .unwrap();
         let published =
             serde_json::to_string(&file).unwrap() + &serde_json::to_string(&changes.hosts).unwrap();
         let (mut with_secrets, mut plain) = (0, 0);

@@ -3,6 +3,7 @@
 //! The pipeline is inventory -> render -> plan -> observe -> diff -> apply; see
 //! docs/DESIGN.md. Rendering and diffing are pure; I/O is at the edges.
 
+pub mod address_book;
 pub mod boot;
 pub mod cli;
 pub mod commands;
@@ -20,6 +21,7 @@ pub mod release;
 pub mod remote;
 pub mod render;
 pub mod run;
+pub mod safe_text;
 pub mod secrets;
 pub mod services;
 pub mod templates;

@@ -7,6 +7,42 @@ use std::sync::Mutex;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::{ColorChoice, GlobalArgs};
+use crate::safe_text::{escape_controls, escape_json_text};
+
+/// A result line for [`Printer::out`]: plain text, escaped when printed, or text the
+/// printer styled itself (escaped before its colours were added).
+pub enum OutText {
+    Plain(String),
+    Styled(Styled),
+}
+
+/// Text escaped and coloured by the printer ([`Printer::paint_diff_line`],
+/// [`Printer::bold`]); only the printer makes one.
+pub struct Styled(String);
+
+impl From<String> for OutText {
+    fn from(s: String) -> OutText {
+        OutText::Plain(s)
+    }
+}
+
+impl From<&str> for OutText {
+    fn from(s: &str) -> OutText {
+        OutText::Plain(s.to_string())
+    }
+}
+
+impl From<&String> for OutText {
+    fn from(s: &String) -> OutText {
+        OutText::Plain(s.clone())
+    }
+}
+
+impl From<Styled> for OutText {
+    fn from(s: Styled) -> OutText {
+        OutText::Styled(s)
+    }
+}
 
 /// How a run reports to the user.
 pub struct Printer {
@@ -73,7 +109,7 @@ impl Printer {
 
     fn line(&self, code: &str, verb: &str, msg: &str) {
         let verb = format!("{verb:>12}");
-        let text = format!("{} {msg}", self.paint(code, &verb));
+        let text = format!("{} {}", self.paint(code, &verb), escape_controls(msg));
         let _g = self.lock.lock();
         // Printing through MultiProgress keeps bars intact on a TTY.
         if self.multi.is_hidden() {
@@ -105,21 +141,29 @@ impl Printer {
 
     pub fn error(&self, msg: impl AsRef<str>) {
         let _g = self.lock.lock();
-        eprintln!("{} {}", self.paint(RED, "error:"), msg.as_ref());
+        eprintln!(
+            "{} {}",
+            self.paint(RED, "error:"),
+            escape_controls(msg.as_ref())
+        );
     }
 
-    /// A result line on stdout (tables, diffs).
-    pub fn out(&self, text: impl AsRef<str>) {
+    /// A result line on stdout (tables, diffs), control characters escaped.
+    pub fn out(&self, text: impl Into<OutText>) {
+        let text = match text.into() {
+            OutText::Plain(s) => escape_controls(&s).into_owned(),
+            OutText::Styled(Styled(s)) => s,
+        };
         let _g = self.lock.lock();
         let mut stdout = std::io::stdout().lock();
-        let _ = writeln!(stdout, "{}", text.as_ref());
+        let _ = writeln!(stdout, "{text}");
     }
 
     /// A JSON document (or one JSON Lines record) on stdout.
     pub fn json_line(&self, value: &serde_json::Value) {
         let _g = self.lock.lock();
         let mut stdout = std::io::stdout().lock();
-        let _ = writeln!(stdout, "{value}");
+        let _ = writeln!(stdout, "{}", escape_json_text(&value.to_string()));
         let _ = stdout.flush();
     }
 
@@ -131,20 +175,23 @@ impl Printer {
         }
     }
 
-    pub fn paint_diff_line(&self, line: &str) -> String {
+    /// A diff line for [`Printer::out`]: escaped, then coloured on a colour terminal.
+    pub fn paint_diff_line(&self, line: &str) -> Styled {
+        let line = escape_controls(line);
         if !self.color {
-            return line.to_string();
+            return Styled(line.into_owned());
         }
-        match line.chars().next() {
-            Some('+') if !line.starts_with("+++") => self.paint("\x1b[32m", line),
-            Some('-') if !line.starts_with("---") => self.paint("\x1b[31m", line),
-            Some('@') => self.paint(CYAN, line),
-            _ => line.to_string(),
-        }
+        Styled(match line.chars().next() {
+            Some('+') if !line.starts_with("+++") => self.paint("\x1b[32m", &line),
+            Some('-') if !line.starts_with("---") => self.paint("\x1b[31m", &line),
+            Some('@') => self.paint(CYAN, &line),
+            _ => line.into_owned(),
+        })
     }
 
-    pub fn bold(&self, s: &str) -> String {
-        self.paint("\x1b[1m", s)
+    /// A heading for [`Printer::out`]: escaped, then bold on a colour terminal.
+    pub fn bold(&self, s: &str) -> Styled {
+        Styled(self.paint("\x1b[1m", &escape_controls(s)))
     }
 
     /// What a host is doing now: a spinner line per host on a TTY, a `-v` line otherwise.
@@ -157,7 +204,7 @@ impl Printer {
         let bar = bars
             .entry(host.to_string())
             .or_insert_with(|| self.host_bar(host));
-        bar.set_message(msg.to_string());
+        bar.set_message(escape_controls(msg).into_owned());
     }
 
     /// Ends a host's spinner (its last word stays on screen).
@@ -168,7 +215,7 @@ impl Printer {
             .unwrap_or_else(|e| e.into_inner())
             .remove(host);
         if let Some(bar) = bar {
-            bar.finish_with_message(msg.to_string());
+            bar.finish_with_message(escape_controls(msg).into_owned());
         }
     }
 
@@ -192,7 +239,7 @@ impl Printer {
             ProgressStyle::with_template("{spinner} {prefix:>12} {wide_msg} {elapsed:>4}")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
-        bar.set_prefix(host.to_string());
+        bar.set_prefix(escape_controls(host).into_owned());
         if !self.multi.is_hidden() {
             bar.enable_steady_tick(std::time::Duration::from_millis(100));
         }

@@ -119,6 +119,20 @@ impl Templates {
         Ok(Templates { entries })
     }
 
+    /// A hash of every template's name and text (built-ins and overrides alike): a saved
+    /// plan records it, and `apply PLAN` refuses other templates.
+    pub fn source_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for e in &self.entries {
+            for part in [e.name.as_bytes(), e.source.as_bytes()] {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part);
+            }
+        }
+        hex::encode(h.finalize())
+    }
+
     fn entry(&self, name: &str) -> Result<&Entry> {
         self.entries
             .iter()

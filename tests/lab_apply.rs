@@ -462,10 +462,13 @@ fn a_lock_held_by_another_run_stops_apply_naming_the_holder() {
             ),
         ],
     );
+    // The lock is live while a process holds its flock (as the holder's agent would).
+    let holder = hold_lock_flock("web-01");
     let variant = lab_variant("locked", |t| {
         format!("{t}nginx:\n  client_max_body_size: 12m\n")
     });
-    let out = cli(&["apply", variant.to_str().unwrap()]);
+    let out = cli(&["apply", "--lock-timeout", "1", variant.to_str().unwrap()]);
+    exec("web-01", &["kill", &holder]);
     exec("web-01", &["rm", "-f", "/var/lib/foobar-infra/lock.json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -585,10 +588,10 @@ fn with_persist_the_next_run_makes_no_remote_command_and_still_sees_drift() {
             &[
                 "sh",
                 "-c",
-                "stat -c '%a %U' /run/foobar-infra/agent-*.0.sock",
+                "stat -c '%a %U' /run/foobar-infra/root /run/foobar-infra/root/agent-*.0.sock",
             ],
         );
-        assert_eq!(socket.trim(), "600 root", "{host}");
+        assert_eq!(socket.trim(), "700 root\n600 root", "{host}");
     }
 
     let (host, path) = MANAGED[0];
@@ -814,4 +817,503 @@ fn a_missing_secret_fails_the_run_and_leaves_no_connection_behind() {
         .filter(|l| l.starts_with("ssh ") && l.contains(" -M "))
         .collect();
     assert!(masters.is_empty(), "no master left running: {masters:?}");
+}
+
+// ---------------------------------------------------------------- issue 20, findings 4-7, 12
+
+/// The CLI with one more environment variable (a fresh place for the controller's own
+/// files: XDG_STATE_HOME for its host records, XDG_CACHE_HOME for kept connections).
+fn cli_env(key: &str, value: &std::path::Path, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_foobar-infra"))
+        .args(args)
+        .current_dir(root())
+        .env("NO_COLOR", "1")
+        .env(key, value)
+        .output()
+        .expect("running foobar-infra")
+}
+
+/// The pid holding the host lock's flock on `host` (from /proc/locks), if any.
+fn flock_holder(host: &str) -> Option<String> {
+    let ino = exec_raw(
+        host,
+        &["stat", "-c", "%i", "/var/lib/foobar-infra/lock.flock"],
+    );
+    let ino = String::from_utf8_lossy(&ino.stdout).trim().to_string();
+    if ino.is_empty() {
+        return None;
+    }
+    let locks = exec(host, &["cat", "/proc/locks"]);
+    let suffix = format!(":{ino}");
+    locks.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 5 && f[1] == "FLOCK" && f[5].ends_with(&suffix)).then(|| f[4].to_string())
+    })
+}
+
+/// Takes the host lock's flock on `host` with a process that keeps it until killed (as a
+/// run's agent keeps it while the run lives); that process's pid there.
+fn hold_lock_flock(host: &str) -> String {
+    let script = "import fcntl, os, time\n\
+                  os.makedirs('/var/lib/foobar-infra', 0o700, exist_ok=True)\n\
+                  fd = os.open('/var/lib/foobar-infra/lock.flock', os.O_RDWR | os.O_CREAT, 0o600)\n\
+                  fcntl.flock(fd, fcntl.LOCK_EX)\n\
+                  time.sleep(300)\n";
+    let c = format!("foobar-lab-{host}");
+    let out = docker(&["exec", "-d", &c, "python3", "-c", script]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut pid = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            pid = flock_holder(host);
+            pid.is_some()
+        }),
+        "the lock's flock was not taken on {host}"
+    );
+    pid.unwrap()
+}
+
+/// Finding 4 of issue 20 (SECURITY.md): `apply plan.json` loaded the inventory named in
+/// the plan and took each file's mode, owner and service from it. Now the inventory is
+/// the one beside the plan (by its hash) or given with --inventory, another one is
+/// refused, and an edited plan fails its own checksum before anything connects.
+#[test]
+fn finding_4_apply_plan_takes_its_inventory_from_the_command_line_and_refuses_an_edited_plan() {
+    let Some(_g) = setup() else { return };
+    baseline();
+    let variant = lab_variant("plan-body-size", |t| {
+        format!("{t}nginx:\n  client_max_body_size: 14m\n")
+    });
+    let v = variant.to_str().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let plan = elsewhere.path().join("plan.json");
+    let p = plan.to_str().unwrap();
+    let out = cli(&["plan", v, "--out", p]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let before = managed_hashes();
+
+    // No inventory beside the plan and none given: the one the plan names is not read.
+    let out = cli(&["apply", p]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--inventory"), "{stderr}");
+    assert!(!stderr.contains("Connecting"), "{stderr}");
+    // Another inventory than the plan's: refused.
+    let out = cli(&["apply", p, "--inventory", &inv()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another inventory"),
+        "{}",
+        text(&out)
+    );
+    // Edited after `plan` wrote it (a file's mode; the inventory it names): its checksum.
+    let original = std::fs::read_to_string(&plan).unwrap();
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(&str, Edit); 2] = [
+        ("mode", |v| v["hosts"][1]["files"][0]["mode"] = 0o666.into()),
+        ("inventory", |v| v["inventory"] = "/tmp/other.yaml".into()),
+    ];
+    for (what, edit) in edits {
+        let mut json: serde_json::Value = serde_json::from_str(&original).unwrap();
+        edit(&mut json);
+        let edited = elsewhere.path().join(format!("edited-{what}.json"));
+        std::fs::write(&edited, json.to_string()).unwrap();
+        let out = cli(&["apply", edited.to_str().unwrap(), "--inventory", v]);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("does not match its own checksum"),
+            "{what}: {stderr}"
+        );
+        assert!(!stderr.contains("Connecting"), "{what}: {stderr}");
+    }
+    assert_eq!(before, managed_hashes(), "nothing changed on any host");
+
+    // The plan as made, with the inventory it was made from: applied.
+    let out = cli(&["apply", p, "--inventory", v]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(exec(
+        "web-01",
+        &["cat", "/etc/nginx/sites-foobar/www.foobar.com.conf"]
+    )
+    .contains("client_max_body_size 14m"));
+    // A plan beside its inventory finds it by hash (the lab's inventory again, with a
+    // comment of its own: no other file there has its hash).
+    let back = lab_variant("plan-beside", |t| format!("# beside its plan\n{t}"));
+    let beside = back.with_extension("json");
+    let out = cli(&[
+        "plan",
+        back.to_str().unwrap(),
+        "--out",
+        beside.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = cli(&["apply", beside.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&beside);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(cli(&["diff", &inv()]).status.code(), Some(0));
+}
+
+/// Finding 5 of issue 20: without `=ADDRESS`, `--prune-host NAME` took the address from
+/// any host's history, which that host can write. Now only this controller's own record
+/// (or the command line), shown and, for apply, confirmed: a forged history entry leads
+/// nowhere, and nothing connects before the address is settled.
+#[test]
+fn finding_5_prune_host_never_takes_an_address_from_a_hosts_history() {
+    let Some(_g) = setup() else { return };
+    baseline();
+    let state = tempfile::tempdir().unwrap();
+    // A host (compromised, or reused) says web-09 was at web-02's address.
+    exec(
+        "web-01",
+        &[
+            "sh",
+            "-c",
+            r#"echo '{"run_id": "forged", "result": "applied", "hosts": {"web-09": "10.231.1.12"}}' >> /var/lib/foobar-infra/history.jsonl"#,
+        ],
+    );
+    let before = managed_hashes();
+    let since = docker_now();
+    std::thread::sleep(Duration::from_millis(50));
+    for cmd in ["diff", "apply"] {
+        let out = cli_env(
+            "XDG_STATE_HOME",
+            state.path(),
+            &[cmd, &inv(), "--prune-host", "web-09"],
+        );
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("no record of web-09") && stderr.contains("web-09=ADDRESS"),
+            "{cmd}: {stderr}"
+        );
+        assert!(!stderr.contains("Pruning"), "{cmd}: {stderr}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for host in ["lb-01", "web-01", "web-02"] {
+        assert_eq!(
+            sshd_sessions_since(host, &since),
+            0,
+            "{host}: nothing connected"
+        );
+    }
+    assert_eq!(before, managed_hashes(), "nothing changed on any host");
+
+    // This controller's own record: shown, and without a terminal apply wants --yes.
+    let books = state.path().join("foobar-infra/hosts");
+    let mut book = foobar_infra::address_book::AddressBook::load(&books, &lab_inventory()).unwrap();
+    book.hosts.insert(
+        "web-09".into(),
+        foobar_infra::address_book::Recorded {
+            address: "10.231.1.19".parse().unwrap(),
+            applied: 1_796_300_000,
+        },
+    );
+    book.save(&books).unwrap();
+    let out = cli_env(
+        "XDG_STATE_HOME",
+        state.path(),
+        &["apply", &inv(), "--prune-host", "web-09"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("web-09 at 10.231.1.19") && stderr.contains("--yes"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Connecting"), "{stderr}");
+    // Each apply records the inventory's hosts (the record --prune-host reads).
+    let out = cli_env("XDG_STATE_HOME", state.path(), &["apply", &inv()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let book = foobar_infra::address_book::AddressBook::load(&books, &lab_inventory()).unwrap();
+    assert_eq!(book.hosts["web-02"].address.to_string(), WEB2);
+    exec(
+        "web-01",
+        &[
+            "sed",
+            "-i",
+            "/\"forged\"/d",
+            "/var/lib/foobar-infra/history.jsonl",
+        ],
+    );
+}
+
+/// Finding 6 of issue 20: the kept agent's socket (`--persist`) belonged to the SSH
+/// login user, so any process of a sudo user reached a root agent. Now: logged in as
+/// root, the socket is root's (0600) in a directory only root may enter; logged in as
+/// deploy, the socket must be deploy's (sshd connects as deploy), but every connection
+/// must first send the daemon's token, which only the tool has: deploy's own processes
+/// (without sudo) get no greeting and no answer.
+#[test]
+fn finding_6_the_kept_agents_socket_is_root_only_or_asks_for_the_tools_token() {
+    let Some(_g) = setup() else { return };
+    baseline();
+    let cache = tempfile::tempdir().unwrap();
+    let persist = |inventory: &str, verbose: bool| {
+        let mut args = vec!["apply", "--persist", "30", inventory];
+        if verbose {
+            args.insert(1, "-v");
+        }
+        cli_env("XDG_CACHE_HOME", cache.path(), &args)
+    };
+    // As deploy, without sudo: connect to `socket`, send `first`, read what comes back.
+    let as_deploy = |socket: &str, first: &str| {
+        let script = "import socket, sys\n\
+                      s = socket.socket(socket.AF_UNIX)\n\
+                      s.settimeout(15)\n\
+                      try:\n    s.connect(sys.argv[1])\n\
+                      except OSError as e:\n    print('refused:', e); sys.exit(0)\n\
+                      s.sendall(sys.argv[2].encode())\n\
+                      print('answer:', repr(s.recv(200)))\n";
+        let out = docker(&[
+            "exec",
+            "-u",
+            "deploy",
+            "foobar-lab-web-01",
+            "python3",
+            "-c",
+            script,
+            socket,
+            first,
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let request = "18\n{\"op\": \"observe\"}";
+
+    let out = persist(&inv(), false);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let root_socket = exec(
+        "web-01",
+        &[
+            "sh",
+            "-c",
+            "ls -t /run/foobar-infra/root/agent-*.0.sock | head -n 1",
+        ],
+    );
+    let root_socket = root_socket.trim();
+    assert_eq!(
+        exec(
+            "web-01",
+            &["stat", "-c", "%a %U", "/run/foobar-infra/root", root_socket]
+        )
+        .trim(),
+        "700 root\n600 root"
+    );
+    let got = as_deploy(root_socket, request);
+    assert!(
+        got.starts_with("refused:") && got.contains("Permission denied"),
+        "{got}"
+    );
+
+    let deploy = lab_variant("deploy-persist", |t| {
+        t.replace("  user: root", "  user: deploy")
+    });
+    let d = deploy.to_str().unwrap();
+    let out = persist(d, false);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let again = persist(d, true);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("Reusing web-01 (kept agent)"),
+        "the tool's own connections still get in: {}",
+        text(&again)
+    );
+    let socket = exec(
+        "web-01",
+        &[
+            "sh",
+            "-c",
+            "ls -t /run/foobar-infra/agent-*.1000.sock | head -n 1",
+        ],
+    );
+    let socket = socket.trim();
+    for first in [
+        request.to_string(),
+        format!("{}\n{request}", "0".repeat(64)),
+    ] {
+        let got = as_deploy(socket, &first);
+        assert_eq!(got, "answer: b''", "no greeting, no answer: {first:?}");
+    }
+    assert_eq!(
+        exec("web-01", &["stat", "-c", "%a %U", "/run/foobar-infra/root"]).trim(),
+        "700 root",
+        "the token stays root's"
+    );
+
+    // End the kept masters (their records name the control sockets) and the agents.
+    for entry in std::fs::read_dir(cache.path().join("foobar-infra/ssh")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() && p.extension().is_none() {
+            let ctl = std::fs::read_to_string(&p).unwrap();
+            let _ = std::process::Command::new("ssh")
+                .args(["-S", ctl.trim(), "-O", "exit", "lab"])
+                .output();
+        }
+    }
+    for host in ["lb-01", "web-01", "web-02"] {
+        exec_raw(host, &["pkill", "-f", "listen [0-9a-f]+ 30$"]);
+    }
+}
+
+/// Finding 7 of issue 20: text from a host (here a managed file's lines in a diff)
+/// reached the terminal as it was, escape sequences and all. Now control characters,
+/// C1 controls and bidi overrides are printed escaped, in text and in --json.
+#[test]
+fn finding_7_text_from_a_host_reaches_the_terminal_escaped() {
+    let Some(_g) = setup() else { return };
+    baseline();
+    // ESC ] 0 ; (a window title) ... BEL, ESC [ 2 J (clear screen), U+009B (CSI), U+202E.
+    exec(
+        "web-01",
+        &[
+            "sh",
+            "-c",
+            r"printf '# \033]0;owned\007\033[2J \302\23331m \342\200\256gnp.exe\n' >> /etc/nginx/nginx.conf",
+        ],
+    );
+    let raw = |b: &[u8]| {
+        let s = String::from_utf8_lossy(b);
+        s.contains('\x1b') || s.contains('\u{9b}') || s.contains('\u{202e}') || s.contains('\x07')
+    };
+    let out = cli(&["diff", &inv()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(!raw(&out.stdout) && !raw(&out.stderr), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(r"-# \x1b]0;owned\x07\x1b[2J \u{9b}31m \u{202e}gnp.exe"),
+        "{stdout}"
+    );
+    let out = cli(&["diff", "--json", &inv()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(!raw(&out.stdout), "{}", text(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        doc.to_string().contains("\\u001b]0;owned"),
+        "the value itself is kept"
+    );
+    baseline();
+}
+
+/// Finding 12 of issue 20: a lock was stale by age alone (`--lock-timeout 1` took over a
+/// live run), and after `kill -9` of the controller the next apply was refused while
+/// its ssh masters lived on. Now the lock is a flock held by the run's agent: a live
+/// one is never taken (the error names the holder and how to clear it), a dead run's
+/// is free at once; and the masters end within seconds of the controller.
+#[test]
+fn finding_12_a_lock_dies_with_its_holder_and_a_live_one_is_never_taken() {
+    let Some(_g) = setup() else { return };
+    baseline();
+    let variant = lab_variant("lock-body-size", |t| {
+        format!("{t}nginx:\n  client_max_body_size: 13m\n")
+    });
+    let v = variant.to_str().unwrap();
+    let lock = |started: u64| {
+        format!(
+            r#"{{"owner": "alice@laptop", "pid": 4242, "started": {started}, "tool_version": "0.1.0", "run_id": "other-run", "host": "web-01"}}"#
+        )
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let write_lock = |text: String| {
+        exec(
+            "web-01",
+            &[
+                "sh",
+                "-c",
+                &format!("echo '{text}' > /var/lib/foobar-infra/lock.json"),
+            ],
+        )
+    };
+
+    // Live (its flock held) and an hour old: never taken, whatever --lock-timeout says.
+    write_lock(lock(now - 3600));
+    let holder = hold_lock_flock("web-01");
+    let before = managed_hashes();
+    let out = cli(&["apply", "--lock-timeout", "1", v]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("alice@laptop") && stderr.contains("other-run"),
+        "names the holder: {stderr}"
+    );
+    assert!(
+        stderr.contains("still in progress") && stderr.contains(&format!("kill {holder}")),
+        "says how to clear it: {stderr}"
+    );
+    assert_eq!(before, managed_hashes(), "nothing changed on any host");
+
+    // Its holder gone, a lock.json is a dead run's: taken at once, however recent.
+    exec("web-01", &["kill", &holder]);
+    assert!(wait_until(Duration::from_secs(10), || flock_holder(
+        "web-01"
+    )
+    .is_none()));
+    write_lock(lock(now));
+    let out = cli(&["apply", v]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the lock left by run other-run"),
+        "{}",
+        text(&out)
+    );
+
+    // kill -9 of the controller while it stages: no master of that run outlives it by
+    // more than a few seconds, no agent stays on the hosts, the next apply goes ahead.
+    let masters = || -> Vec<String> {
+        processes_matching("10.231.")
+            .into_iter()
+            .filter(|l| l.starts_with("ssh ") || l.contains(" ssh-connect "))
+            .collect()
+    };
+    let earlier = masters();
+    let mut run = std::process::Command::new(env!("CARGO_BIN_EXE_foobar-infra"))
+        .args(["apply", "-v", &inv()])
+        .current_dir(root())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(run.stderr.take().unwrap())) {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.contains("Agent web-01 stage") || line.contains("Agent web-02 stage") {
+            break;
+        }
+    }
+    run.kill().unwrap(); // SIGKILL
+    let _ = run.wait();
+    assert!(
+        seen.iter().any(|l| l.contains(" stage")),
+        "the run reached staging: {seen:?}"
+    );
+    let t0 = std::time::Instant::now();
+    let ours = |now: Vec<String>| -> Vec<String> {
+        now.into_iter().filter(|l| !earlier.contains(l)).collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || ours(masters()).is_empty()),
+        "masters left after {:?}: {:?}",
+        t0.elapsed(),
+        ours(masters())
+    );
+    eprintln!("the killed run's masters ended within {:?}", t0.elapsed());
+    for host in ["web-01", "web-02"] {
+        assert!(
+            wait_until(Duration::from_secs(15), || exec(
+                host,
+                &["sh", "-c", "pgrep -f 'foobar_agen[t]' || true"]
+            )
+            .trim()
+            .is_empty()),
+            "{host}: an agent of the killed run is still there"
+        );
+    }
+    let out = cli(&["apply", &inv()]);
+    assert_eq!(out.status.code(), Some(0), "the next apply: {}", text(&out));
+    assert_eq!(cli(&["diff", &inv()]).status.code(), Some(0));
 }

@@ -362,7 +362,9 @@ fn web_servers_join_and_leave_under_load_without_a_failed_request() {
 fn a_host_removed_from_the_inventory_is_pruned_only_when_named() {
     let Some(_g) = lab() else { return };
     let base = lab_inventory().display().to_string();
-    apply_ok(&base, &[]);
+    // The inventory file as applied with web-02 in it, then edited to leave it out.
+    let with = lab_variant("without-web-02", |t| t.to_string());
+    apply_ok(with.to_str().unwrap(), &[]);
     let without = lab_variant("without-web-02", |t| {
         t.replace(
             "  web-02:\n    address: 10.231.1.12\n    roles: [web, db-replica]\n",
@@ -374,7 +376,8 @@ fn a_host_removed_from_the_inventory_is_pruned_only_when_named() {
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("web-01 is in the inventory"));
 
-    // The address comes from the last apply record on the remaining hosts.
+    // The address comes from this controller's record of its last apply of this
+    // inventory (never from the hosts' history: issue 20, finding 5).
     let diff = cli(&["diff", v, "--prune-host", "web-02"]);
     assert_eq!(diff.status.code(), Some(2), "{}", text(&diff));
     let shown = String::from_utf8_lossy(&diff.stdout);
@@ -395,7 +398,15 @@ fn a_host_removed_from_the_inventory_is_pruned_only_when_named() {
         &["sh", "-c", "echo mine > /etc/foobar/placed-by-hand"],
     );
     let load = std::thread::spawn(|| load_loop("/health", Duration::from_secs(20), 3000));
-    apply_ok(v, &["--prune-host", "web-02"]);
+    // No terminal here: the recorded address is confirmed with --yes.
+    let unconfirmed = cli(&["apply", v, "--prune-host", "web-02"]);
+    assert_eq!(unconfirmed.status.code(), Some(1), "{}", text(&unconfirmed));
+    assert!(
+        String::from_utf8_lossy(&unconfirmed.stderr).contains("web-02 at 10.231.1.12"),
+        "{}",
+        text(&unconfirmed)
+    );
+    apply_ok(v, &["--prune-host", "web-02", "--yes"]);
     let (ok, failed) = load.join().unwrap();
     eprintln!(
         "prune web-02 under load: {ok} answered, {} failed",

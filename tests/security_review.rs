@@ -365,3 +365,118 @@ fn finding_15_the_man_page_and_db_help_describe_what_exists() {
         assert!(promote.contains(option), "{promote}");
     }
 }
+
+/// `base()` with its hosts on loopback and SSH on port 1 (refused at once: nothing is
+/// reached if a command gets as far as connecting), secrets from the environment.
+fn loopback_inventory() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.yaml");
+    let text = base()
+        .replace("address: 10.0.0.", "address: 127.0.0.")
+        .replacen("  port: 22\n", "  port: 1\n", 1);
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+fn with_secrets(mut c: Command) -> Command {
+    c.env("FOOBAR_DB_APP_PASSWORD", "a")
+        .env("FOOBAR_DB_REPLICATION_PASSWORD", "b");
+    c
+}
+
+/// Finding 4: a hand-made plan naming another inventory (with that inventory's hash) was
+/// applied with that inventory. A plan is now read only if it matches its own checksum,
+/// and its inventory is never the one it names.
+#[test]
+fn finding_4_a_hand_made_plan_naming_an_inventory_is_refused() {
+    let (elsewhere, inventory) = loopback_inventory();
+    let text = std::fs::read_to_string(&inventory).unwrap();
+    use sha2::Digest;
+    let hash = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+    let plans = tempfile::tempdir().unwrap();
+    let plan = plans.path().join("plan.json");
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    std::fs::write(
+        &plan,
+        serde_json::json!({
+            "schema": 1, "kind": "foobar-infra-plan", "created": created, "tool_version": "0.1.0",
+            "inventory": inventory, "inventory_hash": hash, "hosts": [],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    for args in [vec!["apply"], vec!["diff"]] {
+        let out = with_secrets(cli()).args(&args).arg(&plan).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("checksum"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Connecting"), "{args:?}: {stderr}");
+    }
+    drop(elsewhere);
+}
+
+/// Finding 5: `--prune-host NAME` without an address took it from any host's history.
+/// Now only from this controller's own records (or the command line), shown, and for
+/// apply confirmed (a prompt on a terminal, else --yes): checked before anything
+/// connects.
+#[test]
+fn finding_5_prune_host_takes_its_address_only_from_the_controller() {
+    let (dir, inventory) = loopback_inventory();
+    let state = dir.path().join("state");
+    let apply = |extra: &[&str]| {
+        let out = with_secrets(cli())
+            .env("XDG_STATE_HOME", &state)
+            .arg("apply")
+            .arg(&inventory)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // No record of web-03 on this controller: refused before any connection.
+    let (code, stderr) = apply(&["--prune-host", "web-03"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("this controller has no record") && stderr.contains("web-03=ADDRESS"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Connecting"), "{stderr}");
+
+    // The controller's record (as its applies write it): shown; with no terminal and
+    // no --yes, refused before any connection.
+    let books = state.join("foobar-infra/hosts");
+    let mut book = foobar_infra::address_book::AddressBook::load(&books, &inventory).unwrap();
+    book.hosts.insert(
+        "web-03".into(),
+        foobar_infra::address_book::Recorded {
+            address: "127.0.0.13".parse().unwrap(),
+            applied: 1_796_300_000,
+        },
+    );
+    book.save(&books).unwrap();
+    let (code, stderr) = apply(&["--prune-host", "web-03"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("127.0.0.13")
+            && stderr.contains("--yes")
+            && stderr.contains("web-03=127.0.0.13"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Connecting"), "{stderr}");
+    // Confirmed (--yes), or given: it goes on (to connecting, refused on port 1).
+    for extra in [
+        &["--prune-host", "web-03", "--yes"][..],
+        &["--prune-host", "web-03=127.0.0.13"][..],
+    ] {
+        let (code, stderr) = apply(extra);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(!stderr.contains("--yes"), "{extra:?}: {stderr}");
+        assert!(stderr.contains("cannot connect"), "{extra:?}: {stderr}");
+    }
+}

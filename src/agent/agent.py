@@ -6,7 +6,7 @@ JSON answer on stdout, exits 0 whenever an answer was written (non-zero with a
 traceback on stderr only when the agent itself crashed).
 
 This script owns, on the host:
-  * /var/lib/foobar-infra/ (0700): lock.json, manifest.json, history.jsonl,
+  * /var/lib/foobar-infra/ (0700): lock.flock, lock.json, manifest.json, history.jsonl,
     runs/RUNID/{staged.json, backup.json, backup/..., manifest.prev.json};
   * staged files `TARGET.foobar-new-RUNID` beside their targets, nginx test trees
     `ROOT/.foobar-stage-RUNID/`, and the target files the tool manages;
@@ -76,13 +76,13 @@ traceback = _Lazy("traceback")
 
 STATE_DIR = "/var/lib/foobar-infra"
 LOCK = os.path.join(STATE_DIR, "lock.json")
+LOCK_HOLD = os.path.join(STATE_DIR, "lock.flock")  # the lock: its flock (see take_lock)
 GUARD = os.path.join(STATE_DIR, ".lock-guard")
 MANIFEST = os.path.join(STATE_DIR, "manifest.json")
 HISTORY = os.path.join(STATE_DIR, "history.jsonl")
 RUNS = os.path.join(STATE_DIR, "runs")
 AGENT_CACHE = os.path.join(STATE_DIR, "agent")  # written by the bootstrap (src/remote/agent.rs)
 KEEP_RUNS = 10
-DEFAULT_STALE_S = 1800.0
 PIDFILES = {
     "foobar-app": "/run/foobar-app.pid",
     "nginx": "/run/nginx.pid",
@@ -580,64 +580,138 @@ def lock_holder_text(lk):
         lk.get("owner", "?"), lk.get("pid", "?"), iso(lk.get("started")), lk.get("run_id", "?"), lk.get("host", "?"))
 
 
+# The lock itself is the flock on LOCK_HOLD, held by the agent serving the run: the kernel
+# frees it when that agent exits, and the agent exits when the tool's connection closes,
+# so a lock dies with its holder. lock.json only says who holds it; a lock.json whose
+# flock is free is a dead run's, stale at once whatever its age.
+HELD_LOCKS = {}  # run id -> the open LOCK_HOLD whose flock this agent holds for the run
+
+
+def held_locks():
+    """The locks this agent holds (the kept agent, daemon.py, keeps one set per connection)."""
+    return HELD_LOCKS
+
+
+def try_hold():
+    """LOCK_HOLD opened with its flock taken, or None while another agent holds it."""
+    fd = os.open(LOCK_HOLD, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_lock():
+    try:
+        lk = read_json(LOCK)
+    except ValueError:
+        return {"unreadable": True}
+    return lk if isinstance(lk, dict) else None
+
+
+def lock_holder_pid():
+    """The process holding LOCK_HOLD's flock, from /proc/locks (None when unknown)."""
+    try:
+        suffix = ":%d" % os.stat(LOCK_HOLD).st_ino
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 5 and parts[1] == "FLOCK" and parts[5].endswith(suffix):
+                    return int(parts[4])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def locked_message(lk, agent_pid):
+    """A live lock: who holds it, and how to clear it."""
+    node = os.uname().nodename
+    who = lock_holder_text(lk) if lk and lk.get("run_id") else "a holder that left no lock.json"
+    holder = "its agent, pid %s on %s," % (agent_pid, node) if agent_pid else "a process on %s" % node
+    end = ("`kill %s` on %s" % (agent_pid, node)) if agent_pid else \
+        "ending the process that holds %s on %s (its pid is in /proc/locks)" % (LOCK_HOLD, node)
+    return ("host is locked by %s: that run is still in progress (%s holds the lock, which is freed "
+            "the moment that agent exits; it exits when its controller's connection closes). Wait for "
+            "it to finish (--lock-timeout SECONDS waits that long), or end it: stop that foobar-infra "
+            "run, or %s." % (who, holder, end))
+
+
 def take_lock(req, rid):
+    """Take the host's lock for run `rid` (its flock held by this agent until the run
+    releases it or this agent exits) and say so in lock.json. A live lock is never taken
+    over: with `lock_wait_s`, wait up to that long for it to be freed."""
     info = req.get("lock") or {}
-    stale_after = float(req.get("stale_after_s") or DEFAULT_STALE_S)
+    try:
+        wait = max(0.0, float(req.get("lock_wait_s") or 0))
+    except (TypeError, ValueError):
+        raise AgentError("request", "lock_wait_s must be a number of seconds")
     mine = {"owner": info.get("owner"), "pid": info.get("pid"), "started": float(info.get("started") or now()),
-            "tool_version": info.get("tool_version"), "run_id": rid, "host": os.uname().nodename}
-    with Guard():
-        for _ in range(2):
-            try:
-                fd = os.open(LOCK, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
+            "tool_version": info.get("tool_version"), "run_id": rid, "host": os.uname().nodename,
+            "agent_pid": os.getpid()}
+    held = held_locks()
+    deadline = now() + wait
+    while True:
+        with Guard():
+            current = read_lock()
+            if rid in held:  # a retried stage of this run
+                return current if current and current.get("run_id") == rid else mine
+            fd = try_hold()
+            if fd is not None:
                 try:
-                    held = read_json(LOCK, {}) or {}
-                except ValueError:
-                    held = {}
-                if not isinstance(held, dict):
-                    held = {}
-                if held.get("run_id") == rid:
-                    return held
-                try:
-                    started = float(held.get("started"))
-                except (TypeError, ValueError):
-                    started = os.stat(LOCK).st_mtime
-                if now() - started > stale_after:
-                    os.replace(LOCK, LOCK + ".stale")
-                    mine["replaced_stale"] = held
-                    continue
-                raise AgentError("locked", "host is locked by %s" % lock_holder_text(held), lock=held)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(mine, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            return mine
-    raise AgentError("locked", "could not take the lock (it keeps changing)")
+                    if current and current.get("run_id") != rid:
+                        os.replace(LOCK, LOCK + ".stale")  # its agent is gone: stale at once
+                        mine["replaced_stale"] = current
+                    write_json_atomic(LOCK, {k: v for k, v in mine.items() if k != "replaced_stale"})
+                except BaseException:
+                    os.close(fd)
+                    raise
+                held[rid] = fd
+                return mine
+            agent_pid = lock_holder_pid()
+        if now() >= deadline:
+            raise AgentError("locked", locked_message(current, agent_pid), lock=current)
+        time.sleep(max(0.0, min(0.2, deadline - now())))
 
 
 def release_lock(rid):
-    """Remove lock.json only if run `rid` holds it. Returns True if removed."""
+    """Free run `rid`'s lock: lock.json removed if it names the run, the flock let go if
+    this agent holds it. Returns True if lock.json was removed."""
+    held = held_locks()
     if not os.path.isdir(STATE_DIR):
         return False
+    removed = False
     with Guard():
-        try:
-            held = read_json(LOCK)
-        except ValueError:
-            return False
-        if isinstance(held, dict) and held.get("run_id") == rid:
+        current = read_lock()
+        if current and current.get("run_id") == rid:
             os.unlink(LOCK)
-            return True
-    return False
+            removed = True
+        fd = held.pop(rid, None)
+        if fd is not None:
+            os.close(fd)
+    return removed
 
 
 def require_lock(rid):
-    try:
-        held = read_json(LOCK)
-    except ValueError:
-        held = None
-    if not isinstance(held, dict) or held.get("run_id") != rid:
-        who = lock_holder_text(held) if isinstance(held, dict) else "nobody"
-        raise AgentError("locked", "run %s does not hold the lock (held by %s)" % (rid, who), lock=held)
+    """Run `rid` must hold the lock: this agent holds its flock, or lock.json still names
+    the run and the flock is free (the run's first agent is gone; nobody took it since)."""
+    held = held_locks()
+    with Guard():
+        current = read_lock()
+        if current and current.get("run_id") == rid:
+            if rid in held:
+                return
+            fd = try_hold()
+            if fd is not None:
+                held[rid] = fd
+                write_json_atomic(LOCK, dict(current, agent_pid=os.getpid()))
+                return
+    who = lock_holder_text(current) if current and current.get("run_id") else "nobody"
+    raise AgentError("locked", "run %s does not hold the lock (held by %s)" % (rid, who), lock=current)
 
 
 # ---------------------------------------------------------------- services
@@ -1573,5 +1647,9 @@ def main(argv=()):
             abandon_staged()
             return 0
         raw = inp.read(int(head))
-        out.write(json.dumps(answer_of(raw), sort_keys=True) + "\n")
-        out.flush()
+        try:
+            out.write(json.dumps(answer_of(raw), sort_keys=True) + "\n")
+            out.flush()
+        except OSError:  # the tool is gone (e.g. killed) before its answer: as at EOF
+            abandon_staged()
+            return 0

@@ -12,10 +12,35 @@ use crate::cli::ApplyArgs;
 use crate::engine::{self, Observe, RunInfo};
 use crate::output::Printer;
 
+/// This controller's own record of where the inventory's hosts are, kept at each apply
+/// (the only place `--prune-host NAME` takes an address from); pruned hosts forgotten.
+fn record_addresses(inventory: &crate::inventory::Inventory, pruned: &[String], p: &Printer) {
+    use crate::address_book::{default_dir, AddressBook};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let Some(dir) = default_dir() else {
+        return;
+    };
+    let saved = AddressBook::load(&dir, &inventory.path).and_then(|mut book| {
+        book.record(inventory, pruned, now);
+        book.save(&dir)
+    });
+    if let Err(e) = saved {
+        p.warn(format!("the hosts' addresses were not recorded: {e:#}"));
+    }
+}
+
 pub fn run(args: &ApplyArgs, p: &Arc<Printer>) -> Result<Outcome> {
     let t0 = Instant::now();
     runtime()?.block_on(async {
-        let mut session = remote::open(&args.remote, p, Observe::Witnessed).await?;
+        let confirm = if args.dry_run {
+            remote::Confirm::Shown
+        } else {
+            remote::Confirm::new(args.yes)
+        };
+        let mut session = remote::open(&args.remote, p, Observe::Witnessed, confirm).await?;
         // Before staging anything: a port the stack needs held by another process, or a
         // replica diverged from its primary.
         let command = if args.dry_run {
@@ -68,6 +93,12 @@ pub fn run(args: &ApplyArgs, p: &Arc<Printer>) -> Result<Outcome> {
             .iter()
             .map(|h| h.host.name.clone())
             .collect();
+        let pruned = &session.changes.topology.pruned_hosts;
+        record_addresses(
+            &session.inventory,
+            if result.is_ok() { pruned } else { &[] },
+            p,
+        );
         let secrets = std::mem::take(&mut session.secrets);
         session.close().await;
         let reports = match result.map_err(|e| secrets.mask_error(e)) {

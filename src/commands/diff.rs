@@ -14,7 +14,7 @@ pub fn run(args: &RemoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
         return super::plan::show(&args.inventory, p);
     }
     runtime()?.block_on(async {
-        let session = remote::open(args, p, Observe::Witnessed).await?;
+        let session = remote::open(args, p, Observe::Witnessed, remote::Confirm::Shown).await?;
         if let Err(e) = remote::refuse_blocked(&session, p, "diff") {
             session.close().await;
             return Err(e);

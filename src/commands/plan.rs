@@ -15,12 +15,15 @@ use crate::planfile;
 
 pub fn run(args: &PlanArgs, p: &Arc<Printer>) -> Result<Outcome> {
     runtime()?.block_on(async {
-        let session = remote::open(&args.remote, p, Observe::Witnessed).await?;
+        let session = remote::open(&args.remote, p, Observe::Witnessed, remote::Confirm::Shown).await?;
         if let Err(e) = remote::refuse_blocked(&session, p, "plan") {
             session.close().await;
             return Err(e);
         }
-        let file = planfile::build(&session.inventory, &session.plan, &session.observed, &session.changes);
+        let templates = crate::templates::Templates::load(args.remote.templates.templates.as_deref());
+        let file = templates.and_then(|t| {
+            planfile::build(&session.inventory, &t.source_hash(), &session.plan, &session.observed, &session.changes)
+        });
         let pending = !session.changes.is_empty();
         let printed = if p.json { false } else { remote::print_changes(&session.changes, p, "plan") };
         let _ = printed;

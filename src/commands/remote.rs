@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 
 use super::render_plan;
+pub use crate::address_book::Confirm;
 use crate::cli::RemoteArgs;
 use crate::database::replica::{self, DivergedReplica};
 use crate::diff::{desired_hashes, diff, Changes};
@@ -102,23 +103,47 @@ impl Session {
 }
 
 /// Connects, observes and diffs: `how` says whether the witness may stand in for a
-/// full observe (apply, diff, plan) or not (rollback needs every release).
-pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>, how: Observe) -> Result<Session> {
-    // A saved plan names its inventory and pins the reviewed files.
+/// full observe (apply, diff, plan) or not (rollback needs every release); `confirm`,
+/// how an address `--prune-host` takes from this controller's records is confirmed.
+pub async fn open(
+    args: &RemoteArgs,
+    printer: &Arc<Printer>,
+    how: Observe,
+    confirm: Confirm,
+) -> Result<Session> {
+    // A saved plan pins the reviewed files; it never chooses its inventory (finding 4).
     let saved = if planfile::is_plan(&args.inventory) {
         Some(planfile::read(&args.inventory)?)
     } else {
         None
     };
-    let inventory_path = saved
-        .as_ref()
-        .map(|p| p.inventory.clone())
-        .unwrap_or_else(|| args.inventory.clone());
+    let inventory_path = match &saved {
+        Some(p) => p.inventory_for(&args.inventory, args.plan_inventory.as_deref())?,
+        None if args.plan_inventory.is_some() => {
+            bail!(
+                "--inventory is for applying a saved plan; {} is an inventory",
+                args.inventory.display()
+            )
+        }
+        None => args.inventory.clone(),
+    };
     // The connections start as soon as the inventory is read: rendering the plan (the
     // templates, the release archive) and reading the secrets overlap their key exchanges.
     let inventory = Inventory::load(&inventory_path)?;
     inventory.refuse_untested()?;
+    if let Some(saved) = &saved {
+        let templates = crate::templates::Templates::load(args.templates.templates.as_deref())?;
+        saved.check_fresh(
+            &inventory,
+            &templates.source_hash(),
+            args.max_plan_age,
+            &args.inventory,
+        )?;
+    }
+    // Each pruned host's address: given, or this controller's own record (never a
+    // host's), shown and, where `confirm` says, confirmed before anything connects.
     let prune = parse_prune(&args.prune_host, &inventory)?;
+    let prune = crate::address_book::pruned_addresses(&prune, &inventory.path, confirm)?;
     check_limit(&inventory.hosts.iter().collect::<Vec<_>>(), &args.limit)?;
     // (With --prune-host the connections wait for the plan: connect_with_pruned.)
     let mut early: Vec<Host> = Vec::new();
@@ -135,7 +160,6 @@ pub async fn open(args: &RemoteArgs, printer: &Arc<Printer>, how: Observe) -> Re
         let plan = render_plan(&inventory, args.templates.templates.as_deref())?;
         let mut plan = limit(plan, &args.limit)?;
         if let Some(saved) = &saved {
-            saved.check_fresh(&inventory.source_hash, args.max_plan_age, &args.inventory)?;
             saved.pin(&mut plan, &args.inventory)?;
         }
         let secrets = Secrets::load(&inventory, &secret_names(&plan))?;
@@ -221,49 +245,16 @@ fn parse_prune(args: &[String], inv: &Inventory) -> Result<Vec<(String, Option<I
 }
 
 /// Adds each pruned host to the plan with no roles (so the diff removes every file its
-/// manifest lists and stops their services) and connects to it. A host without an
-/// address on the command line gets the one the last apply record of another host
-/// knew it by.
+/// manifest lists and stops their services) and connects to it.
 async fn add_pruned(
     plan: &mut Plan,
     remotes: &mut Vec<SshRemote>,
-    prune: &[(String, Option<IpAddr>)],
+    prune: &[(String, IpAddr)],
     inventory: &Inventory,
     persist: Option<u64>,
     printer: &Arc<Printer>,
 ) -> Result<()> {
-    let mut known: BTreeMap<String, String> = BTreeMap::new();
-    if prune.iter().any(|(_, a)| a.is_none()) {
-        for r in remotes.iter() {
-            let answer = crate::remote::agent::call(
-                r,
-                "history",
-                serde_json::json!({"op": "history", "last": 1000}),
-            )
-            .await?;
-            // Oldest first: later records overwrite earlier ones.
-            for rec in answer["records"].as_array().into_iter().flatten() {
-                for (name, addr) in rec["hosts"].as_object().into_iter().flatten() {
-                    if let Some(a) = addr.as_str() {
-                        known.insert(name.clone(), a.to_string());
-                    }
-                }
-            }
-        }
-    }
-    for (name, addr) in prune {
-        let address = match addr {
-            Some(a) => *a,
-            None => known
-                .get(name)
-                .and_then(|a| a.parse().ok())
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "--prune-host {name}: no apply record on the inventory's hosts names {name}'s address; \
-                         give it as --prune-host {name}=ADDRESS"
-                    )
-                })?,
-        };
+    for &(ref name, address) in prune {
         let host = crate::inventory::Host {
             name: name.clone(),
             address,
@@ -288,11 +279,11 @@ async fn add_pruned(
     Ok(())
 }
 
-/// Connects to the inventory's hosts and to the hosts being pruned (whose addresses may
-/// come from the former's apply records), then observes them all.
+/// Connects to the inventory's hosts and to the hosts being pruned, then observes them
+/// all.
 async fn connect_with_pruned(
     plan: &mut Plan,
-    prune: &[(String, Option<IpAddr>)],
+    prune: &[(String, IpAddr)],
     inventory: &Inventory,
     secrets: &Secrets,
     args: &RemoteArgs,

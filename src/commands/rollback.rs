@@ -14,7 +14,7 @@ use crate::remote::Remote;
 
 pub fn run(args: &RollbackArgs, p: &Arc<Printer>) -> Result<Outcome> {
     runtime()?.block_on(async {
-        let session = remote::open(&args.remote, p, Observe::Full).await?;
+        let session = remote::open(&args.remote, p, Observe::Full, remote::Confirm::Shown).await?;
         let result = async {
             let remotes = session.remotes();
             let lbs = engine::balancers(&session.plan, &remotes);

@@ -2,6 +2,7 @@
 //! implementation, and the agent call that every remote step goes through.
 
 pub mod agent;
+pub mod capped;
 pub mod connector;
 pub mod ssh;
 

@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
 use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-use super::{agent, Check, Checked, ExecOutput, Input, Remote, Sink};
+use super::{agent, capped, Check, Checked, ExecOutput, Input, Remote, Sink};
 use crate::inventory::Host;
 use crate::output::Printer;
 
@@ -37,6 +37,19 @@ pub struct SshRemote {
     agent: tokio::sync::Mutex<Option<AgentProcess>>,
     /// With `--persist`: the agent kept on the host between runs, if reachable.
     kept: tokio::sync::Mutex<Kept>,
+    /// A connection to the master's control socket, open while this process lives: the
+    /// master counts it as a client, so it never idles out during the run, and once it
+    /// closes (the run's end, or the kernel's at a `kill -9`) the master ends after
+    /// [`MASTER_LINGER_S`] (or `--persist`'s seconds).
+    hold: Option<std::os::unix::net::UnixStream>,
+}
+
+/// How long a master outlives this process (without `--persist`): its ControlPersist.
+pub const MASTER_LINGER_S: usize = 5;
+
+/// Holds the master open for this process's life (see [`SshRemote::hold`]).
+fn hold_master(session: &Session) -> Option<std::os::unix::net::UnixStream> {
+    std::os::unix::net::UnixStream::connect(session.control_socket()).ok()
 }
 
 /// The kept agent (daemon.py), reached through a Unix socket that the kept master
@@ -54,13 +67,28 @@ struct KeptConnection {
     writer: tokio::net::unix::OwnedWriteHalf,
 }
 
-/// Sends one framed request to an agent and reads its answer line: the answer as a
-/// command's output, or what went wrong and the partial line.
+/// Why an exchange with an agent brought no whole answer.
+enum Failed {
+    /// The answer passed [`capped::MAX_FROM_HOST`]: refused, the agent abandoned.
+    TooLarge(std::io::Error),
+    /// The agent ended (or the connection broke): why, and the partial line.
+    Ended(String, Vec<u8>),
+}
+
+impl Failed {
+    /// The error of an answer past the limit, naming host and operation.
+    fn too_large(e: std::io::Error, host: &str, op: &str) -> anyhow::Error {
+        anyhow!("{host}: the agent's answer to {op}: {e}")
+    }
+}
+
+/// Sends one framed request to an agent and reads its answer line (at most
+/// [`capped::MAX_FROM_HOST`]): the answer as a command's output, or why there is none.
 async fn exchange<W, R>(
     writer: &mut W,
     reader: &mut R,
     request: &[u8],
-) -> std::result::Result<ExecOutput, (String, Vec<u8>)>
+) -> std::result::Result<ExecOutput, Failed>
 where
     W: tokio::io::AsyncWrite + Unpin,
     R: tokio::io::AsyncBufRead + Unpin,
@@ -69,7 +97,7 @@ where
     let exchanged = async {
         writer.write_all(&agent::framed(request)).await?;
         writer.flush().await?;
-        reader.read_until(b'\n', &mut line).await
+        capped::read_line(reader, &mut line, capped::MAX_FROM_HOST).await
     }
     .await;
     match exchanged {
@@ -78,8 +106,12 @@ where
             stdout: line,
             stderr: Vec::new(),
         }),
-        Ok(_) => Err(("end of output before a whole answer".into(), line)),
-        Err(e) => Err((e.to_string(), line)),
+        Ok(_) => Err(Failed::Ended(
+            "end of output before a whole answer".into(),
+            line,
+        )),
+        Err(e) if capped::is_too_large(&e) => Err(Failed::TooLarge(e)),
+        Err(e) => Err(Failed::Ended(e.to_string(), line)),
     }
 }
 
@@ -88,23 +120,44 @@ async fn kept_connect_probe(local: &std::path::Path) -> std::io::Result<()> {
     tokio::net::UnixStream::connect(local).await.map(drop)
 }
 
-/// Connects to the kept agent through the local end of the forward; None unless it greets.
-async fn kept_connect(local: &std::path::Path) -> Option<KeptConnection> {
+/// Connects to the kept agent through the local end of the forward and sends its token
+/// (daemon.py greets only after it); None unless it greets.
+async fn kept_connect(local: &std::path::Path, token: &str) -> Option<KeptConnection> {
     let limit = Duration::from_secs(5);
     let stream = tokio::time::timeout(limit, tokio::net::UnixStream::connect(local))
         .await
         .ok()?
         .ok()?;
-    let (r, writer) = stream.into_split();
+    let (r, mut writer) = stream.into_split();
+    writer
+        .write_all(format!("{token}\n").as_bytes())
+        .await
+        .ok()?;
     let mut reader = tokio::io::BufReader::new(r);
     let mut greeting = Vec::new();
-    tokio::time::timeout(limit, reader.read_until(b'\n', &mut greeting))
+    tokio::time::timeout(limit, capped::read_line(&mut reader, &mut greeting, 64))
         .await
         .ok()?
         .ok()?;
     greeting
         .starts_with(b"foobar-agent")
         .then_some(KeptConnection { reader, writer })
+}
+
+/// Writes a file only this user may read (created 0600, replaced whole).
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    drop(f);
+    std::fs::rename(&tmp, path)
 }
 
 /// An agent started with `serve`: framed requests in, one answer line each out.
@@ -197,6 +250,7 @@ pub async fn connect_with(
                 name: host.name.clone(),
                 host: host.clone(),
                 sudo: host.ssh.user != "root",
+                hold: hold_master(&session),
                 session: Arc::new(session),
                 persist,
                 printer,
@@ -212,7 +266,10 @@ pub async fn connect_with(
         .known_hosts_check(KnownHosts::Strict)
         .connect_timeout(Duration::from_secs(host.ssh.connect_timeout))
         .server_alive_interval(Duration::from_secs(KEEPALIVE_S))
-        .control_directory(control_dir());
+        .control_directory(control_dir())
+        .control_persist(openssh::ControlPersist::IdleFor(
+            std::num::NonZeroUsize::new(MASTER_LINGER_S).expect("non-zero"),
+        ));
     if let Some(k) = &host.ssh.known_hosts {
         b.user_known_hosts_file(k);
     }
@@ -261,6 +318,7 @@ pub async fn connect_with(
         name: host.name.clone(),
         host: host.clone(),
         sudo: host.ssh.user != "root",
+        hold: hold_master(&session),
         session: Arc::new(session),
         persist,
         printer,
@@ -291,7 +349,8 @@ fn describe(e: &openssh::Error) -> String {
 
 impl SshRemote {
     /// Closes the connection, or leaves its master running when it is kept (--persist).
-    pub async fn close(self) -> Result<()> {
+    pub async fn close(mut self) -> Result<()> {
+        drop(self.hold.take());
         // Dropping the agent's pipes is its end of input: it exits on its own, after
         // every answer was read (waiting for that would cost the run a round trip).
         if let Some(agent) = self.agent.into_inner() {
@@ -332,15 +391,18 @@ impl SshRemote {
     /// available (e.g. sshd forbids socket forwarding); the run uses a serving agent.
     async fn kept_reach(&self, idle: u64) -> Option<KeptConnection> {
         let local = self.kept_socket();
+        // The daemon's token (daemon.py), kept beside the forward (0700 directory, 0600).
+        let token_file = local.with_extension("token");
         let forwarded = local.exists();
         if forwarded {
-            if let Some(c) = kept_connect(&local).await {
+            let token = std::fs::read_to_string(&token_file).unwrap_or_default();
+            if let Some(c) = kept_connect(&local, token.trim()).await {
                 self.printer
                     .detail("Reusing", format!("{} (kept agent)", self.name));
                 return Some(c);
             }
         }
-        let remote = match self.kept_start(idle).await {
+        let (remote, token) = match self.kept_start(idle).await {
             Ok(p) => p,
             Err(e) => {
                 self.printer.detail(
@@ -376,11 +438,22 @@ impl SshRemote {
                 return None;
             }
         }
-        kept_connect(&local).await
+        if let Err(e) = write_private(&token_file, token.as_bytes()) {
+            self.printer.detail(
+                "Agent",
+                format!(
+                    "{}: cannot keep the agent's token ({e}); one for this run",
+                    self.name
+                ),
+            );
+            return None;
+        }
+        kept_connect(&local, &token).await
     }
 
-    /// Starts the kept agent on the host (or finds it running): its socket's path there.
-    async fn kept_start(&self, idle: u64) -> Result<String> {
+    /// Starts the kept agent on the host (or finds it running): its socket's path there
+    /// and the token each connection to it must send first.
+    async fn kept_start(&self, idle: u64) -> Result<(String, String)> {
         let idle = idle.to_string();
         let argv = agent::argv(&["listen", agent::agent_id(), &idle]);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -394,14 +467,16 @@ impl SshRemote {
                 String::from_utf8_lossy(&out.stderr).trim()
             )
         })?;
-        answer["socket"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| anyhow!("no socket in {answer}"))
+        match (answer["socket"].as_str(), answer["token"].as_str()) {
+            (Some(socket), Some(token)) if token.len() == 64 && token.is_ascii() => {
+                Ok((socket.to_string(), token.to_string()))
+            }
+            _ => Err(anyhow!("no socket and token in the answer")),
+        }
     }
 
     /// One request to the kept agent; None when there is none (see `kept_reach`).
-    async fn kept_request(&self, request: &[u8], op: &str) -> Option<ExecOutput> {
+    async fn kept_request(&self, request: &[u8], op: &str) -> Option<Result<ExecOutput>> {
         let idle = self.persist?;
         let mut kept = self.kept.lock().await;
         if matches!(*kept, Kept::Untried) {
@@ -415,15 +490,19 @@ impl SshRemote {
         };
         self.printer.detail("Agent", format!("{} {op}", self.name));
         match exchange(&mut c.writer, &mut c.reader, request).await {
-            Ok(answer) => Some(answer),
-            Err((why, line)) => {
+            Ok(answer) => Some(Ok(answer)),
+            Err(Failed::TooLarge(e)) => {
+                *kept = Kept::Unavailable;
+                Some(Err(Failed::too_large(e, &self.name, op)))
+            }
+            Err(Failed::Ended(why, line)) => {
                 // Whether the request ran is unknown: it fails, and is not sent again.
                 *kept = Kept::Unavailable;
-                Some(ExecOutput {
+                Some(Ok(ExecOutput {
                     status: None,
                     stdout: line,
                     stderr: format!("the kept agent closed the connection ({why})").into_bytes(),
-                })
+                }))
             }
         }
     }
@@ -463,7 +542,10 @@ impl SshRemote {
         let mut stderr = child.stderr().take().ok_or_else(|| anyhow!("no stderr"))?;
         let stderr = tokio::spawn(async move {
             let mut e = Vec::new();
-            let _ = stderr.read_to_end(&mut e).await;
+            if let Err(too) = capped::read_to_end(&mut stderr, &mut e, capped::MAX_FROM_HOST).await
+            {
+                e.extend_from_slice(format!("\n(stderr: {too})").as_bytes());
+            }
             e
         });
         // The script first; a host without python3 shows up at the first request.
@@ -498,7 +580,7 @@ impl Remote for SshRemote {
 
     async fn agent(&self, request: Vec<u8>, op: &str) -> Result<ExecOutput> {
         if let Some(out) = self.kept_request(&request, op).await {
-            return Ok(out);
+            return out;
         }
         let mut slot = self.agent.lock().await;
         if slot.is_none() {
@@ -508,7 +590,12 @@ impl Remote for SshRemote {
         self.printer.detail("Agent", format!("{} {op}", self.name));
         let (why, line) = match exchange(&mut proc.stdin, &mut proc.stdout, &request).await {
             Ok(answer) => return Ok(answer),
-            Err(failed) => failed,
+            Err(Failed::TooLarge(e)) => {
+                // Not waited for: it may still be writing. The connection's end ends it.
+                drop(slot.take());
+                return Err(Failed::too_large(e, &self.name, op));
+            }
+            Err(Failed::Ended(why, line)) => (why, line),
         };
         // The agent ended (it crashed, or the connection dropped): its exit status and
         // stderr say why; the next request starts a new one.
@@ -542,7 +629,7 @@ impl Remote for SshRemote {
                 std::future::pending::<()>().await
             };
             tokio::select! {
-                r = stdout.read_until(b'\n', &mut line) => r,
+                r = capped::read_line(stdout, &mut line, capped::MAX_FROM_HOST) => r,
                 _ = write => unreachable!("pending"),
             }
         };
@@ -571,6 +658,7 @@ impl Remote for SshRemote {
             Ok(_) => Ok(Checked::Agent(
                 ended(proc, "end of output before a whole answer", line).await,
             )),
+            Err(e) if capped::is_too_large(&e) => Err(Failed::too_large(e, &self.name, op)),
             Err(e) => Ok(Checked::Agent(ended(proc, &e.to_string(), line).await)),
         }
     }
@@ -630,7 +718,7 @@ impl Remote for SshRemote {
                         sink.shutdown().await.ok();
                     }
                     None => {
-                        r.read_to_end(&mut collected).await?;
+                        capped::read_to_end(&mut r, &mut collected, capped::MAX_FROM_HOST).await?;
                     }
                 }
             }
@@ -639,15 +727,13 @@ impl Remote for SshRemote {
         let errors = async {
             let mut e = Vec::new();
             if let Some(mut r) = child_err {
-                r.read_to_end(&mut e).await?;
+                capped::read_to_end(&mut r, &mut e, capped::MAX_FROM_HOST).await?;
             }
             Ok::<_, std::io::Error>(e)
         };
-        let (fed, out, err) = tokio::join!(feed, drain, errors);
         let context = || format!("{}: remote command {program} ({label})", self.name);
-        fed.with_context(context)?;
-        let out = out.with_context(context)?;
-        let err = err.with_context(context)?;
+        // The first error ends the wait: output past the limit is not read any further.
+        let ((), out, err) = tokio::try_join!(feed, drain, errors).with_context(context)?;
         let status = child.wait().await.with_context(context)?;
         Ok(ExecOutput {
             status: status.code(),
@@ -670,4 +756,26 @@ fn short(args: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An agent (or anything posing as one) that answers with more than 64 MiB on one
+    /// line: the controller stops reading at the limit and refuses the answer.
+    #[tokio::test]
+    async fn finding_7_an_agent_answer_past_the_limit_is_refused() {
+        let mut huge = vec![b'x'; capped::MAX_FROM_HOST + 1024];
+        huge.push(b'\n');
+        let mut reader = tokio::io::BufReader::new(&huge[..]);
+        let mut sent = Vec::new();
+        let got = exchange(&mut sent, &mut reader, b"{}").await;
+        assert!(got.is_err(), "an answer past the limit was accepted");
+
+        let mut reader = tokio::io::BufReader::new(&b"{\"ok\": true}\n"[..]);
+        let mut sent = Vec::new();
+        assert!(exchange(&mut sent, &mut reader, b"{}").await.is_ok());
+        assert_eq!(sent, b"2\n{}");
+    }
 }
