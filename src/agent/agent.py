@@ -641,6 +641,17 @@ def locked_message(lk, agent_pid):
             "run, or %s." % (who, holder, end))
 
 
+def unstage_dead(rid):
+    """The staged files of a run whose agent died before it could commit or unstage (its
+    lock was just found dead): removed, as that agent would have at the end of its input.
+    A run that began its commit is left for `rollback` (its backups are in runs/RID)."""
+    if not chars_ok(rid, RUN_ID_CHARS, 64) or os.path.exists(os.path.join(run_dir(rid), "backup.json")):
+        return
+    record = load_staged(rid)
+    if record:
+        cleanup_stage(rid, record)
+
+
 def take_lock(req, rid):
     """Take the host's lock for run `rid` (its flock held by this agent until the run
     releases it or this agent exits) and say so in lock.json. A live lock is never taken
@@ -666,6 +677,7 @@ def take_lock(req, rid):
                     if current and current.get("run_id") != rid:
                         os.replace(LOCK, LOCK + ".stale")  # its agent is gone: stale at once
                         mine["replaced_stale"] = current
+                        unstage_dead(current.get("run_id"))
                     write_json_atomic(LOCK, {k: v for k, v in mine.items() if k != "replaced_stale"})
                 except BaseException:
                     os.close(fd)

@@ -120,6 +120,18 @@ class Lock(unittest.TestCase):
         self.assertTrue(self.free())
         self.assertIsNone(self.lock_json())
 
+    def test_a_dead_runs_staged_files_go_with_its_lock(self):
+        out = subprocess.run([sys.executable, "-c", TAKES_AND_EXITS, self.dir], capture_output=True)
+        self.assertEqual(out.stdout.strip(), b"taken", out.stderr)
+        staged = os.path.join(self.dir, "site.conf.foobar-new-gone")
+        open(staged, "w").close()
+        os.makedirs(self.agent.run_dir("gone"))
+        self.agent.write_json_atomic(os.path.join(self.agent.run_dir("gone"), "staged.json"),
+                                     {"run_id": "gone", "files": [{"path": "/x", "staged": staged}]})
+        self.agent.take_lock(self.request(), "mine")
+        self.assertFalse(os.path.exists(staged))
+        self.assertFalse(os.path.exists(self.agent.run_dir("gone")))
+
     def test_a_runs_next_agent_may_go_on_with_its_lock_but_not_with_anothers(self):
         # The run's first agent took the lock and is gone (e.g. its connection broke).
         out = subprocess.run([sys.executable, "-c", TAKES_AND_EXITS, self.dir], capture_output=True)
