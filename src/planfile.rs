@@ -90,7 +90,8 @@ pub fn read(path: &Path) -> Result<PlanFile> {
     let claimed = std::mem::take(&mut plan.checksum);
     if claimed.is_empty() || plan.templates_hash.is_empty() {
         bail!(
-            "{}: the plan has no checksum or templates hash (made by an older foobar-infra): make a new plan",
+            "{}: the plan has no checksum or templates hash to check it by (made by hand, or by an \
+             older foobar-infra): make a new plan",
             path.display()
         );
     }
