@@ -1066,7 +1066,7 @@ async fn apply_files<'a>(
         if let Some(old) = s.as_ref().ok().map(|a| &a["replaced_stale_lock"]) {
             if old.is_object() {
                 printer.warn(format!(
-                    "{}: the lock left by run {} of {} was taken: its agent had ended (the run was interrupted)",
+                    "{}: the lock left by run {} of {} was taken: its holder had ended (the run was interrupted)",
                     hp.name(),
                     old["run_id"].as_str().unwrap_or("?"),
                     old["owner"].as_str().unwrap_or("?")
