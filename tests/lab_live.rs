@@ -259,7 +259,10 @@ fn a_port_held_by_another_process_is_named_and_stops_apply_before_anything_chang
 
 /// The last history record web-02 wrote itself (its own file: the tool may have given up).
 fn last_result(host: &str) -> String {
-    let all = exec(host, &["tail", "-n", "1", "/var/lib/foobar-infra/history.jsonl"]);
+    let all = exec(
+        host,
+        &["tail", "-n", "1", "/var/lib/foobar-infra/history.jsonl"],
+    );
     let rec: serde_json::Value = serde_json::from_str(all.trim()).expect("a history record");
     rec["result"].as_str().unwrap_or("").to_string()
 }
@@ -309,7 +312,10 @@ fn a_host_paused_during_its_commit_fails_the_run_in_bounded_time_and_never_commi
     assert!(paused.status.success(), "{}", text(&paused));
     assert_eq!(status.code(), Some(1), "{said}");
     // The documented bound: three missed keepalives, 5 s apart.
-    assert!(took < Duration::from_secs(40), "failed after {took:?}: {said}");
+    assert!(
+        took < Duration::from_secs(40),
+        "failed after {took:?}: {said}"
+    );
     assert!(
         said.contains("web-02") && said.contains("connection was lost"),
         "names the host that did not answer: {said}"
@@ -323,12 +329,25 @@ fn a_host_paused_during_its_commit_fails_the_run_in_bounded_time_and_never_commi
         }),
         "the agent on web-02 ends"
     );
-    assert_eq!(remote_sha("web-02", cnf), before, "web-02 keeps its previous .cnf");
+    assert_eq!(
+        remote_sha("web-02", cnf),
+        before,
+        "web-02 keeps its previous .cnf"
+    );
     assert!(
         wait_until(Duration::from_secs(60), || {
-            exec_raw("web-02", &["mariadb", "-N", "-B", "-e", "SELECT @@innodb_buffer_pool_size"])
-                .stdout
-                .starts_with(pool.as_bytes())
+            exec_raw(
+                "web-02",
+                &[
+                    "mariadb",
+                    "-N",
+                    "-B",
+                    "-e",
+                    "SELECT @@innodb_buffer_pool_size",
+                ],
+            )
+            .stdout
+            .starts_with(pool.as_bytes())
         }),
         "MariaDB on web-02 runs its previous settings"
     );
