@@ -610,19 +610,7 @@ fn with_persist_the_next_run_makes_no_remote_command_and_still_sees_drift() {
         Some(0)
     );
 
-    // End the kept masters (their records name the control sockets) and the agents.
-    for entry in std::fs::read_dir(cache.path().join("foobar-infra/ssh")).unwrap() {
-        let p = entry.unwrap().path();
-        if p.is_file() && p.extension().is_none() {
-            let ctl = std::fs::read_to_string(&p).unwrap();
-            let _ = std::process::Command::new("ssh")
-                .args(["-S", ctl.trim(), "-O", "exit", "lab"])
-                .output();
-        }
-    }
-    for host in ["lb-01", "web-01", "web-02"] {
-        exec_raw(host, &["pkill", "-f", "listen [0-9a-f]+ 30$"]);
-    }
+    end_kept_agents(cache.path());
 }
 
 /// The command lines of this machine's processes that contain `needle` (args joined by
@@ -1141,19 +1129,7 @@ fn finding_6_the_kept_agents_socket_is_root_only_or_asks_for_the_tools_token() {
         "the token stays root's"
     );
 
-    // End the kept masters (their records name the control sockets) and the agents.
-    for entry in std::fs::read_dir(cache.path().join("foobar-infra/ssh")).unwrap() {
-        let p = entry.unwrap().path();
-        if p.is_file() && p.extension().is_none() {
-            let ctl = std::fs::read_to_string(&p).unwrap();
-            let _ = std::process::Command::new("ssh")
-                .args(["-S", ctl.trim(), "-O", "exit", "lab"])
-                .output();
-        }
-    }
-    for host in ["lb-01", "web-01", "web-02"] {
-        exec_raw(host, &["pkill", "-f", "listen [0-9a-f]+ 30$"]);
-    }
+    end_kept_agents(cache.path());
 }
 
 /// Finding 7 of issue 20: text from a host (here a managed file's lines in a diff)
@@ -1316,4 +1292,21 @@ fn finding_12_a_lock_dies_with_its_holder_and_a_live_one_is_never_taken() {
     let out = cli(&["apply", &inv()]);
     assert_eq!(out.status.code(), Some(0), "the next apply: {}", text(&out));
     assert_eq!(cli(&["diff", &inv()]).status.code(), Some(0));
+}
+
+/// Ends the kept masters of a `--persist 30` run (their records under `cache` name the
+/// control sockets) and the kept agents on the lab hosts.
+fn end_kept_agents(cache: &std::path::Path) {
+    for entry in std::fs::read_dir(cache.join("foobar-infra/ssh")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() && p.extension().is_none() {
+            let ctl = std::fs::read_to_string(&p).unwrap();
+            let _ = std::process::Command::new("ssh")
+                .args(["-S", ctl.trim(), "-O", "exit", "lab"])
+                .output();
+        }
+    }
+    for host in ["lb-01", "web-01", "web-02"] {
+        exec_raw(host, &["pkill", "-f", "listen [0-9a-f]+ 30$"]);
+    }
 }
