@@ -73,19 +73,6 @@ def haproxy_config_proxies(path):
     return frontends, rows
 
 
-def haproxy_stat_rows():
-    lines = haproxy_cmd("show stat").splitlines()
-    if not lines:
-        return {}
-    header = lines[0].lstrip("# ").split(",")
-    rows = {}
-    for line in lines[1:]:
-        row = dict(zip(header, line.split(",")))
-        if row.get("pxname"):
-            rows[(row["pxname"], row.get("svname"))] = row
-    return rows
-
-
 def mariadb_cnf_settings(path):
     """The settings of the [mysqld] section that the server must show once it runs it."""
     want, section = {}, None

@@ -183,17 +183,26 @@ def haproxy_cmd(cmd, sock=HAPROXY_SOCKET):
     return b"".join(chunks).decode("utf-8", "replace")
 
 
-def haproxy_server_stat(backend, server):
-    """(status, current sessions) of one server from `show stat`."""
+def haproxy_stat_rows():
+    """`show stat` as {(proxy, server or FRONTEND/BACKEND): row}, in HAProxy's order."""
     lines = haproxy_cmd("show stat").splitlines()
     if not lines:
-        return None, 0
+        return {}
     header = lines[0].lstrip("# ").split(",")
+    rows = {}
     for line in lines[1:]:
         row = dict(zip(header, line.split(",")))
-        if row.get("pxname") == backend and row.get("svname") == server:
-            return row.get("status"), int(row.get("scur") or 0)
-    return None, 0
+        if row.get("pxname"):
+            rows[(row["pxname"], row.get("svname"))] = row
+    return rows
+
+
+def haproxy_server_stat(backend, server):
+    """(status, current sessions) of one server from `show stat`."""
+    row = haproxy_stat_rows().get((backend, server))
+    if row is None:
+        return None, 0
+    return row.get("status"), int(row.get("scur") or 0)
 
 
 def save_haproxy_state():
@@ -248,20 +257,16 @@ def haproxy_observe():
     if not os.path.exists(HAPROXY_SOCKET):
         return None
     try:
-        lines = haproxy_cmd("show stat").splitlines()
+        rows = haproxy_stat_rows()
     except AgentError as e:
         return {"error": e.message}
-    if not lines:
-        return []
-    header = lines[0].lstrip("# ").split(",")
     servers = []
-    for line in lines[1:]:
-        row = dict(zip(header, line.split(",")))
-        if row.get("svname") == "FRONTEND" and row.get("pxname"):
+    for row in rows.values():
+        if row.get("svname") == "FRONTEND":
             servers.append({"frontend": row["pxname"], "status": row.get("status"),
                             "sessions": int(row.get("scur") or 0)})
             continue
-        if row.get("svname") in ("FRONTEND", "BACKEND", None) or not row.get("pxname"):
+        if row.get("svname") in ("BACKEND", None):
             continue
         servers.append({"backend": row["pxname"], "server": row["svname"], "status": row.get("status"),
                         "sessions": int(row.get("scur") or 0), "check": row.get("check_status") or "",
