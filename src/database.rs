@@ -126,7 +126,7 @@ pub fn diff(hp: &HostPlan, state: Option<&DbState>) -> Option<DbChange> {
         DbRole::Primary => {
             if !st.running {
                 return Some(DbChange::ConvergePrimary {
-                    steps: vec!["create the database, tables and accounts that are missing (server not running when observed)".into()],
+                    steps: vec!["the database server is not running: start it, then create what is missing of the database, tables and accounts".into()],
                     rotate: Vec::new(),
                 });
             }

@@ -219,13 +219,22 @@ pub fn desired_hashes(hp: &HostPlan, secrets: &Secrets) -> Result<BTreeMap<Strin
         .collect()
 }
 
+/// A unified diff of `path`; a side labelled `/dev/null` (a file created or deleted) is
+/// named so alone, as `diff -u` and git do.
 fn unified(old: &str, new: &str, path: &str, old_label: &str, new_label: &str) -> String {
+    let side = |label: &str| match label {
+        NO_FILE => NO_FILE.to_string(),
+        _ => format!("{label}{path}"),
+    };
     similar::TextDiff::from_lines(old, new)
         .unified_diff()
         .context_radius(3)
-        .header(&format!("{old_label}{path}"), &format!("{new_label}{path}"))
+        .header(&side(old_label), &side(new_label))
         .to_string()
 }
+
+/// The side of a diff where a file does not exist.
+const NO_FILE: &str = "/dev/null";
 
 /// Compares one host's plan with its observed state.
 pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<HostChanges> {
@@ -265,7 +274,7 @@ pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<
         };
         let Some(kind) = kind else { continue };
         let diff = match kind {
-            FileChangeKind::Create => unified("", &f.content, &f.path, "/dev/null", "b"),
+            FileChangeKind::Create => unified("", &f.content, &f.path, NO_FILE, "b"),
             FileChangeKind::Modify => {
                 let old = seen
                     .content()
@@ -332,7 +341,7 @@ pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<
             path: entry.path.clone(),
             kind: FileChangeKind::Delete,
             service,
-            diff: unified(&old, "", &entry.path, "a", "/dev/null"),
+            diff: unified(&old, "", &entry.path, "a", NO_FILE),
             observed_sha256: observed_sha(&seen),
             new_sha256: None,
             new_content: None,
@@ -544,6 +553,20 @@ fn topology(
 mod tests {
     use super::*;
     use crate::remote::agent::HostState;
+
+    #[test]
+    fn a_created_or_deleted_file_is_diffed_against_dev_null_alone() {
+        let created = unified("", "x\n", "/etc/nginx/nginx.conf", NO_FILE, "b");
+        assert!(
+            created.starts_with("--- /dev/null\n+++ b/etc/nginx/nginx.conf\n"),
+            "{created}"
+        );
+        let deleted = unified("x\n", "", "/etc/nginx/nginx.conf", "a", NO_FILE);
+        assert!(
+            deleted.starts_with("--- a/etc/nginx/nginx.conf\n+++ /dev/null\n"),
+            "{deleted}"
+        );
+    }
 
     /// A load balancer that has applied before, HAProxy serving these web servers.
     fn balancer_serving(servers: &[&str]) -> HostState {

@@ -171,6 +171,12 @@ fn host_status(
                 (Some(_), Some((db, r, primary))) => {
                     problems.extend(replica::problem(db, r, primary, &reseed(hp.name())))
                 }
+                (Some(r), None) if r.reconnecting() => problems.push(format!(
+                    "replication reconnecting to {} (IO thread Connecting, SQL thread running{}): \
+                     usual for a few seconds after its primary restarted; run status again",
+                    r.master_host.as_deref().unwrap_or("its primary"),
+                    if r.last_io_error.is_empty() { String::new() } else { format!("; last: {}", r.last_io_error) },
+                )),
                 (Some(r), None) if !r.running() => problems.push(format!(
                     "replication stopped: IO thread {}, SQL thread {}{}{}",
                     r.io_running.as_deref().unwrap_or("?"),

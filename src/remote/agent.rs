@@ -313,6 +313,14 @@ impl ReplicaState {
     pub fn running(&self) -> bool {
         self.io_running.as_deref() == Some("Yes") && self.sql_running.as_deref() == Some("Yes")
     }
+
+    /// The IO thread is retrying its connection (the primary restarted or is briefly
+    /// away) while the SQL thread runs: not stopped, not yet replicating.
+    pub fn reconnecting(&self) -> bool {
+        self.io_running.as_deref() == Some("Connecting")
+            && self.sql_running.as_deref() == Some("Yes")
+            && self.last_sql_error.is_empty()
+    }
 }
 
 /// The database's state as observed (read-only queries).

@@ -304,7 +304,10 @@ pub async fn connect_with(
             // ssh only sees its proxy's connection close: the connector says why.
             match connector.as_ref().and_then(|c| c.error()) {
                 Some(why) => anyhow!("{why}"),
-                None => anyhow!("{}", describe(&e)),
+                None => anyhow!(
+                    "{}",
+                    String::from_utf8_lossy(&named_peer(describe(&e).into_bytes(), host))
+                ),
             }
         })
         .with_context(|| format!("{}: cannot connect to {target}", host.name))?;
@@ -326,6 +329,19 @@ pub async fn connect_with(
         agent: Default::default(),
         kept: Default::default(),
     })
+}
+
+/// ssh's messages about a connection it reached through a ProxyCommand (the connector)
+/// name the peer "UNKNOWN port 65535" ("Connection to UNKNOWN port 65535 timed out"):
+/// put the host's address and port in its place.
+fn named_peer(text: Vec<u8>, host: &Host) -> Vec<u8> {
+    const UNKNOWN: &str = "UNKNOWN port 65535";
+    let s = String::from_utf8_lossy(&text);
+    if !s.contains(UNKNOWN) {
+        return text;
+    }
+    let peer = format!("{} ({}) port {}", host.name, host.address, host.ssh.port);
+    s.replace(UNKNOWN, &peer).into_bytes()
 }
 
 /// The most useful line of an openssh error: the crate keeps ssh's own message
@@ -562,8 +578,9 @@ impl SshRemote {
 }
 
 /// The output of an agent that ended before a whole answer: its exit status, stderr and why.
-async fn ended(proc: AgentProcess, why: &str, line: Vec<u8>) -> ExecOutput {
-    let (status, mut stderr) = proc.finish().await;
+async fn ended(proc: AgentProcess, why: &str, line: Vec<u8>, host: &Host) -> ExecOutput {
+    let (status, stderr) = proc.finish().await;
+    let mut stderr = named_peer(stderr, host);
     stderr.extend_from_slice(format!("\n({why})").as_bytes());
     ExecOutput {
         status,
@@ -600,7 +617,7 @@ impl Remote for SshRemote {
         // The agent ended (it crashed, or the connection dropped): its exit status and
         // stderr say why; the next request starts a new one.
         let proc = slot.take().expect("present");
-        Ok(ended(proc, &why, line).await)
+        Ok(ended(proc, &why, line, &self.host).await)
     }
 
     async fn agent_checked(&self, check: &Check, request: Vec<u8>, op: &str) -> Result<Checked> {
@@ -656,10 +673,18 @@ impl Remote for SshRemote {
                 }))
             }
             Ok(_) => Ok(Checked::Agent(
-                ended(proc, "end of output before a whole answer", line).await,
+                ended(
+                    proc,
+                    "end of output before a whole answer",
+                    line,
+                    &self.host,
+                )
+                .await,
             )),
             Err(e) if capped::is_too_large(&e) => Err(Failed::too_large(e, &self.name, op)),
-            Err(e) => Ok(Checked::Agent(ended(proc, &e.to_string(), line).await)),
+            Err(e) => Ok(Checked::Agent(
+                ended(proc, &e.to_string(), line, &self.host).await,
+            )),
         }
     }
 
@@ -738,7 +763,7 @@ impl Remote for SshRemote {
         Ok(ExecOutput {
             status: status.code(),
             stdout: out,
-            stderr: err,
+            stderr: named_peer(err, &self.host),
         })
     }
 }
@@ -761,6 +786,23 @@ fn short(args: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ssh_naming_no_peer_gets_the_hosts_name_address_and_port() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let inv = crate::inventory::Inventory::load(&root.join("lab/inventory.yaml")).unwrap();
+        let host = inv.host("web-02").unwrap();
+        let said = b"Connection to UNKNOWN port 65535 timed out\r\n".to_vec();
+        let named = String::from_utf8(named_peer(said, host)).unwrap();
+        assert_eq!(
+            named,
+            format!(
+                "Connection to web-02 ({}) port 22 timed out\r\n",
+                host.address
+            )
+        );
+        assert_eq!(named_peer(b"other".to_vec(), host), b"other");
+    }
 
     /// An agent (or anything posing as one) that answers with more than 64 MiB on one
     /// line: the controller stops reading at the limit and refuses the answer.
