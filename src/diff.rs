@@ -470,7 +470,7 @@ pub fn diff(
 }
 
 /// The web servers some load balancer of the plan reported UP.
-fn in_service(plan: &Plan, observed: &BTreeMap<String, HostState>) -> Vec<String> {
+pub(crate) fn in_service(plan: &Plan, observed: &BTreeMap<String, HostState>) -> Vec<String> {
     let mut up: Vec<String> = plan
         .hosts
         .iter()

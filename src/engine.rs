@@ -759,12 +759,13 @@ fn database_comes_later(change: &database::DbChange) -> bool {
     )
 }
 
+/// Every load balancer of the inventory, with its connection.
 pub fn balancers<'a>(
     plan: &'a Plan,
     remotes: &[&'a dyn Remote],
 ) -> Vec<(&'a HostPlan, &'a dyn Remote)> {
-    plan.hosts
-        .iter()
+    // Those outside --limit too: their remotes follow the plan's hosts'.
+    (plan.hosts.iter().chain(&plan.outside_balancers))
         .zip(remotes.iter().copied())
         .filter(|(hp, _)| hp.host.has(Role::Lb))
         .collect()

@@ -279,6 +279,11 @@ pub struct Plan {
     /// HAProxy's servers with these, not with the hosts of this run).
     #[serde(skip)]
     pub backends: Vec<String>,
+    /// The load balancers `--limit` left out, when the run has web servers: they only
+    /// drain and restore those (see `run::outside`); a session's remotes for them follow
+    /// the remotes of `hosts`.
+    #[serde(skip)]
+    pub outside_balancers: Vec<HostPlan>,
 }
 
 impl Plan {

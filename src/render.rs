@@ -602,6 +602,7 @@ pub fn render(inv: &Inventory, templates: &Templates) -> Result<Plan> {
             .filter(|h| h.has(Role::Web))
             .map(|h| h.name.clone())
             .collect(),
+        outside_balancers: Vec::new(),
     })
 }
 

@@ -77,6 +77,14 @@ pub fn run(args: &ApplyArgs, p: &Arc<Printer>) -> Result<Outcome> {
         } else {
             RunInfo::new(&session.inventory, args.lock_timeout)
         };
+        // --limit never skips the drain: web servers of the run leave and rejoin the pool
+        // at every load balancer of the inventory.
+        if !session.changes.is_empty() {
+            if let Err(e) = session.reach_outside_balancers(&args.remote, p).await {
+                session.close().await;
+                return Err(e);
+            }
+        }
         let result = engine::apply(
             &session.plan,
             &session.changes,

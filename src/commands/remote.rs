@@ -15,7 +15,7 @@ use crate::diff::{desired_hashes, diff, Changes};
 use crate::engine::{self, Observe};
 use crate::inventory::{Host, Inventory, Role};
 use crate::output::Printer;
-use crate::plan::Plan;
+use crate::plan::{HostPlan, Plan};
 use crate::planfile;
 use crate::remote::agent::HostState;
 use crate::remote::ssh::SshRemote;
@@ -90,11 +90,42 @@ pub struct Session {
     pub conflicts: Vec<PortConflict>,
     /// Replicas that diverged from their primary: apply must not start either.
     pub diverged: Vec<DivergedReplica>,
+    /// The load balancers `--limit` left out (not connected until
+    /// [`Session::reach_outside_balancers`]).
+    outside: Vec<HostPlan>,
 }
 
 impl Session {
     pub fn remotes(&self) -> Vec<&dyn Remote> {
         self.remotes.iter().map(|r| r as &dyn Remote).collect()
+    }
+
+    /// Connects the load balancers `--limit` left out, so that the run's web servers are
+    /// drained and put back at every one; the servers they have UP count as in service.
+    pub async fn reach_outside_balancers(
+        &mut self,
+        args: &RemoteArgs,
+        printer: &Arc<Printer>,
+    ) -> Result<()> {
+        if self.outside.is_empty() {
+            return Ok(());
+        }
+        let lbs = std::mem::take(&mut self.outside);
+        let (remotes, up) = crate::run::outside::connect(
+            &lbs,
+            &self.plan.domain,
+            &self.secrets,
+            args.parallel,
+            args.persist,
+            printer,
+        )
+        .await?;
+        self.remotes.extend(remotes);
+        self.plan.outside_balancers = lbs;
+        self.changes.in_service.extend(up);
+        self.changes.in_service.sort();
+        self.changes.in_service.dedup();
+        Ok(())
     }
 
     pub async fn close(self) {
@@ -157,15 +188,16 @@ pub async fn open(
     }
     let connecting = engine::Connecting::start(&early, args.parallel, args.persist, printer);
     let prepared = (|| {
-        let plan = render_plan(&inventory, args.templates.templates.as_deref())?;
-        let mut plan = limit(plan, &args.limit)?;
+        let full = render_plan(&inventory, args.templates.templates.as_deref())?;
+        let mut plan = limit(full.clone(), &args.limit)?;
+        let outside = crate::run::outside::left_out(&full, &plan);
         if let Some(saved) = &saved {
             saved.pin(&mut plan, &args.inventory)?;
         }
         let secrets = Secrets::load(&inventory, &secret_names(&plan))?;
-        Ok::<_, anyhow::Error>((plan, secrets))
+        Ok::<_, anyhow::Error>((plan, secrets, outside))
     })();
-    let (mut plan, secrets) = match prepared {
+    let (mut plan, secrets, outside) = match prepared {
         Ok(p) => p,
         Err(e) => {
             connecting.abandon().await;
@@ -217,6 +249,7 @@ pub async fn open(
         observed,
         changes,
         conflicts,
+        outside,
     })
 }
 

@@ -14,8 +14,11 @@ use crate::remote::Remote;
 
 pub fn run(args: &RollbackArgs, p: &Arc<Printer>) -> Result<Outcome> {
     runtime()?.block_on(async {
-        let session = remote::open(&args.remote, p, Observe::Full, remote::Confirm::Shown).await?;
+        let mut session =
+            remote::open(&args.remote, p, Observe::Full, remote::Confirm::Shown).await?;
         let result = async {
+            // --limit never skips the drain (at every load balancer of the inventory).
+            session.reach_outside_balancers(&args.remote, p).await?;
             let remotes = session.remotes();
             let lbs = engine::balancers(&session.plan, &remotes);
             let mut targets = Vec::new();
