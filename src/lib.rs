@@ -5,6 +5,7 @@
 
 pub mod address_book;
 pub mod boot;
+pub mod certificate;
 pub mod cli;
 pub mod commands;
 pub mod database;

@@ -58,6 +58,7 @@ pub fn run(args: &ApplyArgs, p: &Arc<Printer>) -> Result<Outcome> {
             }
             return Err(e);
         }
+        crate::certificate::warn_deploying(&session.changes, p);
         if args.dry_run {
             let pending = remote::print_changes(&session.changes, p, "apply-dry-run");
             session.close().await;
