@@ -253,6 +253,21 @@ pub struct ReleasePlan {
 }
 
 impl HostPlan {
+    /// The host alone: no file, service, database, release or user of its own (a
+    /// host being pruned, a load balancer outside `--limit`).
+    pub fn bare(host: Host) -> HostPlan {
+        HostPlan {
+            host,
+            files: Vec::new(),
+            services: Vec::new(),
+            db: None,
+            release: None,
+            users: Vec::new(),
+            firewall_guard_s: None,
+            listens: Vec::new(),
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.host.name
     }

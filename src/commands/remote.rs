@@ -297,16 +297,7 @@ async fn add_pruned(
         };
         printer.status("Pruning", format!("{name} ({address})"));
         let remote = crate::remote::ssh::connect_with(&host, printer.clone(), persist).await?;
-        plan.hosts.push(crate::plan::HostPlan {
-            host,
-            files: Vec::new(),
-            services: Vec::new(),
-            db: None,
-            release: None,
-            users: Vec::new(),
-            firewall_guard_s: None,
-            listens: Vec::new(),
-        });
+        plan.hosts.push(HostPlan::bare(host));
         remotes.push(remote);
     }
     Ok(())

@@ -25,16 +25,7 @@ pub fn left_out(full: &Plan, limited: &Plan) -> Vec<HostPlan> {
         .iter()
         .filter(|h| h.host.has(Role::Lb) && limited.host(h.name()).is_none())
         // Only the host: nothing of it is compared or changed (nor needs a secret).
-        .map(|h| HostPlan {
-            files: Vec::new(),
-            services: Vec::new(),
-            db: None,
-            release: None,
-            users: Vec::new(),
-            firewall_guard_s: None,
-            listens: Vec::new(),
-            ..h.clone()
-        })
+        .map(|h| HostPlan::bare(h.host.clone()))
         .collect()
 }
 
