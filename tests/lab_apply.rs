@@ -38,7 +38,7 @@ fn inv() -> String {
 fn ten_requests(path: &str) -> Vec<String> {
     (0..10)
         .map(|i| {
-            let r = http_get(LB, path)
+            let r = http_get(lb(), path)
                 .unwrap_or_else(|e| panic!("request {i} to the load balancer: {e}"));
             assert_eq!(
                 r.status, 200,
@@ -77,7 +77,7 @@ fn fresh_lab_apply_then_round_robin_over_both_web_servers() {
     // HAProxy may still be counting the new servers up (rise 2).
     assert!(wait_until(Duration::from_secs(15), || {
         (0..4).all(|_| {
-            http_get(LB, "/health")
+            http_get(lb(), "/health")
                 .map(|r| r.status == 200)
                 .unwrap_or(false)
         })
@@ -205,7 +205,10 @@ fn a_changed_variable_shows_in_diff_and_is_served_after_apply() {
         format!("{t}haproxy:\n  health_check:\n    path: /healthz\n")
     });
     let v = variant.to_str().unwrap();
-    assert_ne!(http_get(LB, "/healthz").map(|r| r.status).unwrap_or(0), 200);
+    assert_ne!(
+        http_get(lb(), "/healthz").map(|r| r.status).unwrap_or(0),
+        200
+    );
 
     let diff = cli(&["diff", v]);
     assert_eq!(diff.status.code(), Some(2), "{}", text(&diff));
@@ -253,7 +256,7 @@ fn a_changed_variable_shows_in_diff_and_is_served_after_apply() {
         assert_eq!(sshd_sessions_since(host, &since), 1, "{host}\n{stderr}");
     }
     assert!(wait_until(Duration::from_secs(15), || {
-        http_get(LB, "/healthz")
+        http_get(lb(), "/healthz")
             .map(|r| r.status == 200 && r.body.starts_with("ok web-0"))
             .unwrap_or(false)
     }));
@@ -325,7 +328,7 @@ fn an_invalid_nginx_override_changes_nothing_anywhere() {
         );
         assert_eq!(leftovers.trim(), "0", "{h}: staged files left beside {p}");
     }
-    let r = http_get(LB, "/health").expect("site still serves");
+    let r = http_get(lb(), "/health").expect("site still serves");
     assert_eq!(r.status, 200);
 }
 
@@ -339,15 +342,15 @@ fn a_host_that_is_down_fails_the_run_before_anything_changes() {
     });
     let v = variant.to_str().unwrap().to_string();
 
-    let stopped = docker(&["stop", "-t", "20", "foobar-lab-web-02"]);
+    let stopped = docker(&["stop", "-t", "20", &container("web-02")]);
     assert!(stopped.status.success(), "{}", text(&stopped));
     let out = cli(&["apply", &v]);
-    let started = docker(&["start", "foobar-lab-web-02"]);
+    let started = docker(&["start", &container("web-02")]);
     assert!(started.status.success());
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("web-02: cannot connect to root@10.231.1.12:22"),
+        stderr.contains(&addr("web-02: cannot connect to root@10.231.1.12:22")),
         "{stderr}"
     );
     assert!(
@@ -371,12 +374,12 @@ fn a_host_that_is_down_fails_the_run_before_anything_changes() {
 #[test]
 fn an_unknown_host_key_fails_closed() {
     let Some(_g) = setup() else { return };
-    let bad = root().join("lab/.state/known_hosts.bad");
-    let good = std::fs::read_to_string(root().join("lab/.state/known_hosts")).unwrap();
+    let bad = state_dir().join("known_hosts.bad");
+    let good = std::fs::read_to_string(state_dir().join("known_hosts")).unwrap();
     // web-01's line replaced by lb-01's key: a mismatch, as after a man-in-the-middle.
     let lb_key = good
         .lines()
-        .find(|l| l.starts_with(LB))
+        .find(|l| l.starts_with(lb()))
         .unwrap()
         .split_once(' ')
         .unwrap()
@@ -385,8 +388,8 @@ fn an_unknown_host_key_fails_closed() {
     let edited: Vec<String> = good
         .lines()
         .map(|l| {
-            if l.starts_with(&format!("{WEB1} ")) {
-                format!("{WEB1} {lb_key}")
+            if l.starts_with(&format!("{} ", web1())) {
+                format!("{} {lb_key}", web1())
             } else {
                 l.to_string()
             }
@@ -414,7 +417,7 @@ fn a_stopped_nginx_is_taken_out_by_the_health_check() {
     // Every request succeeds, even before the check marks web-01 down (retries + redispatch).
     let mut served = Vec::new();
     for i in 0..20 {
-        let r = http_get(LB, "/health").unwrap_or_else(|e| panic!("request {i}: {e}"));
+        let r = http_get(lb(), "/health").unwrap_or_else(|e| panic!("request {i}: {e}"));
         assert_eq!(r.status, 200, "request {i}");
         served.push(r.header("X-Served-By").unwrap_or("?").to_string());
         std::thread::sleep(Duration::from_millis(100));
@@ -491,7 +494,7 @@ fn a_non_root_user_works_through_sudo() {
     let out = cli(&["apply", "-v", v]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("deploy@10.231.1.11:22"), "{stderr}");
+    assert!(stderr.contains(&addr("deploy@10.231.1.11:22")), "{stderr}");
     assert!(
         stderr.contains(": sudo -n python3"),
         "commands go through sudo -n: {stderr}"
@@ -563,7 +566,7 @@ fn with_persist_the_next_run_makes_no_remote_command_and_still_sees_drift() {
     assert_eq!(first.status.code(), Some(0), "{}", text(&first));
     // The kept masters carry their connections through the TCP connector
     // (src/remote/connector.rs): one per host, alive as long as its master.
-    for addr in [LB, WEB1, WEB2] {
+    for addr in [lb(), web1(), web2()] {
         assert!(
             !processes_matching(&format!("foobar-infra ssh-connect {addr} 22 ")).is_empty(),
             "no connector process for {addr}"
@@ -636,7 +639,7 @@ fn processes_matching(needle: &str) -> Vec<String> {
 fn a_proxy_command_in_the_users_ssh_config_wins_over_the_tcp_connector() {
     let Some(_g) = setup() else { return };
     baseline();
-    let state = root().join("lab/.state");
+    let state = state_dir();
     let marker = state.join("user-proxy.log");
     let _ = std::fs::remove_file(&marker);
     std::fs::write(
@@ -666,7 +669,7 @@ fn a_proxy_command_in_the_users_ssh_config_wins_over_the_tcp_connector() {
         .map(String::from)
         .collect();
     used.sort();
-    assert_eq!(used, [LB, WEB1, WEB2], "once per host");
+    assert_eq!(used, [lb(), web1(), web2()], "once per host");
 
     let out = diff_with("connector-ssh", "connector: ssh");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -800,7 +803,7 @@ fn a_missing_secret_fails_the_run_and_leaves_no_connection_behind() {
     for host in ["lb-01", "web-01", "web-02"] {
         assert_eq!(sshd_sessions_since(host, &since), 0, "{host}: nothing ran");
     }
-    let masters: Vec<String> = processes_matching("10.231.")
+    let masters: Vec<String> = processes_matching(&addr("10.231."))
         .into_iter()
         .filter(|l| l.starts_with("ssh ") && l.contains(" -M "))
         .collect();
@@ -847,7 +850,7 @@ fn hold_lock_flock(host: &str) -> String {
                   fd = os.open('/var/lib/foobar-infra/lock.flock', os.O_RDWR | os.O_CREAT, 0o600)\n\
                   fcntl.flock(fd, fcntl.LOCK_EX)\n\
                   time.sleep(300)\n";
-    let c = format!("foobar-lab-{host}");
+    let c = container(host);
     let out = docker(&["exec", "-d", &c, "python3", "-c", script]);
     assert!(out.status.success(), "{}", text(&out));
     let mut pid = None;
@@ -957,7 +960,9 @@ fn finding_5_prune_host_never_takes_an_address_from_a_hosts_history() {
         &[
             "sh",
             "-c",
-            r#"echo '{"run_id": "forged", "result": "applied", "hosts": {"web-09": "10.231.1.12"}}' >> /var/lib/foobar-infra/history.jsonl"#,
+            &addr(
+                r#"echo '{"run_id": "forged", "result": "applied", "hosts": {"web-09": "10.231.1.12"}}' >> /var/lib/foobar-infra/history.jsonl"#,
+            ),
         ],
     );
     let before = managed_hashes();
@@ -993,7 +998,7 @@ fn finding_5_prune_host_never_takes_an_address_from_a_hosts_history() {
     book.hosts.insert(
         "web-09".into(),
         foobar_infra::address_book::Recorded {
-            address: "10.231.1.19".parse().unwrap(),
+            address: addr("10.231.1.19").parse().unwrap(),
             applied: 1_796_300_000,
         },
     );
@@ -1006,7 +1011,7 @@ fn finding_5_prune_host_never_takes_an_address_from_a_hosts_history() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("web-09 at 10.231.1.19") && stderr.contains("--yes"),
+        stderr.contains(&addr("web-09 at 10.231.1.19")) && stderr.contains("--yes"),
         "{stderr}"
     );
     assert!(!stderr.contains("Connecting"), "{stderr}");
@@ -1014,7 +1019,7 @@ fn finding_5_prune_host_never_takes_an_address_from_a_hosts_history() {
     let out = cli_env("XDG_STATE_HOME", state.path(), &["apply", &inv()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let book = foobar_infra::address_book::AddressBook::load(&books, &lab_inventory()).unwrap();
-    assert_eq!(book.hosts["web-02"].address.to_string(), WEB2);
+    assert_eq!(book.hosts["web-02"].address.to_string(), web2());
     exec(
         "web-01",
         &[
@@ -1057,7 +1062,7 @@ fn finding_6_the_kept_agents_socket_is_root_only_or_asks_for_the_tools_token() {
             "exec",
             "-u",
             "deploy",
-            "foobar-lab-web-01",
+            &container("web-01"),
             "python3",
             "-c",
             script,
@@ -1239,7 +1244,7 @@ fn finding_12_a_lock_dies_with_its_holder_and_a_live_one_is_never_taken() {
     // kill -9 of the controller while it stages: no master of that run outlives it by
     // more than a few seconds, no agent stays on the hosts, the next apply goes ahead.
     let masters = || -> Vec<String> {
-        processes_matching("10.231.")
+        processes_matching(&addr("10.231."))
             .into_iter()
             .filter(|l| l.starts_with("ssh ") || l.contains(" ssh-connect "))
             .collect()

@@ -28,7 +28,7 @@ fn a_plan_is_refused_after_drift_and_a_fresh_one_applies_once() {
         format!("{t}nginx:\n  client_max_body_size: 13m\n")
     });
     let v = variant.to_str().unwrap();
-    let plan = root().join("lab/.state/plan.json");
+    let plan = state_dir().join("plan.json");
     let p = plan.to_str().unwrap();
 
     let out = cli(&["plan", v, "--out", p]);
@@ -140,7 +140,7 @@ fn a_role_taken_off_removes_exactly_its_files() {
     );
     assert_eq!(cli(&["diff", v]).status.code(), Some(0), "in sync after");
     assert!(
-        http_get(LB, "/health")
+        http_get(lb(), "/health")
             .map(|r| r.status == 200)
             .unwrap_or(false),
         "site still serves"
@@ -209,11 +209,11 @@ fn history_lists_an_applied_and_a_failed_run() {
 fn a_backup_restores_into_fresh_database_hosts_and_replicas_follow() {
     let Some(_g) = setup() else { return };
     for i in 0..25 {
-        let r = http_post(WEB1, "/items", &format!("text=kept+{i}")).unwrap();
+        let r = http_post(web1(), "/items", &format!("text=kept+{i}")).unwrap();
         assert_eq!(r.status, 201);
     }
     let rows = sql("web-01", "SELECT COUNT(*) FROM foobar.items");
-    let file = root().join("lab/.state/backup.sql.gz");
+    let file = state_dir().join("backup.sql.gz");
     let f = file.to_str().unwrap();
     let out = cli(&["db", "backup", &inv(), "--out", f]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -261,7 +261,7 @@ fn a_backup_restores_into_fresh_database_hosts_and_replicas_follow() {
         st.contains("Slave_IO_Running: Yes") && st.contains("Slave_SQL_Running: Yes"),
         "{st}"
     );
-    let r = http_post(WEB2, "/items", "text=after+restore").unwrap();
+    let r = http_post(web2(), "/items", "text=after+restore").unwrap();
     assert_eq!(r.status, 201);
     assert!(wait_until(Duration::from_secs(5), || {
         sql("web-02", "SELECT COUNT(*) FROM foobar.items")
@@ -292,14 +292,14 @@ fn settled_data() -> String {
 
 fn post_items(prefix: &str, n: usize) {
     for i in 0..n {
-        let r = http_post(WEB1, "/items", &format!("text={prefix}+{i}")).unwrap();
+        let r = http_post(web1(), "/items", &format!("text={prefix}+{i}")).unwrap();
         assert_eq!(r.status, 201);
     }
 }
 
-/// A clean directory under lab/.state for a test's backups.
+/// A clean directory in the lab's state directory for a test's backups.
 fn backup_dir(name: &str) -> std::path::PathBuf {
-    let dir = root().join("lab/.state").join(name);
+    let dir = state_dir().join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir

@@ -16,7 +16,7 @@ fn promote_web_02_after_web_01_database_died() {
     assert_eq!(cli(&["apply", &base]).status.code(), Some(0));
     for i in 0..5 {
         assert_eq!(
-            http_post(LB, "/items", &format!("text=before+failover+{i}"))
+            http_post(lb(), "/items", &format!("text=before+failover+{i}"))
                 .unwrap()
                 .status,
             201
@@ -28,7 +28,9 @@ fn promote_web_02_after_web_01_database_died() {
 
     exec("web-01", &["service", "mariadb", "stop"]);
     assert!(wait_until(Duration::from_secs(10), || http_post(
-        LB, "/items", "text=x"
+        lb(),
+        "/items",
+        "text=x"
     )
     .map(|r| r.status != 201)
     .unwrap_or(true)));
@@ -67,7 +69,7 @@ fn promote_web_02_after_web_01_database_died() {
 
     let out = cli(&["apply", v]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    for target in [LB, WEB1, WEB2] {
+    for target in [lb(), web1(), web2()] {
         let r = http_post(target, "/items", "text=after+failover").unwrap();
         assert_eq!(r.status, 201, "write through {target}: {}", r.body);
     }
@@ -114,7 +116,7 @@ fn promote_web_02_after_web_01_database_died() {
     assert_eq!(std::fs::read_to_string(&inv).unwrap(), before_text);
     let out = cli(&["apply", &base]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(http_post(LB, "/items", "text=back").unwrap().status, 201);
+    assert_eq!(http_post(lb(), "/items", "text=back").unwrap().status, 201);
     // Healthy again once the restarted servers pass their checks.
     assert!(
         wait_until(Duration::from_secs(30), || cli(&["status", &base])
@@ -200,7 +202,7 @@ fn replica_state_is_repaired_and_a_diverged_replica_is_reseeded() {
 
     // Diverged: a row written on the replica, then a write on the primary.
     for i in 0..5 {
-        let r = http_post(LB, "/items", &format!("text=before+divergence+{i}")).unwrap();
+        let r = http_post(lb(), "/items", &format!("text=before+divergence+{i}")).unwrap();
         assert_eq!(r.status, 201);
     }
     sql(
@@ -208,7 +210,7 @@ fn replica_state_is_repaired_and_a_diverged_replica_is_reseeded() {
         "SET GLOBAL read_only=0; INSERT INTO foobar.items (text, host) VALUES ('written on the replica', 'web-02')",
     );
     assert_eq!(
-        http_post(LB, "/items", "text=conflict").unwrap().status,
+        http_post(lb(), "/items", "text=conflict").unwrap().status,
         201
     );
     assert!(
@@ -257,7 +259,9 @@ fn replica_state_is_repaired_and_a_diverged_replica_is_reseeded() {
     assert!(replicating("web-02"));
     assert_eq!(sql("web-02", "SELECT @@read_only"), "1");
     assert_eq!(
-        http_post(LB, "/items", "text=after+reseed").unwrap().status,
+        http_post(lb(), "/items", "text=after+reseed")
+            .unwrap()
+            .status,
         201
     );
     let counts = |h: &str| {

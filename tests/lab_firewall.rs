@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The test machine's address on the lab network (Docker's gateway): the admin.
+/// The test machine's address on the lab network (Docker's gateway): the admin
+/// (written for the default lab, as inventory edits are: lab_variant moves it).
 const ADMIN: &str = "10.231.0.1/32";
 
 fn with_firewall(name: &str, admin: &str) -> String {
@@ -71,30 +72,30 @@ fn firewall_per_role_refuses_broken_rules_and_never_locks_out() {
     }
 
     // Web servers: HTTP from the load balancer only.
-    assert!(reachable_from("lb-01", WEB1, 80), "web-01:80 from lb-01");
-    assert!(reachable_from("lb-01", WEB2, 80), "web-02:80 from lb-01");
+    assert!(reachable_from("lb-01", web1(), 80), "web-01:80 from lb-01");
+    assert!(reachable_from("lb-01", web2(), 80), "web-02:80 from lb-01");
     assert!(
-        !reachable_from_here(WEB1, 80),
+        !reachable_from_here(web1(), 80),
         "web-01:80 is closed to other hosts"
     );
     assert!(
-        !reachable_from("web-02", WEB1, 80),
+        !reachable_from("web-02", web1(), 80),
         "web-01:80 is closed to web-02"
     );
     // The site itself, through the load balancer, from anywhere.
-    let r = http_get(LB, "/health").expect("the site answers through the load balancer");
+    let r = http_get(lb(), "/health").expect("the site answers through the load balancer");
     assert_eq!(r.status, 200);
     // MySQL: from the web/database hosts, not from the load balancer or elsewhere.
     assert!(
-        reachable_from("web-02", WEB1, 3306),
+        reachable_from("web-02", web1(), 3306),
         "MySQL on web-01 from web-02"
     );
     assert!(
-        !reachable_from("lb-01", WEB1, 3306),
+        !reachable_from("lb-01", web1(), 3306),
         "MySQL on web-01 closed to lb-01"
     );
     assert!(
-        !reachable_from_here(WEB1, 3306),
+        !reachable_from_here(web1(), 3306),
         "MySQL closed to other hosts"
     );
     // SSH still works (from the admin network): a fresh run is in sync.
@@ -102,7 +103,7 @@ fn firewall_per_role_refuses_broken_rules_and_never_locks_out() {
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
     // SSH is closed to a host outside the admin network.
     assert!(
-        !reachable_from("lb-01", WEB1, 22),
+        !reachable_from("lb-01", web1(), 22),
         "SSH on web-01 closed to lb-01"
     );
 
@@ -129,7 +130,7 @@ fn firewall_per_role_refuses_broken_rules_and_never_locks_out() {
         "{err}"
     );
     assert_eq!(firewall_files(), before, "no firewall file changed");
-    assert!(reachable_from("lb-01", WEB1, 80) && !reachable_from_here(WEB1, 80));
+    assert!(reachable_from("lb-01", web1(), 80) && !reachable_from_here(web1(), 80));
 
     // A firewall that cuts SSH from the admin: every host restores the previous
     // ruleset on its own, and apply says so.
@@ -150,7 +151,7 @@ fn firewall_per_role_refuses_broken_rules_and_never_locks_out() {
         "SSH works again and the old firewall is live: {}",
         text(&fresh)
     );
-    assert!(reachable_from("lb-01", WEB1, 80) && !reachable_from_here(WEB1, 80));
+    assert!(reachable_from("lb-01", web1(), 80) && !reachable_from_here(web1(), 80));
 
     // Taking the firewall out of the inventory removes the table and its files.
     apply_ok(&base, &[]);
@@ -162,5 +163,5 @@ fn firewall_per_role_refuses_broken_rules_and_never_locks_out() {
             "{h}: file removed"
         );
     }
-    assert!(reachable_from_here(WEB1, 80));
+    assert!(reachable_from_here(web1(), 80));
 }

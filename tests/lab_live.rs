@@ -28,7 +28,7 @@ fn converged() {
 fn served_by(n: usize) -> Vec<String> {
     (0..n)
         .map(|i| {
-            let r = http_get(LB, "/health")
+            let r = http_get(lb(), "/health")
                 .unwrap_or_else(|e| panic!("request {i} to the load balancer: {e}"));
             assert_eq!(r.status, 200, "request {i}: {} {}", r.status, r.body);
             r.header("X-Served-By").unwrap_or("?").to_string()
@@ -178,9 +178,9 @@ fn every_host_restarted_after_a_converged_apply_serves_with_no_apply_between() {
         "restart",
         "-t",
         "30",
-        "foobar-lab-lb-01",
-        "foobar-lab-web-01",
-        "foobar-lab-web-02",
+        &container("lb-01"),
+        &container("web-01"),
+        &container("web-02"),
     ]);
     assert!(restart.status.success(), "{}", text(&restart));
     // No apply in between: what is enabled at boot is the whole stack.
@@ -199,7 +199,7 @@ fn every_host_restarted_after_a_converged_apply_serves_with_no_apply_between() {
 /// One try of [`both_backends_serve`] without its own wait (for an outer bounded wait).
 fn both_backends_serve_once() -> bool {
     let who: Vec<String> = (0..10)
-        .filter_map(|_| http_get(LB, "/health").ok())
+        .filter_map(|_| http_get(lb(), "/health").ok())
         .filter(|r| r.status == 200)
         .filter_map(|r| r.header("X-Served-By").map(str::to_string))
         .collect();
@@ -300,7 +300,7 @@ fn a_host_paused_during_its_commit_fails_the_run_in_bounded_time_and_never_commi
         }
     }
     assert!(said.contains("Restarting web-02"), "{said}");
-    let paused = docker(&["pause", "foobar-lab-web-02"]);
+    let paused = docker(&["pause", &container("web-02")]);
     let t0 = Instant::now();
     for line in lines {
         said.push_str(&line.unwrap());
@@ -308,7 +308,7 @@ fn a_host_paused_during_its_commit_fails_the_run_in_bounded_time_and_never_commi
     }
     let status = child.wait().unwrap();
     let took = t0.elapsed();
-    assert!(docker(&["unpause", "foobar-lab-web-02"]).status.success());
+    assert!(docker(&["unpause", &container("web-02")]).status.success());
     assert!(paused.status.success(), "{}", text(&paused));
     assert_eq!(status.code(), Some(1), "{said}");
     // The documented bound: three missed keepalives, 5 s apart.

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use common::*;
 
-const MON: &str = "10.231.3.11";
+fn mon() -> String {
+    addr("10.231.3.11")
+}
 
 fn monitored_inventory() -> String {
     lab_variant("monitoring", |t| {
@@ -27,7 +29,7 @@ fn monitored_inventory() -> String {
 
 /// Prometheus's HTTP API, asked on mon-01 itself (curl there handles chunked replies).
 fn prometheus(path: &str) -> serde_json::Value {
-    let url = format!("http://{MON}:9090{path}");
+    let url = format!("http://{}:9090{path}", mon());
     let out = exec_raw("mon-01", &["curl", "-s", "--max-time", "5", &url]);
     serde_json::from_slice(&out.stdout).unwrap_or_default()
 }
@@ -125,19 +127,19 @@ fn prometheus_scrapes_every_exporter_and_alerts_fire() {
             "-s",
             "--max-time",
             "3",
-            "http://10.231.0.11:8405/metrics",
+            &addr("http://10.231.0.11:8405/metrics"),
         ],
     );
     assert!(
         from_mon.contains("haproxy_server_status"),
         "metrics from mon-01"
     );
-    let here = http_get("10.231.0.11:8405", "/metrics");
+    let here = http_get(&addr("10.231.0.11:8405"), "/metrics");
     assert!(
         here.as_ref().map(|r| r.status != 200).unwrap_or(true),
         "the exporter refuses other hosts"
     );
-    assert!(http_get("10.231.1.11:8081", "/stub_status").is_err());
+    assert!(http_get(&addr("10.231.1.11:8081"), "/stub_status").is_err());
     // A fresh stack may have fired an alert while it came up (a backend DOWN until
     // its first checks passed): once all is well, none fires.
     assert!(

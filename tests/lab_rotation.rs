@@ -18,10 +18,10 @@ fn app_login_works(password: &str) -> bool {
         "exec",
         "-e",
         &format!("MYSQL_PWD={password}"),
-        "foobar-lab-web-01",
+        &container("web-01"),
         "mariadb",
         "-h",
-        WEB1,
+        web1(),
         "-u",
         "foobar",
         "-N",
@@ -43,7 +43,7 @@ fn rotating_the_database_passwords_fails_no_request() {
     let base = lab_inventory().display().to_string();
     apply_ok(&base, &[]);
     let old = lab_secrets();
-    let state = root().join("lab/.state");
+    let state = state_dir();
     let new_app = "Rotated-app-7f3c9d21b8e4";
     let new_repl = "Rotated-repl-4a8e2c61f09d";
     std::fs::write(state.join("rotated_app_password"), new_app).unwrap();

@@ -71,7 +71,7 @@ fn replica_running() -> bool {
 fn a_row_written_through_the_app_reaches_the_replica_which_refuses_app_writes() {
     let Some(_g) = setup() else { return };
     apply_ok(&inv());
-    for target in [LB, WEB1, WEB2] {
+    for target in [lb(), web1(), web2()] {
         let r = http_post(target, "/items", "text=hello+from+the+test").expect("POST /items");
         assert_eq!(r.status, 201, "POST via {target}: {}", r.body);
     }
@@ -83,7 +83,7 @@ fn a_row_written_through_the_app_reaches_the_replica_which_refuses_app_writes() 
         count("web-02")
     );
     // Reads through web-02's application come from its local replica.
-    let r = http_get(WEB2, "/items/count").unwrap();
+    let r = http_get(web2(), "/items/count").unwrap();
     assert!(
         r.body.contains(&format!("\"count\": {primary}"))
             || r.body.contains(&format!("\"count\":{primary}")),
@@ -98,12 +98,12 @@ fn a_row_written_through_the_app_reaches_the_replica_which_refuses_app_writes() 
             "exec",
             "-e",
             &format!("MYSQL_PWD={pw}"),
-            "foobar-lab-web-02",
+            &container("web-02"),
             "mariadb",
             "-u",
             "foobar",
             "-h",
-            WEB2,
+            web2(),
         ])
         .args([
             "-e",
@@ -163,7 +163,7 @@ fn a_second_apply_keeps_replication_exactly_as_it_is() {
 fn a_restarted_replica_resumes_by_itself_and_status_says_healthy() {
     let Some(_g) = setup() else { return };
     apply_ok(&inv());
-    let restarted = docker(&["restart", "-t", "30", "foobar-lab-web-02"]);
+    let restarted = docker(&["restart", "-t", "30", &container("web-02")]);
     assert!(restarted.status.success(), "{}", text(&restarted));
     assert!(
         wait_until(Duration::from_secs(90), replica_running),
@@ -177,7 +177,7 @@ fn a_restarted_replica_resumes_by_itself_and_status_says_healthy() {
     .status
     .code()
         == Some(0)));
-    let r = http_post(WEB1, "/items", "text=after+restart").unwrap();
+    let r = http_post(web1(), "/items", "text=after+restart").unwrap();
     assert_eq!(r.status, 201);
     assert!(wait_until(Duration::from_secs(5), || count("web-02")
         == count("web-01")));
@@ -196,7 +196,7 @@ fn a_wiped_replica_is_seeded_from_the_primary_without_secrets_in_argv() {
     let Some(_g) = setup() else { return };
     apply_ok(&inv());
     for i in 0..20 {
-        let r = http_post(WEB1, "/items", &format!("text=row+{i}")).unwrap();
+        let r = http_post(web1(), "/items", &format!("text=row+{i}")).unwrap();
         assert_eq!(r.status, 201);
     }
     sql(
@@ -228,7 +228,7 @@ fn a_wiped_replica_is_seeded_from_the_primary_without_secrets_in_argv() {
     assert!(wait_until(Duration::from_secs(5), || count("web-02")
         == count("web-01")));
     assert!(count("web-01") >= 20);
-    let r = http_post(WEB2, "/items", "text=after+seed").unwrap();
+    let r = http_post(web2(), "/items", "text=after+seed").unwrap();
     assert_eq!(r.status, 201);
     assert!(
         wait_until(Duration::from_secs(5), || count("web-02")
@@ -239,7 +239,7 @@ fn a_wiped_replica_is_seeded_from_the_primary_without_secrets_in_argv() {
 
 /// A copy of the example app with one file changed: a new release.
 fn app_variant(tag: &str) -> String {
-    let dir = root().join("lab/.state").join(format!("app-{tag}"));
+    let dir = state_dir().join(format!("app-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
     let src = root().join("examples/app");
     let status = std::process::Command::new("cp")
@@ -278,8 +278,8 @@ fn served_release(addr: &str) -> String {
 fn a_deploy_and_a_rollback_under_load_fail_no_request() {
     let Some(_g) = setup() else { return };
     apply_ok(&inv());
-    let v1 = served_release(WEB1);
-    assert_eq!(v1, served_release(WEB2));
+    let v1 = served_release(web1());
+    assert_eq!(v1, served_release(web2()));
     let v2_inventory = app_variant("v2");
     let diff = cli(&["diff", "--json", &v2_inventory]);
     assert_eq!(diff.status.code(), Some(2), "{}", text(&diff));
@@ -309,8 +309,16 @@ fn a_deploy_and_a_rollback_under_load_fail_no_request() {
             &failed[..failed.len().min(5)]
         );
         let want = if what == "deploy" { &v2 } else { &v1 };
-        assert_eq!(&served_release(WEB1), want, "{what}: web-01 serves {want}");
-        assert_eq!(&served_release(WEB2), want, "{what}: web-02 serves {want}");
+        assert_eq!(
+            &served_release(web1()),
+            want,
+            "{what}: web-01 serves {want}"
+        );
+        assert_eq!(
+            &served_release(web2()),
+            want,
+            "{what}: web-02 serves {want}"
+        );
     }
     apply_ok(&inv());
 }
@@ -393,7 +401,7 @@ print("EQUAL" if native == client else "DIFFER\n%r\n%r" % (native, client))
 "#;
     for host in ["web-01", "web-02"] {
         let mut child = std::process::Command::new("docker")
-            .args(["exec", "-i", &format!("foobar-lab-{host}")])
+            .args(["exec", "-i", &container(host)])
             .args(["python3", "-I", "-S", "-c", script])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

@@ -24,9 +24,9 @@ fn curl(args: &[&str]) -> (String, String) {
             "--max-time",
             "5",
             "--resolve",
-            &format!("www.foobar.com:443:{LB}"),
+            &format!("www.foobar.com:443:{}", lb()),
             "--resolve",
-            &format!("www.foobar.com:80:{LB}"),
+            &format!("www.foobar.com:80:{}", lb()),
         ])
         .args(args)
         .output()
@@ -48,7 +48,7 @@ fn https_with_the_lab_ca_redirects_http_and_refuses_tls_1_1() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let key = std::fs::read_to_string(root().join("lab/.state/tls/server.key")).unwrap();
+    let key = std::fs::read_to_string(state_dir().join("tls/server.key")).unwrap();
     let key_line = key.lines().nth(1).unwrap();
     assert!(
         !all.contains(key_line),
@@ -68,7 +68,7 @@ fn https_with_the_lab_ca_redirects_http_and_refuses_tls_1_1() {
         "600 root"
     );
 
-    let ca = root().join("lab/.state/tls/ca.pem");
+    let ca = state_dir().join("tls/ca.pem");
     let (head, err) = curl(&[
         "--cacert",
         ca.to_str().unwrap(),
@@ -100,7 +100,7 @@ fn https_with_the_lab_ca_redirects_http_and_refuses_tls_1_1() {
         .args([
             "s_client",
             "-connect",
-            &format!("{LB}:443"),
+            &format!("{}:443", lb()),
             "-tls1_1",
             "-cipher",
             "DEFAULT@SECLEVEL=0",
@@ -123,7 +123,7 @@ fn https_with_the_lab_ca_redirects_http_and_refuses_tls_1_1() {
         .args([
             "s_client",
             "-connect",
-            &format!("{LB}:443"),
+            &format!("{}:443", lb()),
             "-tls1_2",
             "-servername",
             "www.foobar.com",
@@ -150,7 +150,7 @@ fn a_certificate_expiring_in_three_days_fails_status() {
     let Some(_g) = lab() else { return };
     let made = Command::new("bash")
         .arg(root().join("lab/tls"))
-        .arg(root().join("lab/.state/tls-short"))
+        .arg(state_dir().join("tls-short"))
         .arg("3")
         .output()
         .unwrap();

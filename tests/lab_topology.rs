@@ -9,7 +9,7 @@ use common::*;
 fn served_by(n: usize) -> Vec<String> {
     (0..n)
         .map(|_| {
-            http_get(LB, "/health")
+            http_get(lb(), "/health")
                 .map(|r| {
                     if r.status == 200 {
                         r.header("X-Served-By").unwrap_or("?").to_string()
@@ -34,7 +34,7 @@ fn active_passive_serves_from_the_active_and_fails_over_to_the_passive() {
     let diff = cli(&["diff", v]);
     assert_eq!(diff.status.code(), Some(2), "{}", text(&diff));
     assert!(String::from_utf8_lossy(&diff.stdout)
-        .contains("+    server web-02 10.231.1.12:80 check backup"));
+        .contains(&addr("+    server web-02 10.231.1.12:80 check backup")));
     let pid = pidfile("lb-01", "/run/haproxy.pid");
     let out = cli(&["apply", v]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -84,7 +84,9 @@ fn active_passive_serves_from_the_active_and_fails_over_to_the_passive() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
-const VIP: &str = "10.231.0.100";
+fn vip() -> String {
+    addr("10.231.0.100")
+}
 
 #[test]
 fn two_load_balancers_share_a_floating_address_that_moves_when_one_dies() {
@@ -105,11 +107,12 @@ fn two_load_balancers_share_a_floating_address_that_moves_when_one_dies() {
     let v = variant.to_str().unwrap();
     let out = cli(&["apply", v]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let vip_addr = vip();
     let holder = |h: &str| {
         exec_raw(h, &["ip", "-4", "addr", "show", "eth0"])
             .stdout
-            .windows(VIP.len())
-            .any(|w| w == VIP.as_bytes())
+            .windows(vip_addr.len())
+            .any(|w| w == vip_addr.as_bytes())
     };
     assert!(
         wait_until(Duration::from_secs(15), || holder("lb-01")),
@@ -117,7 +120,8 @@ fn two_load_balancers_share_a_floating_address_that_moves_when_one_dies() {
     );
     assert!(!holder("lb-02"));
     assert!(wait_until(Duration::from_secs(10), || http_get(
-        VIP, "/health"
+        &vip(),
+        "/health"
     )
     .map(|r| r.status == 200)
     .unwrap_or(false)));
@@ -125,14 +129,14 @@ fn two_load_balancers_share_a_floating_address_that_moves_when_one_dies() {
     // lb-01 dies; a bounded request loop at the floating address measures the gap.
     let stop = std::thread::spawn(|| {
         std::thread::sleep(Duration::from_secs(2));
-        docker(&["kill", "foobar-lab-lb-01"])
+        docker(&["kill", &container("lb-01")])
     });
     let t0 = Instant::now();
     let (mut first_fail, mut last_fail, mut ok_after) = (None, None, 0);
     let mut n = 0;
     while t0.elapsed() < Duration::from_secs(25) && n < 1000 && ok_after < 20 {
         n += 1;
-        let ok = http_get(VIP, "/health")
+        let ok = http_get(&vip(), "/health")
             .map(|r| r.status == 200)
             .unwrap_or(false);
         if ok {
@@ -163,7 +167,7 @@ fn two_load_balancers_share_a_floating_address_that_moves_when_one_dies() {
     );
 
     // lb-01 comes back (its entrypoint starts haproxy and keepalived) and takes the address back.
-    assert!(docker(&["start", "foobar-lab-lb-01"]).status.success());
+    assert!(docker(&["start", &container("lb-01")]).status.success());
     assert!(
         wait_until(Duration::from_secs(30), || holder("lb-01")),
         "lb-01 holds the address again"
@@ -179,7 +183,9 @@ fn two_load_balancers_share_a_floating_address_that_moves_when_one_dies() {
     .is_some()));
 }
 
-const WEB3: &str = "10.231.1.13";
+fn web3() -> String {
+    addr("10.231.1.13")
+}
 
 /// Requests at the load balancer in a thread while `f` runs: (ok, failures).
 fn under_load(
@@ -217,7 +223,7 @@ fn web_servers_join_and_leave_under_load_without_a_failed_request() {
     assert_eq!(cli(&["apply", &base]).status.code(), Some(0));
     for i in 0..10 {
         assert_eq!(
-            http_post(WEB1, "/items", &format!("text=before+web-03+{i}"))
+            http_post(web1(), "/items", &format!("text=before+web-03+{i}"))
                 .unwrap()
                 .status,
             201
@@ -267,14 +273,14 @@ fn web_servers_join_and_leave_under_load_without_a_failed_request() {
     assert_eq!(backends(), ["web-01", "web-02", "web-03"]);
     assert!(wait_until(Duration::from_secs(15), || {
         (0..6).all(|_| {
-            http_get(LB, "/health")
+            http_get(lb(), "/health")
                 .map(|r| r.status == 200)
                 .unwrap_or(false)
         })
     }));
     let mut count = std::collections::BTreeMap::new();
     for _ in 0..30 {
-        let r = http_get(LB, "/health").unwrap();
+        let r = http_get(lb(), "/health").unwrap();
         *count
             .entry(r.header("X-Served-By").unwrap_or("?").to_string())
             .or_insert(0) += 1;
@@ -290,7 +296,7 @@ fn web_servers_join_and_leave_under_load_without_a_failed_request() {
     assert!(wait_until(Duration::from_secs(5), || rows()
         == sql("web-01", "SELECT COUNT(*) FROM foobar.items")));
     assert_eq!(
-        http_post(WEB3, "/items", "text=through+web-03")
+        http_post(&web3(), "/items", "text=through+web-03")
             .unwrap()
             .status,
         201
@@ -303,12 +309,12 @@ fn web_servers_join_and_leave_under_load_without_a_failed_request() {
             "exec",
             "-e",
             &format!("MYSQL_PWD={pw}"),
-            "foobar-lab-web-03",
+            &container("web-03"),
             "mariadb",
             "-u",
             "foobar",
             "-h",
-            WEB3,
+            &web3(),
         ])
         .args([
             "-e",
@@ -402,7 +408,7 @@ fn a_host_removed_from_the_inventory_is_pruned_only_when_named() {
     let unconfirmed = cli(&["apply", v, "--prune-host", "web-02"]);
     assert_eq!(unconfirmed.status.code(), Some(1), "{}", text(&unconfirmed));
     assert!(
-        String::from_utf8_lossy(&unconfirmed.stderr).contains("web-02 at 10.231.1.12"),
+        String::from_utf8_lossy(&unconfirmed.stderr).contains(&addr("web-02 at 10.231.1.12")),
         "{}",
         text(&unconfirmed)
     );
@@ -433,7 +439,7 @@ fn a_host_removed_from_the_inventory_is_pruned_only_when_named() {
             .success(),
         "replication forgotten on web-02"
     );
-    let again = cli(&["diff", v, "--prune-host", "web-02=10.231.1.12"]);
+    let again = cli(&["diff", v, "--prune-host", &addr("web-02=10.231.1.12")]);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
 
     // Back in the inventory: a full web server and a replica (seeded again).

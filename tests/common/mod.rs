@@ -1,6 +1,7 @@
-//! Shared helpers for the end-to-end tests against the Docker lab: bringing the lab up
-//! once per test binary, serializing tests that share it, running the CLI, talking
-//! HTTP to lab addresses only, and reading state straight from the containers.
+//! Shared helpers for the end-to-end tests against the Docker lab: which lab (`LAB_NAME`:
+//! its containers, addresses, state directory and inventory, all from here), bringing
+//! it up once per test binary, serializing tests that share it, running the CLI,
+//! talking HTTP to lab addresses only, and reading state straight from the containers.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -10,16 +11,114 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-pub const LB: &str = "10.231.0.11";
-pub const WEB1: &str = "10.231.1.11";
-pub const WEB2: &str = "10.231.1.12";
-
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The lab the tests run on: `LAB_NAME` as `lab/up` and `lab/down` read it (`lab`, the
+/// default, `bench` or `dev`), with the same table: container prefix, second octet of
+/// the addresses, state directory under lab/.
+struct LabName {
+    name: &'static str,
+    prefix: &'static str,
+    octet: u8,
+    state: &'static str,
+}
+
+const LABS: &[LabName] = &[
+    LabName {
+        name: "lab",
+        prefix: "foobar-lab",
+        octet: 231,
+        state: ".state",
+    },
+    LabName {
+        name: "bench",
+        prefix: "foobar-bench",
+        octet: 232,
+        state: ".state-bench",
+    },
+    LabName {
+        name: "dev",
+        prefix: "foobar-dev",
+        octet: 233,
+        state: ".state-dev",
+    },
+];
+
+fn which_lab() -> &'static LabName {
+    static WHICH: OnceLock<&'static LabName> = OnceLock::new();
+    WHICH.get_or_init(|| {
+        let name = std::env::var("LAB_NAME").unwrap_or_default();
+        let name = if name.is_empty() {
+            "lab"
+        } else {
+            name.as_str()
+        };
+        LABS.iter()
+            .find(|l| l.name == name)
+            .unwrap_or_else(|| panic!("unknown LAB_NAME {name:?} (want lab, bench or dev)"))
+    })
+}
+
+/// `LAB_NAME` (`lab` unless set).
+pub fn lab_name() -> &'static str {
+    which_lab().name
+}
+
+/// The Docker container of a lab host (`foobar-lab-web-01`, `foobar-bench-web-01`, ...).
+pub fn container(host: &str) -> String {
+    format!("{}-{host}", which_lab().prefix)
+}
+
+/// The first two octets of the lab's addresses ("10.231" for the default lab).
+pub fn net() -> String {
+    format!("10.{}", which_lab().octet)
+}
+
+/// An address (or text holding addresses) written for the default lab, 10.231.x.y,
+/// moved to this lab's network: tests and inventory edits are written once, for 10.231.
+pub fn addr(default_lab: &str) -> String {
+    default_lab.replace("10.231.", &format!("{}.", net()))
+}
+
+/// The lab's state directory (ssh key, known_hosts, secrets): lab/.state for the
+/// default lab, lab/.state-bench, lab/.state-dev.
+pub fn state_dir() -> PathBuf {
+    root().join("lab").join(which_lab().state)
+}
+
+fn lab_addr(cell: &'static OnceLock<String>, default_lab: &str) -> &'static str {
+    cell.get_or_init(|| addr(default_lab))
+}
+
+/// lb-01's address.
+pub fn lb() -> &'static str {
+    static A: OnceLock<String> = OnceLock::new();
+    lab_addr(&A, "10.231.0.11")
+}
+
+/// web-01's address.
+pub fn web1() -> &'static str {
+    static A: OnceLock<String> = OnceLock::new();
+    lab_addr(&A, "10.231.1.11")
+}
+
+/// web-02's address.
+pub fn web2() -> &'static str {
+    static A: OnceLock<String> = OnceLock::new();
+    lab_addr(&A, "10.231.1.12")
+}
+
+/// The inventory of the lab's three default hosts: lab/inventory.yaml (committed, for
+/// the default lab), or for another lab the same written into its state directory
+/// with that lab's addresses and state (see [`lab_variant`]).
 pub fn lab_inventory() -> PathBuf {
-    root().join("lab/inventory.yaml")
+    if lab_name() == "lab" {
+        root().join("lab/inventory.yaml")
+    } else {
+        lab_variant("inventory", |t| t.to_string())
+    }
 }
 
 fn docker_works() -> bool {
@@ -47,7 +146,7 @@ pub fn lab() -> Option<MutexGuard<'static, ()>> {
             return false;
         }
         // lab/up reads LAB_OS: the kind of every host (debian13 unless set).
-        eprintln!("lab: {} hosts (LAB_OS)", lab_os());
+        eprintln!("lab: {} hosts (LAB_OS) on LAB_NAME={}", lab_os(), lab_name());
         // A fresh lab unless the developer asks to reuse the running one.
         if std::env::var("FOOBAR_LAB_REUSE").is_err() {
             sh(&root().join("lab/down"), &[]);
@@ -107,7 +206,7 @@ pub fn exec(host: &str, argv: &[&str]) -> String {
 
 pub fn exec_raw(host: &str, argv: &[&str]) -> Output {
     Command::new("docker")
-        .args(["exec", &format!("foobar-lab-{host}")])
+        .args(["exec", &container(host)])
         .args(argv)
         .output()
         .expect("docker exec")
@@ -182,7 +281,7 @@ pub fn http_post(addr: &str, path: &str, form: &str) -> std::io::Result<Response
 
 fn http(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<Response> {
     assert!(
-        addr.starts_with("10.231.") || addr.starts_with("127."),
+        addr.starts_with(&format!("{}.", net())) || addr.starts_with("127."),
         "tests only talk to the lab or loopback, not {addr}"
     );
     // "ADDRESS" (port 80) or "ADDRESS:PORT"
@@ -238,14 +337,17 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// Writes a variant of the lab inventory next to it (so relative paths still hold).
+/// Writes a variant of lab/inventory.yaml into the lab's state directory (so relative
+/// paths still hold). `edit` sees and writes the default lab's text (10.231.x.y,
+/// `.state/`); the file gets this lab's addresses (see [`addr`]).
 pub fn lab_variant(name: &str, edit: impl Fn(&str) -> String) -> PathBuf {
-    let base = std::fs::read_to_string(lab_inventory()).unwrap();
-    let path = root().join("lab").join(format!(".state/{name}.yaml"));
+    let base = std::fs::read_to_string(root().join("lab/inventory.yaml")).unwrap();
+    let path = state_dir().join(format!("{name}.yaml"));
     let text = edit(&base)
         .replace(".state/", "")
         .replace("source: ../", "source: ../../");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, addr(&text))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     path
 }
 
@@ -265,7 +367,7 @@ pub fn host_os(host: &str) -> String {
         "inspect",
         "-f",
         "{{index .Config.Labels \"foobar-lab.os\"}}",
-        &format!("foobar-lab-{host}"),
+        &container(host),
     ]);
     assert!(
         out.status.success(),
@@ -284,7 +386,7 @@ pub fn host_os(host: &str) -> String {
 /// not reliably tagged with ssh.service).
 pub fn sshd_sessions_since(host: &str, since: &str) -> usize {
     const MARK: &str = "Starting session: command";
-    let c = format!("foobar-lab-{host}");
+    let c = container(host);
     if host_os(host) == "debian12" {
         let out = docker(&["logs", "--since", since, &c]);
         let all = format!(
@@ -354,7 +456,7 @@ pub fn lab_secrets() -> Vec<String> {
     ]
     .iter()
     .map(|n| {
-        std::fs::read_to_string(root().join("lab/.state").join(n))
+        std::fs::read_to_string(state_dir().join(n))
             .unwrap()
             .trim()
             .to_string()
@@ -407,7 +509,7 @@ pub fn load_loop(path: &str, duration: Duration, max: usize) -> (usize, Vec<Stri
     let mut n = 0;
     while t0.elapsed() < duration && n < max {
         n += 1;
-        match http_get(LB, path) {
+        match http_get(lb(), path) {
             Ok(r) if r.status == 200 => ok += 1,
             Ok(r) => failed.push(format!(
                 "{:?}: HTTP {} {}",
