@@ -139,7 +139,7 @@ impl Confirm {
 }
 
 fn when(secs: u64) -> String {
-    crate::engine::iso_utc(secs)
+    crate::run::info::iso_utc(secs)
 }
 
 /// The address of each `--prune-host NAME[=ADDRESS]`: the one given, else this

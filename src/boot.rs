@@ -143,7 +143,8 @@ mod tests {
             assert_eq!(event["service"], "nginx");
 
             // The commit request carries it (and no file, no action).
-            let req = crate::engine::commit_request(&hp, &hc, &crate::engine::RunInfo::none());
+            let req =
+                crate::run::commit::commit_request(&hp, &hc, &crate::run::info::RunInfo::none());
             assert_eq!(req["boot"], json!([{"service": "nginx", "enable": true}]));
             assert_eq!(req["files"], json!([]));
             assert_eq!(req["actions"], json!([]));
@@ -190,7 +191,7 @@ mod tests {
             action: BootAction::Disable,
         };
         assert_eq!(hc.boot, [app]);
-        let req = crate::engine::commit_request(&hp, &hc, &crate::engine::RunInfo::none());
+        let req = crate::run::commit::commit_request(&hp, &hc, &crate::run::info::RunInfo::none());
         assert_eq!(
             req["boot"],
             json!([{"service": "foobar-app", "enable": false}])

@@ -10,7 +10,6 @@ pub mod cli;
 pub mod commands;
 pub mod database;
 pub mod diff;
-pub mod engine;
 pub mod inventory;
 pub mod keyed_hash;
 pub mod manpage;

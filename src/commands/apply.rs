@@ -9,8 +9,9 @@ use serde_json::json;
 
 use super::{remote, runtime, Outcome};
 use crate::cli::ApplyArgs;
-use crate::engine::{self, Observe, RunInfo};
 use crate::output::Printer;
+use crate::run::info::RunInfo;
+use crate::run::observe::Observe;
 
 /// This controller's own record of where the inventory's hosts are, kept at each apply
 /// (the only place `--prune-host NAME` takes an address from); pruned hosts forgotten.
@@ -86,7 +87,7 @@ pub fn run(args: &ApplyArgs, p: &Arc<Printer>) -> Result<Outcome> {
                 return Err(e);
             }
         }
-        let result = engine::apply(
+        let result = crate::run::apply(
             &session.plan,
             &session.changes,
             &session.remotes(),

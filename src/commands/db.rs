@@ -114,7 +114,7 @@ async fn restore_on(
     yes: bool,
     p: &Printer,
 ) -> Result<Outcome> {
-    let stamp = crate::engine::chrono_now();
+    let stamp = crate::run::info::chrono_now();
     let t = Target::new(primary, database, replicas, &backup.file, &stamp)?;
     restore::check_target(backup, &t, p).await?;
     if !yes {

@@ -6,8 +6,8 @@ use anyhow::Result;
 
 use super::{remote, runtime, Outcome};
 use crate::cli::RemoteArgs;
-use crate::engine::Observe;
 use crate::output::Printer;
+use crate::run::observe::Observe;
 
 pub fn run(args: &RemoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
     if crate::planfile::is_plan(&args.inventory) {

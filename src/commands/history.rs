@@ -9,9 +9,9 @@ use serde_json::{json, Value};
 use super::remote::limit;
 use super::{load_and_render, runtime, Outcome};
 use crate::cli::HistoryArgs;
-use crate::engine::bounded;
 use crate::output::Printer;
 use crate::remote::{agent, ssh};
+use crate::run::parallel::bounded;
 
 pub fn run(args: &HistoryArgs, p: &Arc<Printer>) -> Result<Outcome> {
     let (_inv, plan) = load_and_render(

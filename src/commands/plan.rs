@@ -9,9 +9,9 @@ use anyhow::{Context, Result};
 use super::{remote, runtime, Outcome};
 use crate::cli::PlanArgs;
 use crate::diff::Changes;
-use crate::engine::Observe;
 use crate::output::Printer;
 use crate::planfile;
+use crate::run::observe::Observe;
 
 pub fn run(args: &PlanArgs, p: &Arc<Printer>) -> Result<Outcome> {
     runtime()?.block_on(async {

@@ -12,7 +12,6 @@ pub use crate::address_book::Confirm;
 use crate::cli::RemoteArgs;
 use crate::database::replica::{self, DivergedReplica};
 use crate::diff::{desired_hashes, diff, Changes};
-use crate::engine::{self, Observe};
 use crate::inventory::{Host, Inventory, Role};
 use crate::output::Printer;
 use crate::plan::{HostPlan, Plan};
@@ -20,6 +19,8 @@ use crate::planfile;
 use crate::remote::agent::HostState;
 use crate::remote::ssh::SshRemote;
 use crate::remote::Remote;
+use crate::run::connect;
+use crate::run::observe::{self, Observe};
 use crate::run::preflight::{self, PortConflict};
 use crate::secrets::{placeholders_in, Secrets};
 
@@ -129,7 +130,7 @@ impl Session {
     }
 
     pub async fn close(self) {
-        engine::close_all(self.remotes).await;
+        connect::close_all(self.remotes).await;
     }
 }
 
@@ -186,7 +187,7 @@ pub async fn open(
         );
         printer.status("Connecting", format!("{} hosts", early.len()));
     }
-    let connecting = engine::Connecting::start(&early, args.parallel, args.persist, printer);
+    let connecting = connect::Connecting::start(&early, args.parallel, args.persist, printer);
     let prepared = (|| {
         let full = render_plan(&inventory, args.templates.templates.as_deref())?;
         let mut plan = limit(full.clone(), &args.limit)?;
@@ -205,14 +206,14 @@ pub async fn open(
         }
     };
     let (remotes, observed) = if prune.is_empty() {
-        engine::connect_and_observe(&plan, connecting, args.parallel, printer, &secrets, how)
+        connect::connect_and_observe(&plan, connecting, args.parallel, printer, &secrets, how)
             .await?
     } else {
         printer.status("Connecting", format!("{} hosts", plan.hosts.len()));
         connect_with_pruned(&mut plan, &prune, &inventory, &secrets, args, printer).await?
     };
     if let Err(e) = live_primary_matches(&plan, &observed) {
-        engine::close_all(remotes).await;
+        connect::close_all(remotes).await;
         return Err(e);
     }
     if let Some(saved) = &saved {
@@ -222,7 +223,7 @@ pub async fn open(
             .map(|hp| Ok((hp.name().to_string(), desired_hashes(hp, &secrets)?)))
             .collect::<Result<_>>()?;
         if let Err(e) = saved.check_hosts(&observed, &desired) {
-            engine::close_all(remotes).await;
+            connect::close_all(remotes).await;
             return Err(e);
         }
     }
@@ -313,16 +314,16 @@ async fn connect_with_pruned(
     args: &RemoteArgs,
     printer: &Arc<Printer>,
 ) -> Result<(Vec<SshRemote>, BTreeMap<String, HostState>)> {
-    let mut remotes = engine::connect_all(plan, args.parallel, args.persist, printer).await?;
+    let mut remotes = connect::connect_all(plan, args.parallel, args.persist, printer).await?;
     if let Err(e) = add_pruned(plan, &mut remotes, prune, inventory, args.persist, printer).await {
-        engine::close_all(remotes).await;
+        connect::close_all(remotes).await;
         return Err(e);
     }
     let refs: Vec<&dyn Remote> = remotes.iter().map(|r| r as &dyn Remote).collect();
-    match engine::observe_all(plan, &refs, secrets, args.parallel).await {
+    match observe::observe_all(plan, &refs, secrets, args.parallel).await {
         Ok(observed) => Ok((remotes, observed)),
         Err(e) => {
-            engine::close_all(remotes).await;
+            connect::close_all(remotes).await;
             Err(e)
         }
     }

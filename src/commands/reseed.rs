@@ -10,9 +10,9 @@ use super::remote::{limit, secret_names};
 use super::{load_tested_and_render, runtime, Outcome};
 use crate::cli::DbReseedArgs;
 use crate::database::reseed;
-use crate::engine;
 use crate::output::Printer;
 use crate::remote::Remote;
+use crate::run::connect;
 use crate::secrets::Secrets;
 
 /// Hosts connected to at once (the primary, the replica, the load balancers).
@@ -38,10 +38,10 @@ pub fn run(args: &DbReseedArgs, p: &Arc<Printer>) -> Result<Outcome> {
     let plan = limit(plan, &names)?;
     let secrets = Secrets::load(&inv, &secret_names(&plan))?;
     runtime()?.block_on(async {
-        let remotes = engine::connect_all(&plan, PARALLEL, None, p).await?;
+        let remotes = connect::connect_all(&plan, PARALLEL, None, p).await?;
         let refs: Vec<&dyn Remote> = remotes.iter().map(|r| r as &dyn Remote).collect();
         let result = reseed::run(&plan, host, &refs, &secrets, PARALLEL, p).await;
-        engine::close_all(remotes).await;
+        connect::close_all(remotes).await;
         result
     })?;
     p.status("Reseeded", format!("{host}: replicating, read-only"));

@@ -8,9 +8,10 @@ use serde_json::json;
 
 use super::{remote, runtime, Outcome};
 use crate::cli::RollbackArgs;
-use crate::engine::{self, Observe};
 use crate::output::Printer;
 use crate::remote::Remote;
+use crate::run::observe::Observe;
+use crate::run::{balancer, rollout};
 
 pub fn run(args: &RollbackArgs, p: &Arc<Printer>) -> Result<Outcome> {
     runtime()?.block_on(async {
@@ -20,7 +21,7 @@ pub fn run(args: &RollbackArgs, p: &Arc<Printer>) -> Result<Outcome> {
             // --limit never skips the drain (at every load balancer of the inventory).
             session.reach_outside_balancers(&args.remote, p).await?;
             let remotes = session.remotes();
-            let lbs = engine::balancers(&session.plan, &remotes);
+            let lbs = balancer::balancers(&session.plan, &remotes);
             let mut targets = Vec::new();
             for (hp, r) in session.plan.hosts.iter().zip(remotes.iter().copied()) {
                 if hp.release.is_none() {
@@ -54,7 +55,7 @@ pub fn run(args: &RollbackArgs, p: &Arc<Printer>) -> Result<Outcome> {
                 return Ok(());
             }
             for (hp, r, from, to) in &targets {
-                engine::rollout_one(hp, *r as &dyn Remote, to, &lbs, p).await?;
+                rollout::rollout_one(hp, *r as &dyn Remote, to, &lbs, p).await?;
                 p.event(json!({"event": "release", "host": hp.name(), "from": from, "to": to}));
                 p.status("Rolled back", format!("{} {} -> {to}", hp.name(), from.as_deref().unwrap_or("none")));
             }

@@ -12,12 +12,13 @@ use super::{load_and_render, runtime, Outcome};
 use crate::cli::RemoteArgs;
 use crate::database::replica;
 use crate::diff::diff_host;
-use crate::engine::{bounded, observe_one};
 use crate::output::Printer;
 use crate::plan::{DbRole, HostPlan};
 use crate::remote::agent::HostState;
 use crate::remote::ssh;
 use crate::render::paths;
+use crate::run::observe::observe_one;
+use crate::run::parallel::bounded;
 use crate::run::preflight::port_conflicts;
 use crate::secrets::Secrets;
 

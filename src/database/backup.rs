@@ -37,7 +37,7 @@ pub async fn dump_to_file(remote: &dyn Remote, database: &str, out: &Path) -> Re
         database: database.to_string(),
         gtid: facts.gtid,
         server_version: facts.server_version,
-        created: crate::engine::chrono_now(),
+        created: crate::run::info::chrono_now(),
         bytes: facts.bytes,
         sha256_sql: facts.sha256,
         file: out.to_path_buf(),

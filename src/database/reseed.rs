@@ -10,11 +10,11 @@ use anyhow::{bail, Context, Result};
 
 use super::replica::{self, ReplicaRepair};
 use super::DbChange;
-use crate::engine;
 use crate::output::Printer;
 use crate::plan::{DbRole, Plan};
 use crate::remote::agent::HostState;
 use crate::remote::Remote;
+use crate::run::{balancer, observe};
 use crate::secrets::Secrets;
 
 /// What the command does, in order, for `--dry-run` and before it starts.
@@ -105,7 +105,7 @@ pub async fn run(
     parallel: usize,
     printer: &Printer,
 ) -> Result<()> {
-    let observed = engine::observe_all(plan, remotes, secrets, parallel).await?;
+    let observed = observe::observe_all(plan, remotes, secrets, parallel).await?;
     check(plan, host, &observed)?;
     let (primary, _) = primary_of(plan, host)?;
     let hp = plan.host(host).context("the replica's plan")?;
@@ -117,9 +117,9 @@ pub async fn run(
     let lbs = if balancers(plan, host).is_empty() {
         Vec::new()
     } else {
-        engine::balancers(plan, remotes)
+        balancer::balancers(plan, remotes)
     };
-    engine::set_backend_state(&lbs, host, "drain", true, printer).await?;
+    balancer::set_backend_state(&lbs, host, "drain", true, printer).await?;
     let change = DbChange::SeedReplica {
         from: primary.to_string(),
         reason: "db reseed".into(),
@@ -145,7 +145,7 @@ pub async fn run(
         };
         return Err(e.context(format!("re-seeding {host} from {primary}{drained}")));
     }
-    engine::set_backend_state(&lbs, host, "ready", true, printer).await
+    balancer::set_backend_state(&lbs, host, "ready", true, printer).await
 }
 
 #[cfg(test)]

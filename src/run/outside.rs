@@ -8,11 +8,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use crate::diff;
-use crate::engine;
 use crate::inventory::Role;
 use crate::output::Printer;
 use crate::plan::{HostPlan, Plan};
 use crate::remote::ssh::SshRemote;
+use crate::run::{connect, observe};
 use crate::secrets::Secrets;
 
 /// The load balancers of the full plan that `limited` leaves out, when `limited` has a
@@ -50,17 +50,17 @@ pub async fn connect(
         backends: Vec::new(),
         outside_balancers: Vec::new(),
     };
-    let remotes = engine::connect_all(&plan, parallel, persist, printer)
+    let remotes = connect::connect_all(&plan, parallel, persist, printer)
         .await
         .context("connecting to the load balancers outside --limit (to drain web servers)")?;
     let mut observed = BTreeMap::new();
     for (hp, r) in lbs.iter().zip(&remotes) {
-        match engine::observe_one(hp, r, secrets).await {
+        match observe::observe_one(hp, r, secrets).await {
             Ok(st) => {
                 observed.insert(hp.name().to_string(), st);
             }
             Err(e) => {
-                engine::close_all(remotes).await;
+                connect::close_all(remotes).await;
                 return Err(e).with_context(|| format!("{}: reading its web servers", hp.name()));
             }
         }

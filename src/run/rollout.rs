@@ -1,0 +1,103 @@
+//! The release rollout: web servers switch to their new application release one at a
+//! time, each drained from the load balancers meanwhile; a failure switches back
+//! every host switched in the run.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use super::balancer::{balancers, set_backend_state};
+use super::report::host_error;
+use crate::diff::Changes;
+use crate::output::Printer;
+use crate::plan::{HostPlan, Plan, Service};
+use crate::remote::agent;
+use crate::remote::Remote;
+
+/// Switches web servers to their new release one at a time, each drained from the load
+/// balancers while its application restarts; on failure every host switched in this
+/// run goes back to its previous release. Returns (host, seconds) per switched host.
+pub(super) async fn rollout_releases(
+    plan: &Plan,
+    changes: &Changes,
+    remotes: &[&dyn Remote],
+    printer: &Printer,
+) -> Result<Vec<(String, f64)>> {
+    let lbs = balancers(plan, remotes);
+    let mut switched: Vec<(&HostPlan, &dyn Remote, Option<String>)> = Vec::new();
+    let mut done = Vec::new();
+    for (hp, r) in plan.hosts.iter().zip(remotes.iter().copied()) {
+        let Some(rc) = changes.host(hp.name()).and_then(|hc| hc.release.as_ref()) else {
+            continue;
+        };
+        let t0 = Instant::now();
+        let result = rollout_one(hp, r, &rc.to, &lbs, printer).await;
+        match result {
+            Ok(()) => {
+                printer.event(
+                    json!({"event": "release", "host": hp.name(), "from": rc.from, "to": rc.to}),
+                );
+                switched.push((hp, r, rc.from.clone()));
+                done.push((hp.name().to_string(), t0.elapsed().as_secs_f64()));
+            }
+            Err(e) => {
+                let mut notes = Vec::new();
+                for (hp, r, prev) in switched.iter().rev() {
+                    let Some(prev) = prev else { continue };
+                    match rollout_one(hp, *r, prev, &lbs, printer).await {
+                        Ok(()) => notes.push(format!("{} is back on release {prev}", hp.name())),
+                        Err(e) => notes.push(format!(
+                            "{}: could NOT switch back to {prev}: {e:#}",
+                            hp.name()
+                        )),
+                    }
+                }
+                let notes = if notes.is_empty() {
+                    String::new()
+                } else {
+                    format!("\n{}.", notes.join("; "))
+                };
+                return Err(e).context(format!("deploying release {}{notes}", rc.to));
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Drain, switch the release (the agent restarts the app and checks it, switching back
+/// itself on failure), put back into the pool.
+pub async fn rollout_one(
+    hp: &HostPlan,
+    r: &dyn Remote,
+    id: &str,
+    lbs: &[(&HostPlan, &dyn Remote)],
+    printer: &Printer,
+) -> Result<()> {
+    set_backend_state(lbs, hp.name(), "drain", true, printer).await?;
+    printer.status("Switching", format!("{} to release {id}", hp.name()));
+    let result = switch_release(hp, r, id).await.map(|_| ());
+    // Its release and database are in place: it must pass its health check now.
+    let back = set_backend_state(lbs, hp.name(), "ready", true, printer).await;
+    result?;
+    back
+}
+
+async fn switch_release(hp: &HostPlan, r: &dyn Remote, id: &str) -> Result<Value> {
+    let rel = hp.release.as_ref().context("no release planned")?;
+    agent::call(
+        r,
+        "release-switch",
+        json!({"op": "release-switch", "root": rel.root, "id": id, "keep": rel.keep,
+               "service": Service::App.unit(),
+               "check": {"port": 80, "path": "/health", "host": hp.host.name, "timeout_s": 30}}),
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(host_error(
+            hp.name(),
+            &format!("switching to release {id}"),
+            &e
+        ))
+    })
+}
