@@ -92,126 +92,178 @@ pub fn check(file: &str, text: &str) -> Result<(), String> {
 /// level YAML would not (never fewer), which only matters for a file near the limit,
 /// far beyond any inventory.
 fn past_limits(text: &str) -> Option<(Past, usize, usize)> {
-    let mut entries = 0usize;
-    let mut indents: Vec<usize> = Vec::new();
-    let mut flow = 0usize;
-    let mut quote: Option<char> = None;
-    // A block scalar (`|`, `>`): its lines, indented deeper than this, are text.
-    let mut block_scalar_above: Option<usize> = None;
+    let mut scan = Scan::default();
     for (n, line) in text.split('\n').enumerate() {
         let chars: Vec<char> = line.trim_end_matches('\r').chars().collect();
-        let indent = chars.iter().take_while(|c| **c == ' ').count();
-        let blank = chars[indent..].iter().all(|c| c.is_whitespace());
-        if let Some(parent) = block_scalar_above {
-            if blank || indent > parent {
-                continue;
-            }
-            block_scalar_above = None;
-        }
-        let mut i = indent;
-        if quote.is_none() && flow == 0 {
-            if blank || chars[i] == '#' {
-                continue;
-            }
-            while indents.last().is_some_and(|&top| top > indent) {
-                indents.pop();
-            }
-            if indents.last() != Some(&indent) {
-                indents.push(indent);
-            }
-            entries += 1;
-            // `- - - x` and `? x` nest without indentation.
-            while i + 1 < chars.len() && "-?".contains(chars[i]) && chars[i + 1] == ' ' {
-                i += 1;
-                while i < chars.len() && chars[i] == ' ' {
-                    i += 1;
-                }
-                indents.push(i);
-                entries += 1;
-            }
-            if indents.len() > MAX_DEPTH {
-                return Some((Past::Depth, n + 1, i + 1));
-            }
-            if entries > MAX_ENTRIES {
-                return Some((Past::Entries, n + 1, indent + 1));
-            }
-        }
-        // Where a flow collection may open: at the start of a value, or inside one.
-        let mut value_start = true;
-        while i < chars.len() {
-            let c = chars[i];
-            if let Some(q) = quote {
-                if q == '"' && c == '\\' {
-                    i += 1;
-                } else if c == q {
-                    if q == '\'' && chars.get(i + 1) == Some(&'\'') {
-                        i += 1;
-                    } else {
-                        quote = None;
-                        value_start = false;
-                    }
-                }
-                i += 1;
-                continue;
-            }
-            match c {
-                ' ' | '\t' => {}
-                '#' if i == 0 || chars[i - 1] == ' ' || chars[i - 1] == '\t' => break,
-                '"' | '\'' if value_start => quote = Some(c),
-                // An anchor or a tag comes before the node it names; an alias is one.
-                '&' | '!' | '*' if value_start => {
-                    while i + 1 < chars.len() && !chars[i + 1].is_whitespace() {
-                        i += 1;
-                    }
-                    value_start = c != '*';
-                }
-                '[' | '{' if value_start || flow > 0 => {
-                    flow += 1;
-                    entries += 1;
-                    if indents.len() + flow > MAX_DEPTH {
-                        return Some((Past::Depth, n + 1, i + 1));
-                    }
-                    value_start = true;
-                }
-                ']' | '}' if flow > 0 => {
-                    flow -= 1;
-                    value_start = false;
-                }
-                ',' if flow > 0 => {
-                    entries += 1;
-                    value_start = true;
-                }
-                ':' | '-' | '?'
-                    if chars.get(i + 1).is_none_or(|n| *n == ' ' || *n == '\t')
-                        || (flow > 0 && c == ':') =>
-                {
-                    value_start = true
-                }
-                '|' | '>' if value_start && flow == 0 => {
-                    block_scalar_above = Some(indent);
-                    break;
-                }
-                _ => {
-                    // A plain scalar: outside flow it runs to the end of the line (or
-                    // to a `: ` or ` #`); inside, to the next flow indicator.
-                    value_start = false;
-                    if flow == 0 {
-                        while i + 1 < chars.len()
-                            && !(chars[i + 1] == ':' && chars.get(i + 2).is_none_or(|n| *n == ' '))
-                            && !(chars[i + 1] == '#' && chars[i] == ' ')
-                        {
-                            i += 1;
-                        }
-                    }
-                }
-            }
-            if entries > MAX_ENTRIES {
-                return Some((Past::Entries, n + 1, i + 1));
-            }
-            i += 1;
+        if let Some((past, col)) = scan.line(&chars) {
+            return Some((past, n + 1, col));
         }
     }
     None
+}
+
+/// What [`past_limits`] carries from one line to the next.
+#[derive(Default)]
+struct Scan {
+    entries: usize,
+    /// The indentation of each open block level.
+    indents: Vec<usize>,
+    /// How many flow collections (`[`, `{`) are open.
+    flow: usize,
+    /// The quote character of an open quoted scalar.
+    quote: Option<char>,
+    /// A block scalar (`|`, `>`): its lines, indented deeper than this, are text.
+    block_scalar_above: Option<usize>,
+    /// Where a flow collection may open: at the start of a value, or inside one.
+    value_start: bool,
+}
+
+impl Scan {
+    /// Scans one line: the limit it goes past, if any, and the column where.
+    fn line(&mut self, chars: &[char]) -> Option<(Past, usize)> {
+        let indent = chars.iter().take_while(|c| **c == ' ').count();
+        let blank = chars[indent..].iter().all(|c| c.is_whitespace());
+        if let Some(parent) = self.block_scalar_above {
+            if blank || indent > parent {
+                return None;
+            }
+            self.block_scalar_above = None;
+        }
+        let mut i = indent;
+        if self.quote.is_none() && self.flow == 0 {
+            if blank || chars[i] == '#' {
+                return None;
+            }
+            i = match self.block_levels(chars, indent) {
+                Ok(content) => content,
+                Err(past) => return Some(past),
+            };
+        }
+        self.value_start = true;
+        while i < chars.len() {
+            if let Some(q) = self.quote {
+                i = self.in_quote(chars, i, q);
+            } else if self.structure(chars, indent, &mut i) == Line::Ends {
+                return None;
+            } else if self.flow + self.indents.len() > MAX_DEPTH {
+                return Some((Past::Depth, i + 1));
+            } else if self.entries > MAX_ENTRIES {
+                return Some((Past::Entries, i + 1));
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// The block levels a line opens: its indentation, and each `- ` or `? ` its content
+    /// starts with (`- - - x` and `? x` nest without indentation). Returns where the
+    /// content starts, or the limit it goes past.
+    fn block_levels(&mut self, chars: &[char], indent: usize) -> Result<usize, (Past, usize)> {
+        while self.indents.last().is_some_and(|&top| top > indent) {
+            self.indents.pop();
+        }
+        if self.indents.last() != Some(&indent) {
+            self.indents.push(indent);
+        }
+        self.entries += 1;
+        let mut i = indent;
+        while i + 1 < chars.len() && "-?".contains(chars[i]) && chars[i + 1] == ' ' {
+            i += 1;
+            while i < chars.len() && chars[i] == ' ' {
+                i += 1;
+            }
+            self.indents.push(i);
+            self.entries += 1;
+        }
+        if self.indents.len() > MAX_DEPTH {
+            return Err((Past::Depth, i + 1));
+        }
+        if self.entries > MAX_ENTRIES {
+            return Err((Past::Entries, indent + 1));
+        }
+        Ok(i)
+    }
+
+    /// One character `chars[i]` inside a quoted scalar opened by `q`: returns the index
+    /// of the last character it takes (an escape or a doubled `''` takes two).
+    fn in_quote(&mut self, chars: &[char], mut i: usize, q: char) -> usize {
+        let c = chars[i];
+        if q == '"' && c == '\\' {
+            i += 1;
+        } else if c == q {
+            if q == '\'' && chars.get(i + 1) == Some(&'\'') {
+                i += 1;
+            } else {
+                self.quote = None;
+                self.value_start = false;
+            }
+        }
+        i
+    }
+
+    /// One character outside quotes, at `*i` (moved to the last character it takes):
+    /// opens or closes quotes and flow collections, counts flow entries, and skips
+    /// comments, anchors, tags, aliases, block scalars and plain scalars.
+    fn structure(&mut self, chars: &[char], indent: usize, i: &mut usize) -> Line {
+        let c = chars[*i];
+        match c {
+            ' ' | '\t' => {}
+            '#' if *i == 0 || chars[*i - 1] == ' ' || chars[*i - 1] == '\t' => return Line::Ends,
+            '"' | '\'' if self.value_start => self.quote = Some(c),
+            // An anchor or a tag comes before the node it names; an alias is one.
+            '&' | '!' | '*' if self.value_start => {
+                while *i + 1 < chars.len() && !chars[*i + 1].is_whitespace() {
+                    *i += 1;
+                }
+                self.value_start = c != '*';
+            }
+            '[' | '{' if self.value_start || self.flow > 0 => {
+                self.flow += 1;
+                self.entries += 1;
+                self.value_start = true;
+            }
+            ']' | '}' if self.flow > 0 => {
+                self.flow -= 1;
+                self.value_start = false;
+            }
+            ',' if self.flow > 0 => {
+                self.entries += 1;
+                self.value_start = true;
+            }
+            ':' | '-' | '?'
+                if chars.get(*i + 1).is_none_or(|n| *n == ' ' || *n == '\t')
+                    || (self.flow > 0 && c == ':') =>
+            {
+                self.value_start = true
+            }
+            '|' | '>' if self.value_start && self.flow == 0 => {
+                self.block_scalar_above = Some(indent);
+                return Line::Ends;
+            }
+            _ => {
+                // A plain scalar: outside flow it runs to the end of the line (or
+                // to a `: ` or ` #`); inside, to the next flow indicator.
+                self.value_start = false;
+                if self.flow == 0 {
+                    while *i + 1 < chars.len()
+                        && !(chars[*i + 1] == ':' && chars.get(*i + 2).is_none_or(|n| *n == ' '))
+                        && !(chars[*i + 1] == '#' && chars[*i] == ' ')
+                    {
+                        *i += 1;
+                    }
+                }
+            }
+        }
+        Line::Goes
+    }
+}
+
+/// Whether the rest of a line can still open levels or entries.
+#[derive(PartialEq, Eq)]
+enum Line {
+    Goes,
+    /// A comment or a block scalar's indicator: the rest is text.
+    Ends,
 }
 
 #[cfg(test)]
