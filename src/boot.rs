@@ -1,7 +1,7 @@
 //! Starting at boot: a service the plan runs on a host must also start when the host
 //! boots, and one whose role left the host must not. The agent's observe reports each
 //! service's state (`enabled`: `systemctl is-enabled`, or an `S??NAME` link in
-//! /etc/rc2.d) and commit changes it (its request's `boot` entries; src/agent/boot.py).
+//! /etc/rc2.d) and commit changes it (its request's `boot` entries; src/agent/foobar_agent/boot.py).
 //! A service that is started or restarted is enabled by the agent as it starts, so only
 //! the others need an entry of their own.
 

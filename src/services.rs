@@ -2,7 +2,7 @@
 //! one check per service, sent with each action. The exit code of `systemctl reload` or
 //! of an init script is no proof (HAProxy in master-worker mode exits 0 when the new
 //! config fails to load), so the services whose config the tool owns are checked
-//! "live" (src/agent/live.py): HAProxy's runtime API answers from a new process with
+//! "live" (src/agent/foobar_agent/live.py): HAProxy's runtime API answers from a new process with
 //! the proxies of the config on disk, nginx's master has new workers and its port
 //! answers, MariaDB answers with the settings its .cnf asks for.
 

@@ -23,13 +23,13 @@ use crate::remote::agent::{FileState, HostState, ManifestEntry, ReleaseState, Se
 use crate::remote::Check;
 use crate::secrets::Secrets;
 
-/// The agent's manifest of managed files (agent.py: MANIFEST, written by `commit`).
+/// The agent's manifest of managed files (the agent's paths.py: MANIFEST, written by `commit`).
 pub const MANIFEST: &str = "/var/lib/foobar-infra/manifest.json";
 
 /// The first word of the script's answer when the host is in sync.
 pub const IN_SYNC: &str = "foobar-in-sync";
 
-/// Pid files the agent trusts for "running" (agent.py: PIDFILES; a unit test compares).
+/// Pid files the agent trusts for "running" (the agent's services.py: PIDFILES; a unit test compares).
 pub const PIDFILES: &[(&str, &str)] = &[
     ("foobar-app", "/run/foobar-app.pid"),
     ("nginx", "/run/nginx.pid"),
@@ -64,7 +64,7 @@ pub const PIDFILES: &[(&str, &str)] = &[
 /// without a pid file; `systemctl is-active` under systemd), `k PACKAGE` (dpkg's file
 /// list present), `u USER` (in /etc/passwd, else getent), `r ROOT=ID` (ROOT/current
 /// leads to release ID). The digest is the sha256 of "init INIT", then `stat` and
-/// `sha256sum` of the files, in item order. Same rules as agent.py's observe; where
+/// `sha256sum` of the files, in item order. Same rules as the agent's observe; where
 /// they could differ the script answers "not sure" and the agent decides.
 ///
 /// Ports (src/run/preflight.rs): a service that runs holds the port it needs (nginx's
@@ -328,7 +328,7 @@ impl Witness {
             .collect()
     }
 
-    /// The manifest file as the agent writes it (agent.py: json_lines, keys sorted,
+    /// The manifest file as the agent writes it (the agent's files.py: json_lines, keys sorted,
     /// then a newline), byte for byte.
     pub fn manifest_bytes(&self, init: Init) -> String {
         let lines: Vec<String> = self
@@ -634,7 +634,10 @@ pub(crate) mod tests {
 
     #[test]
     fn its_pid_files_are_the_agents() {
-        let agent = crate::remote::agent::AGENT;
+        let (_, agent) = crate::remote::agent::MODULES
+            .iter()
+            .find(|(name, _)| *name == "services")
+            .unwrap();
         let start = agent.find("PIDFILES = {").unwrap();
         let block = &agent[start..start + agent[start..].find('}').unwrap()];
         let listed: Vec<(String, String)> = block

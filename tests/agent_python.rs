@@ -1,16 +1,179 @@
-//! The agent's Python unit tests (tests/agent/test_*.py, stdlib unittest, temporary
-//! directories and stand-in commands: no Docker), run with the machine's python3.
+//! The agent as Python code, without Docker: its unit tests (tests/agent/test_*.py,
+//! stdlib unittest on temporary directories with stand-in commands) run with the
+//! machine's python3, and the bootstrap the tool puts in argv, run for real on the
+//! modules the tool sends (src/remote/agent.rs), with its cache in a temporary directory.
 
-use std::process::Command;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use foobar_infra::remote::agent;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const CACHE: &str = "/var/lib/foobar-infra/agent";
 
 #[test]
 fn the_agents_python_tests_pass() {
-    let root = env!("CARGO_MANIFEST_DIR");
     let out = Command::new("python3")
         .args(["-m", "unittest", "discover", "-s", "tests/agent", "-v"])
-        .current_dir(root)
+        .current_dir(ROOT)
         .output()
         .expect("python3 runs (it is what the hosts run the agent with)");
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
+}
+
+/// Every module of the package is sent, and nothing else.
+#[test]
+fn every_module_of_the_package_is_sent() {
+    let dir = Path::new(ROOT).join("src/agent/foobar_agent");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".py").map(str::to_string)
+        })
+        .filter(|name| name != "__main__") // `python3 -m foobar_agent`, by hand only
+        .collect();
+    on_disk.sort();
+    let mut sent: Vec<String> = agent::MODULES.iter().map(|(n, _)| n.to_string()).collect();
+    sent.sort();
+    assert_eq!(sent, on_disk);
+    for (name, source) in agent::MODULES {
+        let file = std::fs::read_to_string(dir.join(format!("{name}.py"))).unwrap();
+        assert_eq!(&file, source, "{name}.py is sent as it is on disk");
+    }
+}
+
+/// A temporary directory standing in for /var/lib/foobar-infra (removed on drop).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("foobar-agent-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn cache(&self) -> PathBuf {
+        self.0.join("agent")
+    }
+
+    fn package(&self) -> PathBuf {
+        self.cache()
+            .join(format!("foobar_agent_{}", agent::agent_id()))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the agent as the tool starts it (argv and stdin), its cache moved to `cache`.
+fn run_agent(cache: &Path, mode: &[&str], stdin: &[u8]) -> Output {
+    let mut argv = agent::argv(mode);
+    assert!(argv[4].contains(CACHE), "the bootstrap names its cache");
+    argv[4] = argv[4].replace(CACHE, cache.to_str().unwrap());
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The agent's answer to a request it refuses (no host state read or written): proof
+/// that the package loaded and dispatched it.
+fn answers_unknown_op(cache: &Path) {
+    let out = run_agent(
+        cache,
+        &[],
+        &agent::one_shot_stdin(br#"{"op": "no-such-op"}"#),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("unknown op 'no-such-op'"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// The bootstrap keeps the modules as a package in a root-only cache, compiled once,
+/// rewrites a module whose bytes differ (a tampered copy never runs), and runs from
+/// memory where the cache is not root-only.
+#[test]
+fn the_bootstrap_caches_the_package_and_never_runs_a_tampered_module() {
+    let scratch = Scratch::new("cache");
+    let (cache, package) = (scratch.cache(), scratch.package());
+    answers_unknown_op(&cache);
+    let core = package.join("core.py");
+    let genuine = read(&core);
+    for (name, source) in agent::MODULES {
+        assert_eq!(&read(&package.join(format!("{name}.py"))), source);
+    }
+    let compiled: Vec<_> = std::fs::read_dir(package.join("__pycache__"))
+        .expect("compiled into the package's __pycache__")
+        .collect();
+    assert!(compiled.len() >= agent::MODULES.len() - 1, "{compiled:?}");
+
+    std::fs::write(&core, "raise SystemExit(99)\n").unwrap();
+    answers_unknown_op(&cache);
+    assert_eq!(read(&core), genuine, "the tampered module is rewritten");
+
+    // A cache others could write: the modules run from memory, the copy stays as is.
+    chmod(&cache, 0o777);
+    std::fs::write(&core, "raise SystemExit(99)\n").unwrap();
+    answers_unknown_op(&cache);
+    assert_eq!(read(&core), "raise SystemExit(99)\n");
+    chmod(&cache, 0o700);
+    answers_unknown_op(&cache);
+    assert_eq!(read(&core), genuine);
+
+    // The same for the package's own directory.
+    chmod(&package, 0o755);
+    std::fs::write(&core, "raise SystemExit(99)\n").unwrap();
+    answers_unknown_op(&cache);
+    assert_eq!(read(&core), "raise SystemExit(99)\n");
+}
+
+/// A serving agent answers framed requests, one line each, until stdin closes.
+#[test]
+fn a_serving_agent_answers_each_framed_request() {
+    let scratch = Scratch::new("serve");
+    let mut stdin = agent::bundle().to_vec();
+    for op in ["first", "second"] {
+        stdin.extend(agent::framed(format!(r#"{{"op": "{op}"}}"#).as_bytes()));
+    }
+    let out = run_agent(&scratch.cache(), &["serve"], &stdin);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].contains("'first'") && lines[1].contains("'second'"),
+        "{text}"
+    );
 }

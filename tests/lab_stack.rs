@@ -383,10 +383,11 @@ fn status_reports_lag_and_backends_and_fails_on_a_stopped_sql_thread() {
 #[test]
 fn the_agents_socket_sql_reads_what_the_mariadb_client_prints() {
     let Some(_g) = setup() else { return };
-    let script = r#"
-import sys
-g = {"__name__": "agent"}
-exec(compile(sys.stdin.read(), "agent", "exec"), g)
+    // The agent's package, loaded as the tool's bootstrap loads it (as `a`).
+    let script = format!(
+        "{}{}",
+        foobar_infra::remote::agent::LOADER,
+        r#"
 q = ["SELECT 'vars' AS tag, @@server_id, @@read_only, @@gtid_current_pos, @@datadir;",
      "SELECT 'user' AS tag, User, Host, authentication_string FROM mysql.user ORDER BY User, Host;",
      "SHOW GRANTS FOR 'nobody'@'nowhere';",
@@ -395,14 +396,17 @@ q = ["SELECT 'vars' AS tag, @@server_id, @@read_only, @@gtid_current_pos, @@data
      "SHOW SLAVE STATUS;"]
 for u in ("root@localhost",):
     q.append("SHOW GRANTS FOR %s;" % "@".join("'%s'" % p for p in u.split("@")))
-native = g["native_batch"](q)
-code, client, err = g["capture"](["mariadb", "--batch", "--raw", "--force"], data="\n".join(q).encode())
+native = a.db.native_batch(q)
+code, client, err = a.proc.capture(["mariadb", "--batch", "--raw", "--force"], data="\n".join(q).encode())
 print("EQUAL" if native == client else "DIFFER\n%r\n%r" % (native, client))
-"#;
+"#
+    );
+    let length = foobar_infra::remote::agent::bundle().len().to_string();
     for host in ["web-01", "web-02"] {
         let mut child = std::process::Command::new("docker")
             .args(["exec", "-i", &container(host)])
-            .args(["python3", "-I", "-S", "-c", script])
+            .args(["python3", "-I", "-S", "-c", &script])
+            .args([foobar_infra::remote::agent::agent_id(), &length])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -413,7 +417,7 @@ print("EQUAL" if native == client else "DIFFER\n%r\n%r" % (native, client))
             .stdin
             .take()
             .unwrap()
-            .write_all(foobar_infra::remote::agent::AGENT.as_bytes())
+            .write_all(foobar_infra::remote::agent::bundle())
             .unwrap();
         let out = child.wait_with_output().unwrap();
         let said = String::from_utf8_lossy(&out.stdout);

@@ -1,7 +1,7 @@
-//! The agent protocol from the tool's side: how `src/agent/agent.py` is started on a
-//! host (one exec request, the script and the request(s) on stdin, so argv holds no
-//! data), how requests are framed for an agent that serves a whole run, and the typed
-//! answers it gives.
+//! The agent protocol from the tool's side: how the agent (the Python package
+//! src/agent/foobar_agent/) is started on a host (one exec request, its modules and the
+//! request(s) on stdin, so argv holds no data), how requests are framed for an agent
+//! that serves a whole run, and the typed answers it gives.
 
 use std::collections::BTreeMap;
 
@@ -11,73 +11,150 @@ use serde_json::Value;
 
 use super::{Check, Checked, ExecOutput, Remote};
 
-/// The agent script, embedded in the binary: the core, the database operations, and
-/// the entry point last.
-pub const AGENT: &str = concat!(
-    include_str!("../agent/agent.py"),
-    include_str!("../agent/boot.py"),
-    include_str!("../agent/db.py"),
-    include_str!("../agent/release.py"),
-    include_str!("../agent/firewall.py"),
-    include_str!("../agent/ports.py"),
-    include_str!("../agent/live.py"),
-    include_str!("../agent/daemon.py"),
-    include_str!("../agent/run.py"),
-);
+/// The agent's modules, embedded in the binary: (module name, source) of each file of
+/// the `foobar_agent` package (src/agent/foobar_agent/; a test checks that every file
+/// there is listed). Sent in this order.
+pub const MODULES: &[(&str, &str)] = &[
+    (
+        "__init__",
+        include_str!("../agent/foobar_agent/__init__.py"),
+    ),
+    ("paths", include_str!("../agent/foobar_agent/paths.py")),
+    ("core", include_str!("../agent/foobar_agent/core.py")),
+    ("proc", include_str!("../agent/foobar_agent/proc.py")),
+    ("files", include_str!("../agent/foobar_agent/files.py")),
+    ("state", include_str!("../agent/foobar_agent/state.py")),
+    ("session", include_str!("../agent/foobar_agent/session.py")),
+    ("lock", include_str!("../agent/foobar_agent/lock.py")),
+    ("boot", include_str!("../agent/foobar_agent/boot.py")),
+    ("haproxy", include_str!("../agent/foobar_agent/haproxy.py")),
+    (
+        "services",
+        include_str!("../agent/foobar_agent/services.py"),
+    ),
+    ("db", include_str!("../agent/foobar_agent/db.py")),
+    (
+        "db_restore",
+        include_str!("../agent/foobar_agent/db_restore.py"),
+    ),
+    ("live", include_str!("../agent/foobar_agent/live.py")),
+    (
+        "packages",
+        include_str!("../agent/foobar_agent/packages.py"),
+    ),
+    ("release", include_str!("../agent/foobar_agent/release.py")),
+    ("ports", include_str!("../agent/foobar_agent/ports.py")),
+    ("observe", include_str!("../agent/foobar_agent/observe.py")),
+    (
+        "validate",
+        include_str!("../agent/foobar_agent/validate.py"),
+    ),
+    ("stage", include_str!("../agent/foobar_agent/stage.py")),
+    (
+        "firewall",
+        include_str!("../agent/foobar_agent/firewall.py"),
+    ),
+    ("actions", include_str!("../agent/foobar_agent/actions.py")),
+    ("commit", include_str!("../agent/foobar_agent/commit.py")),
+    ("ops", include_str!("../agent/foobar_agent/ops.py")),
+    ("daemon", include_str!("../agent/foobar_agent/daemon.py")),
+    ("main", include_str!("../agent/foobar_agent/main.py")),
+];
 
-/// The fixed bootstrap in argv (`python3 -I -S -c BOOTSTRAP ID LENGTH [serve]`): reads
-/// the script (LENGTH bytes) from stdin, keeps it as `/var/lib/foobar-infra/agent/
-/// foobar_agent_ID.py` (root-only directory; rewritten whenever its bytes differ) and
-/// imports it from there, so that Python compiles it once per version, not on every
-/// call; where that fails (read-only disk, a directory others can write) it compiles
-/// the script in memory. Then the agent reads its request(s) from the rest of stdin.
-const BOOTSTRAP: &str = "import sys,os
+/// What the tool sends as the agent (the bootstrap reads it from stdin, LENGTH bytes):
+/// one header line `NAME:SIZE NAME:SIZE ...`, then the modules' sources in that order.
+pub fn bundle() -> &'static [u8] {
+    static BUNDLE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BUNDLE.get_or_init(|| {
+        let header: Vec<String> = MODULES
+            .iter()
+            .map(|(name, source)| format!("{name}:{}", source.len()))
+            .collect();
+        let mut bundle = format!("{}\n", header.join(" ")).into_bytes();
+        for (_, source) in MODULES {
+            bundle.extend_from_slice(source.as_bytes());
+        }
+        bundle
+    })
+}
+
+/// The fixed loader at the start of the bootstrap (`python3 -I -S -c BOOTSTRAP ID
+/// LENGTH [mode]`): reads the agent's modules ([`bundle`], LENGTH bytes) from stdin and
+/// keeps them as the package `/var/lib/foobar-infra/agent/foobar_agent_ID/` (a
+/// root-only directory, and the package's own directory root-only too; each module
+/// rewritten, its compiled copy dropped, whenever its bytes differ) and imports it
+/// from there as `a`, so that Python compiles each module once per version, not on
+/// every call; where that fails (read-only disk, a directory others can write) it
+/// imports the modules from memory (a finder on `sys.meta_path`). The modules import
+/// each other relatively, so the package's name does not matter to them.
+pub const LOADER: &str = "import sys,os
 h,n=sys.argv[1],int(sys.argv[2]);s=sys.stdin.buffer.read(n)
-d='/var/lib/foobar-infra/agent';m='foobar_agent_'+h
+i=s.index(b'\\n');o=i+1;m={}
+for e in s[:i].decode().split():
+ k,l=e.split(':');l=int(l);m[k]=s[o:o+l];o+=l
+d='/var/lib/foobar-infra/agent';p='foobar_agent_'+h;g=d+'/'+p
 try:
- for p in(os.path.dirname(d),d):
-  try:os.mkdir(p,0o700)
+ for q in(os.path.dirname(d),d,g):
+  try:os.mkdir(q,0o700)
   except FileExistsError:pass
- t=os.stat(d)
- if t.st_uid!=os.geteuid() or t.st_mode&0o077:raise OSError('unsafe '+d)
- f='%s/%s.py'%(d,m)
- try:
-  with open(f,'rb')as x:c=x.read()==s
- except OSError:c=False
- if not c:
-  t='%s.%d'%(f,os.getpid())
-  with open(t,'wb')as x:x.write(s)
-  os.rename(t,f)
-  try:os.unlink('%s/__pycache__/%s.%s.pyc'%(d,m,sys.implementation.cache_tag))
-  except OSError:pass
- sys.path.insert(0,d);a=__import__(m)
+ for q in(d,g):
+  t=(os.stat if q==d else os.lstat)(q)
+  if t.st_uid!=os.geteuid()or t.st_mode&0o077:raise OSError('unsafe '+q)
+ for k,b in m.items():
+  f='%s/%s.py'%(g,k)
+  try:
+   with open(f,'rb')as x:c=x.read()==b
+  except OSError:c=False
+  if not c:
+   t='%s.%d'%(f,os.getpid())
+   with open(t,'wb')as x:x.write(b)
+   os.rename(t,f)
+   try:os.unlink('%s/__pycache__/%s.%s.pyc'%(g,k,sys.implementation.cache_tag))
+   except OSError:pass
+ sys.path.insert(0,d);a=__import__(p)
 except(OSError,ImportError):
- import types;a=types.ModuleType(m);exec(compile(s,'foobar-agent','exec'),a.__dict__)
-a.entry(sys.argv[3:])";
+ import importlib.machinery as u
+ for q in[q for q in sys.modules if q.split('.')[0]==p]:del sys.modules[q]
+ class F:
+  def find_spec(self,q,w=None,t=None):
+   k='__init__'if q==p else q[len(p)+1:]if q.startswith(p+'.')else None
+   if k in m:return u.ModuleSpec(q,self,is_package=k=='__init__')
+  def create_module(self,c):pass
+  def exec_module(self,o):
+   k=o.__name__[len(p)+1:]or'__init__';exec(compile(m[k],'foobar-agent/%s.py'%k,'exec'),o.__dict__)
+ sys.meta_path.insert(0,F());a=__import__(p)
+";
 
-/// The agent's version id: the first 16 hex digits of its sha256 (names its cached copy).
+/// The bootstrap in argv: [`LOADER`], then the agent's entry point with the mode.
+fn bootstrap() -> &'static str {
+    static BOOTSTRAP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOTSTRAP.get_or_init(|| format!("{LOADER}a.entry(sys.argv[3:])"))
+}
+
+/// The agent's version id: the first 16 hex digits of the sha256 of everything sent as
+/// the agent (names its cached copy).
 pub fn agent_id() -> &'static str {
     use sha2::{Digest, Sha256};
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ID.get_or_init(|| hex::encode(&Sha256::digest(AGENT.as_bytes())[..8]))
+    ID.get_or_init(|| hex::encode(&Sha256::digest(bundle())[..8]))
 }
 
 /// The agent's argv. `mode`: none, one request to end of input; `["serve"]`, framed
 /// requests until stdin closes; `["listen", ID, SECONDS]`, start the kept agent (daemon.py).
 pub fn argv(mode: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["python3", "-I", "-S", "-c", BOOTSTRAP, agent_id()]
+    let mut v: Vec<String> = ["python3", "-I", "-S", "-c", bootstrap(), agent_id()]
         .iter()
         .map(|s| s.to_string())
         .collect();
-    v.push(AGENT.len().to_string());
+    v.push(bundle().len().to_string());
     v.extend(mode.iter().map(|m| m.to_string()));
     v
 }
 
-/// stdin of a one-request agent: the script, then the request.
+/// stdin of a one-request agent: the modules, then the request.
 pub fn one_shot_stdin(request: &[u8]) -> Vec<u8> {
-    let mut stdin = Vec::with_capacity(AGENT.len() + request.len());
-    stdin.extend_from_slice(AGENT.as_bytes());
+    let mut stdin = Vec::with_capacity(bundle().len() + request.len());
+    stdin.extend_from_slice(bundle());
     stdin.extend_from_slice(request);
     stdin
 }

@@ -564,9 +564,9 @@ impl SshRemote {
             }
             e
         });
-        // The script first; a host without python3 shows up at the first request.
+        // The agent's modules first; a host without python3 shows up at the first request.
         if check.is_none() {
-            let _ = stdin.write_all(agent::AGENT.as_bytes()).await;
+            let _ = stdin.write_all(agent::bundle()).await;
         }
         Ok(AgentProcess {
             child,
@@ -632,10 +632,10 @@ impl Remote for SshRemote {
         }
         let mut proc = self.start_agent(op, Some(check)).await?;
         self.printer.detail("Agent", format!("{} {op}", self.name));
-        // The check's line, the script and the request in one go, while the answer is
+        // The check's line, the agent's modules and the request in one go, while the answer is
         // read: a check that answers alone reads none of the rest.
         let mut input = check.first_line.clone();
-        input.extend_from_slice(agent::AGENT.as_bytes());
+        input.extend_from_slice(agent::bundle());
         input.extend_from_slice(&agent::framed(&request));
         let mut line = Vec::new();
         let read = {

@@ -1,32 +1,20 @@
-"""The agent's start-at-boot code (src/agent/boot.py) on temporary directories, with
-stand-ins for update-rc.d and systemctl that keep Debian's rules: `update-rc.d NAME
-defaults` adds links only where there are none, `enable` and `disable` turn K links
-into S links and back (and fail when there are no links), `remove` deletes them.
+"""The agent's start-at-boot code (src/agent/foobar_agent/boot.py) on temporary
+directories, with stand-ins for update-rc.d and systemctl that keep Debian's rules:
+`update-rc.d NAME defaults` adds links only where there are none, `enable` and
+`disable` turn K links into S links and back (and fail when there are no links),
+`remove` deletes them.
 
 Run: python3 -m unittest discover -s tests/agent (cargo test --test agent_python runs it).
 """
 
 import os
-import re
 import shutil
 import tempfile
-import types
 import unittest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def load_agent():
-    """The agent as the tool embeds it (the fragments named in src/remote/agent.rs)."""
-    with open(os.path.join(ROOT, "src/remote/agent.rs")) as f:
-        names = re.findall(r'include_str!\("\.\./agent/(\w+\.py)"\)', f.read())
-    source = ""
-    for n in names:
-        with open(os.path.join(ROOT, "src/agent", n)) as f:
-            source += f.read()
-    agent = types.ModuleType("foobar_agent_test")
-    exec(compile(source, "foobar-agent", "exec"), agent.__dict__)
-    return agent
+from agent_support import AgentTest
+from foobar_agent import boot, ops
+from foobar_agent.core import AgentError
 
 
 UPDATE_RC_D = r"""#!/bin/sh
@@ -67,9 +55,8 @@ esac
 """
 
 
-class Boot(unittest.TestCase):
+class Boot(AgentTest):
     def setUp(self):
-        self.agent = load_agent()
         self.dir = tempfile.mkdtemp()
         self.etc = os.path.join(self.dir, "etc")
         for d in ("rc2.d", "init.d", "systemd/system", "bin"):
@@ -84,9 +71,9 @@ class Boot(unittest.TestCase):
         self.saved_env = dict(os.environ)
         os.environ.update(FAKE_ETC=self.etc, FAKE_LOG=self.log,
                           PATH=os.path.join(self.etc, "bin") + ":" + os.environ.get("PATH", ""))
-        self.agent.RC_DIR = os.path.join(self.etc, "rc2.d")
-        self.agent.INIT_D = os.path.join(self.etc, "init.d")
-        self.agent.UNIT_DIRS = (os.path.join(self.etc, "systemd/system"),)
+        self.put(boot, "RC_DIR", os.path.join(self.etc, "rc2.d"))
+        self.put(boot, "INIT_D", os.path.join(self.etc, "init.d"))
+        self.put(boot, "UNIT_DIRS", (os.path.join(self.etc, "systemd/system"),))
 
     def tearDown(self):
         os.environ.clear()
@@ -110,7 +97,7 @@ class Boot(unittest.TestCase):
     def test_sysv_an_S_link_in_rc2_is_enabled_a_K_link_or_none_is_not(self):
         for n in ("S01nginx", "K01haproxy", "S02prometheus-nginx-exporter", "S01foobar-app"):
             self.link(n)
-        self.assertEqual(self.agent.boot_enabled(["nginx", "haproxy", "mariadb", "foobar-app"], "sysv"),
+        self.assertEqual(boot.boot_enabled(["nginx", "haproxy", "mariadb", "foobar-app"], "sysv"),
                          {"nginx": True, "haproxy": False, "mariadb": False, "foobar-app": True})
         self.assertEqual(self.calls(), [])  # no process
 
@@ -118,16 +105,16 @@ class Boot(unittest.TestCase):
         # `update-rc.d nginx disable` left K links: `defaults` alone keeps them.
         self.script("nginx")
         self.link("K01nginx")
-        self.agent.enable_service("nginx", "sysv")
+        boot.enable_service("nginx", "sysv")
         self.assertEqual(self.rc(), ["S01nginx"])
         self.assertEqual(self.calls(), ["update-rc.d nginx defaults", "update-rc.d nginx enable"])
         # Never linked at all: `defaults` links it, `enable` finds it enabled.
         self.script("foobar-app")
-        self.agent.enable_service("foobar-app", "sysv")
+        boot.enable_service("foobar-app", "sysv")
         self.assertIn("S01foobar-app", self.rc())
         # Already enabled: nothing runs.
         before = len(self.calls())
-        self.agent.enable_service("nginx", "sysv")
+        boot.enable_service("nginx", "sysv")
         self.assertEqual(len(self.calls()), before)
 
     def test_commit_entries_change_boot_and_undo_puts_it_back(self):
@@ -135,36 +122,36 @@ class Boot(unittest.TestCase):
         self.script("foobar-app")
         self.link("K01nginx")
         self.link("S01foobar-app")
-        entries = self.agent.check_boot([{"service": "nginx", "enable": True},
+        entries = boot.check_boot([{"service": "nginx", "enable": True},
                                          {"service": "foobar-app", "enable": False}])
         done = []
-        self.agent.apply_boot(entries, "sysv", done)
+        boot.apply_boot(entries, "sysv", done)
         self.assertEqual(self.rc(), ["K01foobar-app", "S01nginx"])
         self.assertEqual(done, entries)
         # Applied twice: nothing more to do.
         again = []
-        self.agent.apply_boot(entries, "sysv", again)
+        boot.apply_boot(entries, "sysv", again)
         self.assertEqual(again, [])
-        self.assertEqual(self.agent.undo_boot(done, "sysv"), [])
+        self.assertEqual(boot.undo_boot(done, "sysv"), [])
         self.assertEqual(self.rc(), ["K01nginx", "S01foobar-app"])
 
     def test_the_links_of_a_removed_init_script_are_removed(self):
         self.script("foobar-app")
         self.link("S01foobar-app")
         done = []
-        self.agent.apply_boot([{"service": "foobar-app", "enable": False}], "sysv", done)
+        boot.apply_boot([{"service": "foobar-app", "enable": False}], "sysv", done)
         os.unlink(os.path.join(self.etc, "init.d", "foobar-app"))  # the commit deleted it
-        self.agent.drop_dangling(done, "sysv")
+        boot.drop_dangling(done, "sysv")
         self.assertEqual(self.rc(), [])
 
     def test_a_failed_change_names_the_service_and_the_tools_words(self):
-        with self.assertRaises(self.agent.AgentError) as e:
-            self.agent.apply_boot([{"service": "nginx", "enable": True}], "sysv", [])
+        with self.assertRaises(AgentError) as e:
+            boot.apply_boot([{"service": "nginx", "enable": True}], "sysv", [])
         self.assertEqual(e.exception.service, "nginx")
         self.assertIn("enabling nginx at boot failed", e.exception.message)
         for bad in ("nginx", [{"service": "nginx"}], [{"service": "a b", "enable": True}]):
-            with self.assertRaises(self.agent.AgentError):
-                self.agent.check_boot(bad)
+            with self.assertRaises(AgentError):
+                boot.check_boot(bad)
 
     def test_systemd_one_call_init_script_only_names_first_and_its_states(self):
         units = os.path.join(self.etc, "systemd/system")
@@ -174,15 +161,15 @@ class Boot(unittest.TestCase):
         with open(os.path.join(self.etc, "states"), "w") as f:
             f.write("nginx enabled\nfoobar-app disabled\ndbus static\nruntime enabled-runtime\nlegacy enabled\n")
         names = ["nginx", "foobar-app", "dbus", "runtime", "legacy", "gone"]
-        self.assertEqual(self.agent.boot_enabled(names, "systemd"),
+        self.assertEqual(boot.boot_enabled(names, "systemd"),
                          {"nginx": True, "foobar-app": False, "dbus": True, "runtime": False,
                           "legacy": True, "gone": False})
         # systemctl hands init-script-only names to systemd-sysv-install and answers them
         # first; a name with neither is not asked (systemd 252 would stop there).
         self.assertEqual(self.calls(), ["systemctl is-enabled legacy nginx foobar-app dbus runtime"])
         done = []
-        self.agent.apply_boot([{"service": "foobar-app", "enable": True}], "systemd", done)
-        self.assertEqual(self.agent.boot_enabled(["foobar-app"], "systemd"), {"foobar-app": True})
+        boot.apply_boot([{"service": "foobar-app", "enable": True}], "systemd", done)
+        self.assertEqual(boot.boot_enabled(["foobar-app"], "systemd"), {"foobar-app": True})
         self.assertIn("systemctl enable foobar-app", self.calls())
 
     def test_systemd_an_answer_short_of_a_line_is_asked_again_one_name_at_a_time(self):
@@ -192,14 +179,14 @@ class Boot(unittest.TestCase):
         with open(os.path.join(self.etc, "states"), "w") as f:
             f.write("nginx enabled\nfoobar-app disabled\n")
         os.environ["FAKE_252"] = "1"
-        self.assertEqual(self.agent.boot_enabled(["nginx", "stale", "foobar-app"], "systemd"),
+        self.assertEqual(boot.boot_enabled(["nginx", "stale", "foobar-app"], "systemd"),
                          {"nginx": True, "stale": None, "foobar-app": False})
         self.assertEqual(len(self.calls()), 4)
 
     def test_observe_reports_each_service_enabled_or_not(self):
         self.link("S01nginx")
         self.link("K01haproxy")
-        answer = self.agent.handle(b'{"op": "observe", "services": ["nginx", "haproxy"]}')
+        answer = ops.handle(b'{"op": "observe", "services": ["nginx", "haproxy"]}')
         if answer["init"] != "sysv":
             self.skipTest("this machine runs systemd")
         self.assertTrue(answer["services"]["nginx"]["enabled"])

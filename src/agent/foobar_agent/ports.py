@@ -1,19 +1,22 @@
+"""Who listens on the TCP ports the stack needs: observe's "ports" ([{"port": N, "service": UNIT, "names": [NAME...]}],
+src/run/preflight.rs) are looked up among the host's listening TCP sockets, and each
+socket's holder is found through /proc/PID/fd (root reads them all). The tool decides
+what is a conflict. The service's pid file, then the processes called one of
+"names", are read first: a host whose ports are held by their own services costs a
+few directory listings, and one with nothing listening none.
 
+The sockets come from the kernel's sock_diag netlink interface, asking for listening
+sockets only (what `ss -ltn` does): reading /proc/net/tcp walks every bucket of the
+established-connection table however few sockets there are (16 ms per file measured
+on the lab's machine kind, 262,144 buckets; 0.3 ms for both families by netlink).
+/proc/net/tcp and tcp6 (state 0A) remain the fallback where netlink is refused."""
 
-# ================================================================ ports (ports.py)
-# Appended to agent.py when the tool embeds the agent. Who listens on the TCP ports the
-# stack needs: observe's "ports" ([{"port": N, "service": UNIT, "names": [NAME...]}],
-# src/run/preflight.rs) are looked up among the host's listening TCP sockets, and each
-# socket's holder is found through /proc/PID/fd (root reads them all). The tool decides
-# what is a conflict. The service's pid file, then the processes called one of
-# "names", are read first: a host whose ports are held by their own services costs a
-# few directory listings, and one with nothing listening none.
-#
-# The sockets come from the kernel's sock_diag netlink interface, asking for listening
-# sockets only (what `ss -ltn` does): reading /proc/net/tcp walks every bucket of the
-# established-connection table however few sockets there are (16 ms per file measured
-# on the lab's machine kind, 262,144 buckets; 0.3 ms for both families by netlink).
-# /proc/net/tcp and tcp6 (state 0A) remain the fallback where netlink is refused.
+import os
+import sys
+
+from .core import AgentError, name_ok, safe_name
+from .services import service_pid
+
 
 TCP_LISTEN = 10  # 0A in /proc/net/tcp
 

@@ -1,18 +1,25 @@
+"""A reload or restart counts only when the service itself shows the new config running.
+The exit code of `systemctl reload` or of an init script is no proof: HAProxy in
+master-worker mode exits 0 when its new config fails to load (a port held by another
+process), and keeps serving the old one; nginx's master keeps its old workers when a
+reload fails. So the agent looks before the action (`live_snapshot`) and after it
+(`live_problem`): a new HAProxy process answering its runtime API with the proxies of
+the config on disk; new nginx workers under the master; MariaDB answering with the
+settings its .cnf asks for. The request's check says which proof applies:
+  {"live": "haproxy", "config": PATH, "timeout_s": N}
+  {"live": "nginx", "tcp": ["127.0.0.1:80"], "timeout_s": N}
+  {"live": "mariadb", "config": PATH, "timeout_s": N}
+(sent by the tool, src/services.rs)."""
 
+import os
+import time
 
-# ================================================================ live.py
-# A reload or restart counts only when the service itself shows the new config running.
-# The exit code of `systemctl reload` or of an init script is no proof: HAProxy in
-# master-worker mode exits 0 when its new config fails to load (a port held by another
-# process), and keeps serving the old one; nginx's master keeps its old workers when a
-# reload fails. So the agent looks before the action (`live_snapshot`) and after it
-# (`live_problem`): a new HAProxy process answering its runtime API with the proxies of
-# the config on disk; new nginx workers under the master; MariaDB answering with the
-# settings its .cnf asks for. The request's check says which proof applies:
-#   {"live": "haproxy", "config": PATH, "timeout_s": N}
-#   {"live": "nginx", "tcp": ["127.0.0.1:80"], "timeout_s": N}
-#   {"live": "mariadb", "config": PATH, "timeout_s": N}
-# (sent by the tool, src/services.rs).
+from .core import AgentError, SEVERE, headline, now, tail
+from .db import run_sql
+from .haproxy import HAPROXY_SOCKET, haproxy_cmd, haproxy_stat_rows
+from .proc import capture, run
+from .services import PIDFILES, log_tail, service_pid, service_running
+
 
 LIVE_KINDS = ("haproxy", "nginx", "mariadb")
 
@@ -206,3 +213,59 @@ def live_confirm(name, check, before, action, since, init, out=""):
     said = service_message(name, since, init)
     best = severe_line(said) or severe_line(out)
     return ("%s (%s says: %s)" % (problem, name, best) if best else problem) + said
+
+
+def run_check(name, check, init, before=None, action=None, since=0.0, out=""):
+    """Poll a health check (validated by check_actions). None on success, else what failed.
+    A "live" check (live.py) compares what runs after the action with `before`."""
+    if not check:
+        return None
+    if "live" in check:
+        return live_confirm(name, check, before or {}, action, since, init, out)
+    if "tcp" in check:
+        deadline = now() + float(check.get("timeout_s", 10))
+        host, _, port = str(check["tcp"]).rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        last = ""
+        while True:
+            try:
+                tcp_connect(host, int(port), max(0.2, min(2.0, deadline - now())))
+                return None
+            except (OSError, ValueError) as e:
+                last = str(e)
+            if now() >= deadline:
+                return "no TCP connection to %s within %ss: %s" % (check["tcp"], check.get("timeout_s", 10), last)
+            time.sleep(0.2)
+    if "command" in check:
+        argv = check["command"]
+        deadline = now() + float(check.get("timeout_s", 30))
+        while True:
+            code, out = run(argv, timeout=max(1.0, min(10.0, deadline - now())))
+            if code == 0:
+                return None
+            if now() >= deadline:
+                return "check %s exited %s within %ss:\n%s" % (" ".join(argv), code, check.get("timeout_s", 30), tail(out, 2000))
+            time.sleep(0.2)
+    deadline = now() + float(check.get("timeout_s", 10))  # {"running": true}
+    while not service_running(name, init):
+        if now() >= deadline:
+            return "%s is not running after %ss" % (name, check.get("timeout_s", 10))
+        time.sleep(0.2)
+    return None
+
+
+def tcp_connect(host, port, timeout):
+    """Open and close a TCP connection (the socket module costs ~7 ms to import)."""
+    import _socket
+    last = OSError("no address for %s" % host)
+    for family, kind, proto, _, addr in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
+        s = _socket.socket(family, kind, proto)
+        try:
+            s.settimeout(timeout)
+            s.connect(addr)
+            return
+        except OSError as e:
+            last = e
+        finally:
+            s.close()
+    raise last

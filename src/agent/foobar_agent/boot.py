@@ -1,9 +1,12 @@
+"""Starting at boot: whether a service starts when the host boots (observe reports it for
+every service it is asked about), and the changes commit makes to it ("boot" entries of
+its request; every start or restart also enables: enable_service, from services.py)."""
 
+import os
 
-# ================================================================ boot.py
-# Starting at boot: whether a service starts when the host boots (observe reports it for
-# every service it is asked about), and the changes commit makes to it ("boot" entries of
-# its request; every start or restart also enables, agent.py: enable_service).
+from .core import AgentError, headline, safe_name, tail
+from .proc import capture, run
+
 
 RC_DIR = "/etc/rc2.d"  # Debian's default runlevel
 INIT_D = "/etc/init.d"
@@ -122,3 +125,12 @@ def drop_dangling(done, init):
     for b in done:
         if not b["enable"] and not os.path.exists(os.path.join(INIT_D, b["service"])):
             run(["update-rc.d", b["service"], "remove"], timeout=60)
+
+
+def enable_service(name, init):
+    """Start at boot (boot.py), also when it was disabled (`update-rc.d NAME disable`,
+    `systemctl disable`); nothing when it already starts at boot. Best effort: the
+    next observe reports a service that is still off at boot."""
+    if init == "systemd" or os.path.exists(os.path.join(INIT_D, name)):
+        if boot_enabled([name], init).get(name) is not True:
+            set_boot(name, True, init)

@@ -1,19 +1,26 @@
+"""The agent kept between runs
+(`--persist SECONDS`): the same requests as `serve`, answered by a daemon on a Unix
+socket that the tool reaches through its kept SSH master (a forwarded socket, no new
+exec request, no Python start). Who may reach it (SECURITY.md, finding 6):
+  * logged in as root: the socket is /run/foobar-infra/root/agent-ID.0.sock, root's,
+    0600, in a directory only root can enter (0700): no other user can connect;
+  * logged in as another user (sudo): sshd connects as that user, so the socket is
+    /run/foobar-infra/agent-ID.UID.sock, that user's, 0600 (the directory 0711 root),
+    and each connection must first send the daemon's token: 32 random bytes kept
+    root-only in /run/foobar-infra/root/ and given only to the tool, in the answer to
+    `listen` (which runs through sudo). Other processes of that user get no greeting.
+Every connection sends the token, root's too. The daemon exits once no connection has
+been open for SECONDS, or when its socket is gone."""
 
+import json
+import os
+import stat
 
-# ================================================================ daemon.py
-# Appended to agent.py when the tool embeds the agent. The agent kept between runs
-# (`--persist SECONDS`): the same requests as `serve`, answered by a daemon on a Unix
-# socket that the tool reaches through its kept SSH master (a forwarded socket, no new
-# exec request, no Python start). Who may reach it (SECURITY.md, finding 6):
-#   * logged in as root: the socket is /run/foobar-infra/root/agent-ID.0.sock, root's,
-#     0600, in a directory only root can enter (0700): no other user can connect;
-#   * logged in as another user (sudo): sshd connects as that user, so the socket is
-#     /run/foobar-infra/agent-ID.UID.sock, that user's, 0600 (the directory 0711 root),
-#     and each connection must first send the daemon's token: 32 random bytes kept
-#     root-only in /run/foobar-infra/root/ and given only to the tool, in the answer to
-#     `listen` (which runs through sudo). Other processes of that user get no greeting.
-# Every connection sends the token, root's too. The daemon exits once no connection has
-# been open for SECONDS, or when its socket is gone.
+from . import lock as host_lock
+from .core import ALNUM, AgentError, chars_ok, now, socket, traceback
+from .files import remove_quiet
+from .ops import answer_of
+
 
 DAEMON_DIR = "/run/foobar-infra"
 DAEMON_ROOT_DIR = DAEMON_DIR + "/root"
@@ -122,9 +129,9 @@ def serve_socket(srv, path, idle, token):
     inode = os.stat(path).st_ino
     # A host lock belongs to the connection that took it (take_lock): freed when that
     # connection closes, as a serving agent's is when it exits.
-    global held_locks
     local = threading.local()
-    held_locks = lambda: local.__dict__.setdefault("held", {})  # noqa: E731
+    host_lock.held_locks = lambda: local.__dict__.setdefault("held", {})  # noqa: E731
+    held_locks = host_lock.held_locks
 
     def handle(conn):
         try:

@@ -1,10 +1,19 @@
+"""The application's releases under ROOT/releases/ID and the ROOT/current symlink
+(swapped with an atomic rename), the local health check after a switch, the system
+users the services run as, and the expiry of certificates for observe. The load
+balancer's runtime API (drain a server before its application restarts, put it back
+once it answers) is haproxy.py's."""
 
+import json
+import os
+import pwd
+import time
 
-# ================================================================ releases (release.py)
-# Appended to agent.py when the tool embeds the agent. Owns the application's releases
-# under ROOT/releases/ID and the ROOT/current symlink (swapped with an atomic rename),
-# the local health check after a switch, and the load balancer's runtime API (drain a
-# server before its application restarts, put it back once it answers).
+from .core import AgentError, _Lazy, b64decode, chars_ok, now, safe_name, safe_path, shutil, tail, tempfile
+from .files import fsync_dir, remove_quiet
+from .proc import capture, run
+from .services import init_system, service_action
+
 
 io = _Lazy("io")
 tarfile = _Lazy("tarfile")
@@ -14,8 +23,6 @@ RELEASE_ID_CHARS = frozenset("0123456789abcdef")  # [0-9a-f]{8,64}
 
 def release_id_ok(v):
     return chars_ok(v, RELEASE_ID_CHARS, 64) and len(v) >= 8
-HAPROXY_SOCKET = "/run/haproxy/admin.sock"
-HAPROXY_STATE = "/var/lib/haproxy/server-state"  # server-state-file in haproxy.cfg
 
 
 def user_exists(name):
@@ -163,117 +170,6 @@ def op_release_switch(req):
     return {"ok": True, "previous": previous, "current": rid, "pruned": pruned}
 
 
-def haproxy_cmd(cmd, sock=HAPROXY_SOCKET):
-    import _socket  # the C module: `socket` costs ~7 ms to import (its enums)
-    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    s.settimeout(5)
-    try:
-        s.connect(sock)
-        s.sendall((cmd + "\n").encode())
-        chunks = []
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            chunks.append(b)
-    except OSError as e:
-        raise AgentError("service", "HAProxy runtime API (%s): %s" % (sock, e), service="haproxy")
-    finally:
-        s.close()
-    return b"".join(chunks).decode("utf-8", "replace")
-
-
-def haproxy_stat_rows():
-    """`show stat` as {(proxy, server or FRONTEND/BACKEND): row}, in HAProxy's order."""
-    lines = haproxy_cmd("show stat").splitlines()
-    if not lines:
-        return {}
-    header = lines[0].lstrip("# ").split(",")
-    rows = {}
-    for line in lines[1:]:
-        row = dict(zip(header, line.split(",")))
-        if row.get("pxname"):
-            rows[(row["pxname"], row.get("svname"))] = row
-    return rows
-
-
-def haproxy_server_stat(backend, server):
-    """(status, current sessions) of one server from `show stat`."""
-    row = haproxy_stat_rows().get((backend, server))
-    if row is None:
-        return None, 0
-    return row.get("status"), int(row.get("scur") or 0)
-
-
-def save_haproxy_state():
-    """Dump the servers' runtime state where the next HAProxy process loads it from
-    (server-state-file): a drained server stays drained across a reload, and a server
-    no longer in the running config leaves no stale state behind."""
-    if not os.path.exists(HAPROXY_SOCKET):
-        return
-    try:
-        dump = haproxy_cmd("show servers state")
-        tmp = HAPROXY_STATE + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(dump)
-        os.replace(tmp, HAPROXY_STATE)
-    except (AgentError, OSError):
-        pass
-
-
-def op_haproxy_server(req):
-    """Set a server's admin state on this load balancer: `drain` (and wait, bounded, for
-    its sessions to end), `ready` (and wait until its health check says UP), `maint`."""
-    backend = safe_name(req.get("backend"), "backend")
-    server = safe_name(req.get("server"), "server")
-    state = req.get("state")
-    if state not in ("drain", "ready", "maint"):
-        raise AgentError("request", "state must be drain, ready or maint")
-    out = haproxy_cmd("set server %s/%s state %s" % (backend, server, state)).strip()
-    if "No such server" in out or "No such backend" in out:
-        # Not in this balancer's pool (yet): nothing to drain or put back.
-        return {"ok": True, "absent": True, "status": None, "sessions": 0}
-    if out:
-        raise AgentError("service", "HAProxy refused: %s" % out, service="haproxy")
-    # Persist runtime state so a reload keeps it (load-server-state-from-file).
-    save_haproxy_state()
-    deadline = now() + float(req.get("timeout_s", 30))
-    status, scur = haproxy_server_stat(backend, server)
-    while True:
-        status, scur = haproxy_server_stat(backend, server)
-        if state == "drain" and scur == 0:
-            break
-        if state == "ready" and status and status.startswith("UP"):
-            break
-        if state == "maint" or now() >= deadline:
-            break
-        time.sleep(0.2)
-    return {"ok": True, "status": status, "sessions": scur}
-
-
-def haproxy_observe():
-    """Every backend server's status and sessions, and every frontend's ({"frontend":
-    NAME, "status": OPEN|STOP|FULL, ...}), from the runtime API (None if no socket)."""
-    if not os.path.exists(HAPROXY_SOCKET):
-        return None
-    try:
-        rows = haproxy_stat_rows()
-    except AgentError as e:
-        return {"error": e.message}
-    servers = []
-    for row in rows.values():
-        if row.get("svname") == "FRONTEND":
-            servers.append({"frontend": row["pxname"], "status": row.get("status"),
-                            "sessions": int(row.get("scur") or 0)})
-            continue
-        if row.get("svname") in ("BACKEND", None):
-            continue
-        servers.append({"backend": row["pxname"], "server": row["svname"], "status": row.get("status"),
-                        "sessions": int(row.get("scur") or 0), "check": row.get("check_status") or "",
-                        "backup": row.get("bck") == "1"})
-    return servers
-
-
 def cert_not_after(path):
     """Unix time a PEM certificate expires (None if unreadable)."""
     code, out, _ = capture(["openssl", "x509", "-noout", "-enddate", "-in", path], timeout=10)
@@ -284,30 +180,3 @@ def cert_not_after(path):
         return calendar.timegm(time.strptime(out.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z"))
     except ValueError:
         return None
-
-
-def op_history(req):
-    """The last N apply records of this host, oldest first."""
-    n = max(1, min(1000, int(req.get("last", 20))))
-    records = []
-    try:
-        with open(HISTORY, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 512 * 1024))
-            lines = f.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        lines = []
-    for line in lines[-n:]:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return {"ok": True, "records": records}
-
-
-OPS.update({
-    "history": op_history,
-    "release-upload": op_release_upload,
-    "release-switch": op_release_switch,
-    "haproxy-server": op_haproxy_server,
-})

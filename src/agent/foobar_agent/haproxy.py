@@ -1,0 +1,124 @@
+"""HAProxy's runtime API: `show stat` for observe and the live check, a server drained
+before its application restarts and put back once it answers (haproxy-server), and
+the servers' state saved across a reload."""
+
+import os
+import time
+
+from .core import AgentError, now, safe_name
+
+
+HAPROXY_SOCKET = "/run/haproxy/admin.sock"
+HAPROXY_STATE = "/var/lib/haproxy/server-state"  # server-state-file in haproxy.cfg
+
+
+def haproxy_cmd(cmd, sock=HAPROXY_SOCKET):
+    import _socket  # the C module: `socket` costs ~7 ms to import (its enums)
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.connect(sock)
+        s.sendall((cmd + "\n").encode())
+        chunks = []
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            chunks.append(b)
+    except OSError as e:
+        raise AgentError("service", "HAProxy runtime API (%s): %s" % (sock, e), service="haproxy")
+    finally:
+        s.close()
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def haproxy_stat_rows():
+    """`show stat` as {(proxy, server or FRONTEND/BACKEND): row}, in HAProxy's order."""
+    lines = haproxy_cmd("show stat").splitlines()
+    if not lines:
+        return {}
+    header = lines[0].lstrip("# ").split(",")
+    rows = {}
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(",")))
+        if row.get("pxname"):
+            rows[(row["pxname"], row.get("svname"))] = row
+    return rows
+
+
+def haproxy_server_stat(backend, server):
+    """(status, current sessions) of one server from `show stat`."""
+    row = haproxy_stat_rows().get((backend, server))
+    if row is None:
+        return None, 0
+    return row.get("status"), int(row.get("scur") or 0)
+
+
+def save_haproxy_state():
+    """Dump the servers' runtime state where the next HAProxy process loads it from
+    (server-state-file): a drained server stays drained across a reload, and a server
+    no longer in the running config leaves no stale state behind."""
+    if not os.path.exists(HAPROXY_SOCKET):
+        return
+    try:
+        dump = haproxy_cmd("show servers state")
+        tmp = HAPROXY_STATE + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(dump)
+        os.replace(tmp, HAPROXY_STATE)
+    except (AgentError, OSError):
+        pass
+
+
+def op_haproxy_server(req):
+    """Set a server's admin state on this load balancer: `drain` (and wait, bounded, for
+    its sessions to end), `ready` (and wait until its health check says UP), `maint`."""
+    backend = safe_name(req.get("backend"), "backend")
+    server = safe_name(req.get("server"), "server")
+    state = req.get("state")
+    if state not in ("drain", "ready", "maint"):
+        raise AgentError("request", "state must be drain, ready or maint")
+    out = haproxy_cmd("set server %s/%s state %s" % (backend, server, state)).strip()
+    if "No such server" in out or "No such backend" in out:
+        # Not in this balancer's pool (yet): nothing to drain or put back.
+        return {"ok": True, "absent": True, "status": None, "sessions": 0}
+    if out:
+        raise AgentError("service", "HAProxy refused: %s" % out, service="haproxy")
+    # Persist runtime state so a reload keeps it (load-server-state-from-file).
+    save_haproxy_state()
+    deadline = now() + float(req.get("timeout_s", 30))
+    status, scur = haproxy_server_stat(backend, server)
+    while True:
+        status, scur = haproxy_server_stat(backend, server)
+        if state == "drain" and scur == 0:
+            break
+        if state == "ready" and status and status.startswith("UP"):
+            break
+        if state == "maint" or now() >= deadline:
+            break
+        time.sleep(0.2)
+    return {"ok": True, "status": status, "sessions": scur}
+
+
+def haproxy_observe():
+    """Every backend server's status and sessions, and every frontend's ({"frontend":
+    NAME, "status": OPEN|STOP|FULL, ...}), from the runtime API (None if no socket)."""
+    if not os.path.exists(HAPROXY_SOCKET):
+        return None
+    try:
+        rows = haproxy_stat_rows()
+    except AgentError as e:
+        return {"error": e.message}
+    servers = []
+    for row in rows.values():
+        if row.get("svname") == "FRONTEND":
+            servers.append({"frontend": row["pxname"], "status": row.get("status"),
+                            "sessions": int(row.get("scur") or 0)})
+            continue
+        if row.get("svname") in ("BACKEND", None):
+            continue
+        servers.append({"backend": row["pxname"], "server": row["svname"], "status": row.get("status"),
+                        "sessions": int(row.get("scur") or 0), "check": row.get("check_status") or "",
+                        "backup": row.get("bck") == "1"})
+    return servers
+

@@ -1,0 +1,17 @@
+"""The agent's own files on the host: its state directory (lock, manifest, history,
+runs, the bootstrap's cache of the agent, the firewall guard's files). Read as
+`paths.NAME` when used, so that tests can move them (tests/agent)."""
+
+import os
+
+STATE_DIR = "/var/lib/foobar-infra"
+LOCK = os.path.join(STATE_DIR, "lock.json")
+LOCK_HOLD = os.path.join(STATE_DIR, "lock.flock")  # the lock: its flock (see take_lock)
+GUARD = os.path.join(STATE_DIR, ".lock-guard")
+MANIFEST = os.path.join(STATE_DIR, "manifest.json")
+HISTORY = os.path.join(STATE_DIR, "history.jsonl")
+RUNS = os.path.join(STATE_DIR, "runs")
+AGENT_CACHE = os.path.join(STATE_DIR, "agent")  # written by the bootstrap (src/remote/agent.rs)
+FW_GUARD = os.path.join(STATE_DIR, "firewall-guard.json")
+FW_PREV = os.path.join(STATE_DIR, "firewall-prev.nft")
+

@@ -1,0 +1,26 @@
+"""What the agent's tests share: the package imported from src/agent (as the tool sends
+it, src/remote/agent.rs), and a base class that undoes every module attribute a test
+moved (a temporary directory in place of a host path, a stand-in function).
+
+Run: python3 -m unittest discover -s tests/agent (cargo test --test agent_python runs it).
+"""
+
+import os
+import sys
+import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "src", "agent"))
+
+import foobar_agent  # noqa: E402  (after the path above)
+
+
+class AgentTest(unittest.TestCase):
+    def put(self, module, name, value):
+        """module.name = value for this test only."""
+        old = getattr(module, name)
+        setattr(module, name, value)
+        self.addCleanup(setattr, module, name, old)
+
+
+__all__ = ["ROOT", "foobar_agent", "AgentTest"]
