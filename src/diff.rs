@@ -123,6 +123,10 @@ pub struct Topology {
     pub services_stopped: Vec<(String, String)>,
     /// Replicas to seed from the primary.
     pub replicas_seeded: Vec<String>,
+    /// Replicas whose database server was not running when observed (a replica role
+    /// just added, or a server down): seeded once it runs, unless it replicates.
+    #[serde(default)]
+    pub replicas_checked: Vec<String>,
     /// Hosts that stop being replicas.
     #[serde(default)]
     pub replicas_removed: Vec<String>,
@@ -166,6 +170,12 @@ impl Topology {
             steps.push(format!(
                 "seed {} from the primary (streamed dump), replicate by GTID",
                 self.replicas_seeded.join(", ")
+            ));
+        }
+        if !self.replicas_checked.is_empty() {
+            steps.push(format!(
+                "once the database server of {} runs: seed it from the primary unless it already replicates",
+                self.replicas_checked.join(", ")
             ));
         }
         steps.push("switch web servers to the new release, one at a time".into());
@@ -542,6 +552,9 @@ fn topology(
         if matches!(hc.db, Some(DbChange::SeedReplica { .. })) {
             t.replicas_seeded.push(hc.host.clone());
         }
+        if matches!(hc.db, Some(DbChange::CheckReplica { .. })) {
+            t.replicas_checked.push(hc.host.clone());
+        }
         if matches!(hc.db, Some(DbChange::RemoveReplica { .. })) {
             t.replicas_removed.push(hc.host.clone());
         }
@@ -597,6 +610,24 @@ mod tests {
         let t = topology(&plan, &observed, &[]);
         assert_eq!(t.backends_removed, ["web-03"]);
         assert_eq!(t.backends_added, ["web-02"]);
+    }
+
+    #[test]
+    fn a_replica_whose_server_was_down_is_part_of_the_topology() {
+        let plan = crate::render::lab_plan();
+        let hc: HostChanges = serde_json::from_value(serde_json::json!({
+            "host": "web-02", "files": [], "services": [], "install": [],
+            "db": {"action": "check-replica", "from": "web-01"},
+            "create_users": [], "release": null, "record_manifest": false, "boot": [],
+        }))
+        .unwrap();
+        let t = topology(&plan, &BTreeMap::new(), &[hc]);
+        assert_eq!(t.replicas_checked, ["web-02"]);
+        assert!(!t.is_empty(), "the diff prints a topology section");
+        assert!(t
+            .order()
+            .iter()
+            .any(|s| s.contains("once the database server of web-02 runs")));
     }
 
     #[test]

@@ -439,6 +439,11 @@ pub fn print_changes(changes: &Changes, p: &Printer, command: &str) -> bool {
         for r in &t.replicas_seeded {
             p.out(format!("  + replica {r} seeded from the primary"));
         }
+        for r in &t.replicas_checked {
+            p.out(format!(
+                "  + replica {r}: its database server starts, then it is seeded from the primary unless it already replicates"
+            ));
+        }
         for r in &t.replicas_removed {
             p.out(format!(
                 "  - replica {r} leaves (replication stopped and reset first)"
