@@ -1,7 +1,9 @@
-//! The agent as Python code, without Docker: its unit tests (tests/agent/test_*.py,
+//! The agent as Python code, without the lab: its unit tests (tests/agent/test_*.py,
 //! stdlib unittest on temporary directories with stand-in commands) run with the
-//! machine's python3, and the bootstrap the tool puts in argv, run for real on the
-//! modules the tool sends (src/remote/agent.rs), with its cache in a temporary directory.
+//! machine's python3 (3.11) and under Python 3.13 in the Debian 13 image (Docker, no
+//! network), pyflakes over it, and the bootstrap the tool puts in argv, run for real on
+//! the modules the tool sends (src/remote/agent.rs), with its cache in a temporary
+//! directory.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,6 +14,9 @@ use foobar_infra::remote::agent;
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const CACHE: &str = "/var/lib/foobar-infra/agent";
 
+/// The Python of Debian 13's hosts, for the unit tests under 3.13 (the machine has 3.11).
+const IMAGE_313: &str = "foobar-infra-lab:trixie";
+
 #[test]
 fn the_agents_python_tests_pass() {
     let out = Command::new("python3")
@@ -21,6 +26,108 @@ fn the_agents_python_tests_pass() {
         .expect("python3 runs (it is what the hosts run the agent with)");
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
+}
+
+/// A tool the test needs is missing: a failure under CI=true (.ci/run installs it),
+/// else a skip that says so on stderr (`cargo test -- --nocapture` shows it).
+fn missing(what: &str, how: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{what} is missing, and CI=true: {how}"
+    );
+    eprintln!("SKIPPED (not run, not passed): {what} is missing: {how}");
+}
+
+/// The same unit tests under Python 3.13 (Debian 13's), in the lab image without
+/// network, the sources mounted read-only.
+#[test]
+fn the_agents_python_tests_pass_under_python_3_13() {
+    let image = Command::new("docker")
+        .args(["image", "inspect", "--format", "ok", IMAGE_313])
+        .output();
+    if !image.map(|o| o.status.success()).unwrap_or(false) {
+        return missing(
+            &format!("Docker or the image {IMAGE_313}"),
+            "lab/image --os debian13 builds it",
+        );
+    }
+    let out = Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "python3",
+        ])
+        .args(["-v", &format!("{ROOT}:/src:ro"), "-w", "/src", IMAGE_313])
+        .args(["-c", "import sys; print(sys.version_info[:2])"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "(3, 13)");
+    let out = Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "python3",
+        ])
+        .args(["-v", &format!("{ROOT}:/src:ro"), "-w", "/src", IMAGE_313])
+        .args([
+            "-B",
+            "-m",
+            "unittest",
+            "discover",
+            "-s",
+            "tests/agent",
+            "-v",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "under Python 3.13:\n{text}");
+}
+
+/// pyflakes (PyPI) as .ci/run installs it: for this python3 (`pip install --user`),
+/// else in a venv under target/.
+fn pyflakes() -> Option<Command> {
+    let venv = Path::new(ROOT).join("target/pyflakes/bin/python3");
+    for python in [Path::new("python3"), venv.as_path()] {
+        let probe = Command::new(python)
+            .args(["-m", "pyflakes", "--version"])
+            .output();
+        if probe.map(|o| o.status.success()).unwrap_or(false) {
+            let mut cmd = Command::new(python);
+            cmd.args(["-m", "pyflakes"]);
+            return Some(cmd);
+        }
+    }
+    None
+}
+
+/// The agent and its tests are pyflakes-clean: no undefined or unused name, which in
+/// a package whose modules import each other explicitly is what keeps them honest.
+#[test]
+fn the_agent_is_pyflakes_clean() {
+    let Some(mut cmd) = pyflakes() else {
+        return missing(
+            "pyflakes",
+            "python3 -m pip install --user pyflakes (as .ci/run does)",
+        );
+    };
+    let out = cmd
+        .args(["src/agent", "tests/agent"])
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Every module of the package is sent, and nothing else.
