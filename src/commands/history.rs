@@ -84,6 +84,10 @@ pub fn run(args: &HistoryArgs, p: &Arc<Printer>) -> Result<Outcome> {
                     if !services.is_empty() {
                         changes.push_str(&format!(", {}", services.join(", ")));
                     }
+                    if let Some(was) = rec["earlier"].as_array().filter(|e| !e.is_empty()) {
+                        let was: Vec<&str> = was.iter().filter_map(|w| w.as_str()).collect();
+                        changes.push_str(&format!(" (was {})", was.join(", then ")));
+                    }
                     if let Some(err) = rec["error"].as_str() {
                         changes.push_str(&format!(" - {}", err.lines().next().unwrap_or("")));
                     }

@@ -91,7 +91,7 @@ impl RunInfo {
             .collect();
         json!({
             "time": chrono_now(), "user": self.user, "tool_version": env!("CARGO_PKG_VERSION"),
-            "run_id": self.run_id, "inventory": self.inventory,
+            "run_id": self.run_id, "host": hc.host, "inventory": self.inventory,
             "inventory_hash": self.inventory_hash, "git_commit": self.git_commit,
             "files": files, "services": services, "hosts": self.hosts, "boot": hc.boot,
         })

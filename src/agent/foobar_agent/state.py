@@ -46,7 +46,11 @@ def append_history(record, result, error=None):
     if not isinstance(record, dict):
         return
     rec = dict(record)
-    rec.update(result=result, finished=now(), host=os.uname().nodename)
+    # `host` is the inventory's name for this host (sent by the tool); `hostname` what
+    # the host calls itself.
+    rec.update(result=result, finished=now(), hostname=os.uname().nodename)
+    if not isinstance(rec.get("host"), str):
+        rec["host"] = rec["hostname"]
     if error is not None:
         rec["error"] = error
     line = (json.dumps(rec, sort_keys=True) + "\n").encode("utf-8")
@@ -114,9 +118,10 @@ def load_staged(rid):
 
 
 def op_history(req):
-    """The last N apply records of this host, oldest first."""
+    """The last N runs recorded on this host, oldest first: one record per run, its final
+    result (a run that committed and was then rolled back, or whose firewall fell back,
+    appends a second line; `earlier` keeps the results it replaced)."""
     n = max(1, min(1000, int(req.get("last", 20))))
-    records = []
     try:
         with open(paths.HISTORY, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -124,10 +129,32 @@ def op_history(req):
             lines = f.read().decode("utf-8", "replace").splitlines()
     except OSError:
         lines = []
-    for line in lines[-n:]:
+    return {"ok": True, "records": one_per_run(lines)[-n:]}
+
+
+def one_per_run(lines):
+    """History lines to records, the lines of one run (same run_id) folded into its
+    last, at the place of that last line."""
+    records = []
+    for line in lines:
         try:
-            records.append(json.loads(line))
+            rec = json.loads(line)
         except ValueError:
             continue
-    return {"ok": True, "records": records}
-
+        if isinstance(rec, dict):
+            records.append(rec)
+    last = {}
+    for i, rec in enumerate(records):
+        rid = rec.get("run_id")
+        if isinstance(rid, str):
+            last[rid] = i
+    out, earlier = [], {}
+    for i, rec in enumerate(records):
+        rid = rec.get("run_id")
+        if isinstance(rid, str) and last[rid] != i:
+            earlier.setdefault(rid, []).append(rec.get("result"))
+            continue
+        if isinstance(rid, str) and rid in earlier:
+            rec = dict(rec, earlier=earlier.pop(rid))
+        out.append(rec)
+    return out
