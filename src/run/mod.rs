@@ -19,6 +19,11 @@ pub mod rollout;
 pub mod rotation;
 pub mod stage;
 
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
