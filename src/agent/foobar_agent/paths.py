@@ -1,6 +1,7 @@
 """The agent's own files on the host: its state directory (lock, manifest, history,
-runs, the bootstrap's cache of the agent, the firewall guard's files). Read as
-`paths.NAME` when used, so that tests can move them (tests/agent)."""
+runs, the bootstrap's cache of the agent, the firewall guard's files), and where it
+learns the init system. Read as `paths.NAME` when used, so that tests can move them
+all under a temporary root (`under`); production never moves them."""
 
 import os
 
@@ -14,4 +15,12 @@ RUNS = os.path.join(STATE_DIR, "runs")
 AGENT_CACHE = os.path.join(STATE_DIR, "agent")  # written by the bootstrap (src/remote/agent.rs)
 FW_GUARD = os.path.join(STATE_DIR, "firewall-guard.json")
 FW_PREV = os.path.join(STATE_DIR, "firewall-prev.nft")
+SYSTEMD_RUN = "/run/systemd/system"  # present while systemd is PID 1
+
+DEFAULTS = {name: value for name, value in globals().items() if name.isupper()}
+
+
+def under(root):
+    """Tests only: every path above as it is below `root` ("": the defaults again)."""
+    globals().update({name: root + value for name, value in DEFAULTS.items()})
 

@@ -3,6 +3,7 @@ init system), the actions reload/restart/start/stop, and the service's error log
 
 import os
 
+from . import paths
 from .boot import enable_service
 from .files import remove_quiet
 from .haproxy import HAPROXY_STATE, save_haproxy_state
@@ -30,7 +31,7 @@ ERROR_LOGS = {
 
 
 def init_system():
-    return "systemd" if os.path.isdir("/run/systemd/system") else "sysv"
+    return "systemd" if os.path.isdir(paths.SYSTEMD_RUN) else "sysv"
 
 
 def service_running(name, init):
