@@ -2,14 +2,13 @@
 //! per-role rules, `nft -c` refusing a broken ruleset, and the anti-lockout guard
 //! restoring the previous ruleset when a fresh SSH connection fails.
 
-mod common;
-#[path = "support/overrides.rs"]
-mod overrides;
-
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
+use crate::overrides;
+
+lab_tests!(firewall_per_role_refuses_broken_rules_and_never_locks_out,);
 
 /// The test machine's address on the lab network (Docker's gateway): the admin
 /// (written for the default lab, as inventory edits are: lab_variant moves it).
@@ -56,9 +55,8 @@ fn firewall_files() -> Vec<String> {
         .collect()
 }
 
-#[test]
 fn firewall_per_role_refuses_broken_rules_and_never_locks_out() {
-    let Some(_g) = lab() else { return };
+    lab();
     let base = lab_inventory().display().to_string();
     apply_ok(&base, &[]);
 

@@ -1,29 +1,33 @@
 //! End-to-end tests of day-two operations on the lab (issue 9): reviewed plans,
 //! the managed-file manifest (files that leave the plan are removed, others never
-//! touched), and the apply history. They need Docker (see tests/common).
-
-mod common;
-#[path = "support/overrides.rs"]
-mod overrides;
+//! touched), and the apply history. They need Docker (see tests/lab/main.rs).
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
+use crate::overrides;
 
-fn setup() -> Option<std::sync::MutexGuard<'static, ()>> {
-    let guard = lab()?;
+lab_tests!(
+    a_plan_is_refused_after_drift_and_a_fresh_one_applies_once,
+    a_role_taken_off_removes_exactly_its_files,
+    history_lists_an_applied_and_a_failed_run,
+    a_backup_restores_into_fresh_database_hosts_and_replicas_follow,
+    half_a_backup_or_a_wrong_checksum_is_refused_before_the_primary_is_touched,
+    a_restore_failing_midway_keeps_the_data_and_its_safety_backup_restores,
+);
+
+fn setup() {
+    lab();
     let out = cli(&["apply", &inv()]);
     assert_eq!(out.status.code(), Some(0), "baseline apply: {}", text(&out));
-    Some(guard)
 }
 
 fn inv() -> String {
     lab_inventory().display().to_string()
 }
 
-#[test]
 fn a_plan_is_refused_after_drift_and_a_fresh_one_applies_once() {
-    let Some(_g) = setup() else { return };
+    setup();
     let variant = lab_variant("plan-body", |t| {
         format!("{t}nginx:\n  client_max_body_size: 13m\n")
     });
@@ -97,9 +101,8 @@ fn a_plan_is_refused_after_drift_and_a_fresh_one_applies_once() {
     assert_eq!(cli(&["apply", &inv()]).status.code(), Some(0));
 }
 
-#[test]
 fn a_role_taken_off_removes_exactly_its_files() {
-    let Some(_g) = setup() else { return };
+    setup();
     let variant = lab_variant("no-replica", |t| {
         t.replace("roles: [web, db-replica]", "roles: [web]")
     });
@@ -162,9 +165,8 @@ fn a_role_taken_off_removes_exactly_its_files() {
     }));
 }
 
-#[test]
 fn history_lists_an_applied_and_a_failed_run() {
-    let Some(_g) = setup() else { return };
+    setup();
     let ok = lab_variant("history-ok", |t| {
         format!("{t}nginx:\n  client_max_body_size: 14m\n")
     });
@@ -205,9 +207,8 @@ fn history_lists_an_applied_and_a_failed_run() {
     assert_eq!(cli(&["apply", &inv()]).status.code(), Some(0));
 }
 
-#[test]
 fn a_backup_restores_into_fresh_database_hosts_and_replicas_follow() {
-    let Some(_g) = setup() else { return };
+    setup();
     for i in 0..25 {
         let r = http_post(web1(), "/items", &format!("text=kept+{i}")).unwrap();
         assert_eq!(r.status, 201);
@@ -342,9 +343,8 @@ fn backup_record(path: &std::path::Path) -> serde_json::Value {
 /// with a record made for the half) and a whole backup whose record has a wrong checksum
 /// are refused before anything reaches the primary: no remote command runs there, its
 /// GTID position and the data of primary and replica stay as they were.
-#[test]
 fn half_a_backup_or_a_wrong_checksum_is_refused_before_the_primary_is_touched() {
-    let Some(_g) = setup() else { return };
+    setup();
     post_items("kept", 20);
     let before = settled_data();
     let dir = backup_dir("restore-refused");
@@ -439,9 +439,8 @@ fn sql_gtid(host: &str) -> String {
 /// fails (a duplicate key in a long INSERT, near the end) leaves the previous data on
 /// the primary and the replica, no scratch database behind, a bounded message, and a
 /// safety backup that restores the previous data.
-#[test]
 fn a_restore_failing_midway_keeps_the_data_and_its_safety_backup_restores() {
-    let Some(_g) = setup() else { return };
+    setup();
     post_items("in+backup", 10);
     let dir = backup_dir("restore-midway");
     let full = dir.join("full.sql.gz");

@@ -1,20 +1,28 @@
 //! End-to-end tests of the whole stack on the lab (issue 5): MariaDB replication set up
 //! and kept by `apply`, the application and its releases deployed rolling behind the
-//! load balancer, `rollback`, and `status`. They need Docker (see tests/common).
-
-mod common;
+//! load balancer, `rollback`, and `status`. They need Docker (see tests/lab/main.rs).
 
 use std::process::Output;
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
+
+lab_tests!(
+    a_row_written_through_the_app_reaches_the_replica_which_refuses_app_writes,
+    a_second_apply_keeps_replication_exactly_as_it_is,
+    a_restarted_replica_resumes_by_itself_and_status_says_healthy,
+    a_wiped_replica_is_seeded_from_the_primary_without_secrets_in_argv,
+    a_deploy_and_a_rollback_under_load_fail_no_request,
+    status_reports_lag_and_backends_and_fails_on_a_stopped_sql_thread,
+    the_agents_socket_sql_reads_what_the_mariadb_client_prints,
+);
 
 static FIRST_APPLY: OnceLock<Output> = OnceLock::new();
 
-fn setup() -> Option<std::sync::MutexGuard<'static, ()>> {
-    let guard = lab()?;
+fn setup() {
+    lab();
     let first = FIRST_APPLY.get_or_init(|| cli(&["apply", &inv()]));
     assert_eq!(
         first.status.code(),
@@ -22,7 +30,6 @@ fn setup() -> Option<std::sync::MutexGuard<'static, ()>> {
         "first apply on a fresh lab: {}",
         text(first)
     );
-    Some(guard)
 }
 
 fn inv() -> String {
@@ -67,9 +74,8 @@ fn replica_running() -> bool {
     st.contains("Slave_IO_Running: Yes") && st.contains("Slave_SQL_Running: Yes")
 }
 
-#[test]
 fn a_row_written_through_the_app_reaches_the_replica_which_refuses_app_writes() {
-    let Some(_g) = setup() else { return };
+    setup();
     apply_ok(&inv());
     for target in [lb(), web1(), web2()] {
         let r = http_post(target, "/items", "text=hello+from+the+test").expect("POST /items");
@@ -123,9 +129,8 @@ fn a_row_written_through_the_app_reaches_the_replica_which_refuses_app_writes() 
     );
 }
 
-#[test]
 fn a_second_apply_keeps_replication_exactly_as_it_is() {
-    let Some(_g) = setup() else { return };
+    setup();
     apply_ok(&inv());
     let gtid = |h| sql(h, "SELECT @@gtid_current_pos");
     let threads = || {
@@ -159,9 +164,8 @@ fn a_second_apply_keeps_replication_exactly_as_it_is() {
     assert_eq!(cli(&["diff", &inv()]).status.code(), Some(0));
 }
 
-#[test]
 fn a_restarted_replica_resumes_by_itself_and_status_says_healthy() {
-    let Some(_g) = setup() else { return };
+    setup();
     apply_ok(&inv());
     let restarted = docker(&["restart", "-t", "30", &container("web-02")]);
     assert!(restarted.status.success(), "{}", text(&restarted));
@@ -191,9 +195,8 @@ fn a_restarted_replica_resumes_by_itself_and_status_says_healthy() {
     );
 }
 
-#[test]
 fn a_wiped_replica_is_seeded_from_the_primary_without_secrets_in_argv() {
-    let Some(_g) = setup() else { return };
+    setup();
     apply_ok(&inv());
     for i in 0..20 {
         let r = http_post(web1(), "/items", &format!("text=row+{i}")).unwrap();
@@ -274,9 +277,8 @@ fn served_release(addr: &str) -> String {
         .unwrap_or_default()
 }
 
-#[test]
 fn a_deploy_and_a_rollback_under_load_fail_no_request() {
-    let Some(_g) = setup() else { return };
+    setup();
     apply_ok(&inv());
     let v1 = served_release(web1());
     assert_eq!(v1, served_release(web2()));
@@ -323,9 +325,8 @@ fn a_deploy_and_a_rollback_under_load_fail_no_request() {
     apply_ok(&inv());
 }
 
-#[test]
 fn status_reports_lag_and_backends_and_fails_on_a_stopped_sql_thread() {
-    let Some(_g) = setup() else { return };
+    setup();
     apply_ok(&inv());
     assert!(wait_until(Duration::from_secs(20), || cli(&[
         "status",
@@ -380,9 +381,8 @@ fn status_reports_lag_and_backends_and_fails_on_a_stopped_sql_thread() {
 /// The agent reads the database over the server's socket (no client process) and must
 /// read exactly what `mariadb --batch --raw --force` prints for the same statements, on
 /// the primary and on the replica (SHOW SLAVE STATUS), failing statements skipped.
-#[test]
 fn the_agents_socket_sql_reads_what_the_mariadb_client_prints() {
-    let Some(_g) = setup() else { return };
+    setup();
     // The agent's package, loaded as the tool's bootstrap loads it (as `a`).
     let script = format!(
         "{}{}",

@@ -2,11 +2,11 @@
 //! host, Prometheus on a fourth host (mon-01, role monitor) generated from the
 //! inventory, every target up, and the backend-down and replication alerts firing.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
+
+lab_tests!(prometheus_scrapes_every_exporter_and_alerts_fire,);
 
 fn mon() -> String {
     addr("10.231.3.11")
@@ -75,9 +75,8 @@ fn firing() -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[test]
 fn prometheus_scrapes_every_exporter_and_alerts_fire() {
-    let Some(_g) = lab() else { return };
+    lab();
     let up = sh(&root().join("lab/up"), &["mon-01"]);
     assert!(up.status.success(), "{}", text(&up));
     let inv = monitored_inventory();

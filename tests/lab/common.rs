@@ -1,14 +1,14 @@
-//! Shared helpers for the end-to-end tests against the Docker lab: which lab (`LAB_NAME`:
-//! its containers, addresses, state directory and inventory, all from here), bringing
-//! it up once per test binary, serializing tests that share it, running the CLI,
-//! talking HTTP to lab addresses only, and reading state straight from the containers.
+//! Shared helpers of the lab tests: which lab (`LAB_NAME`: its containers, addresses,
+//! state directory and inventory, all from here), bringing it up once per run, running
+//! the CLI, talking HTTP to lab addresses only, and reading state straight from the
+//! containers.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub fn root() -> PathBuf {
@@ -121,7 +121,8 @@ pub fn lab_inventory() -> PathBuf {
     }
 }
 
-fn docker_works() -> bool {
+/// Whether `docker info` answers (a working Docker daemon).
+pub fn docker_works() -> bool {
     Command::new("docker")
         .arg("info")
         .output()
@@ -129,33 +130,26 @@ fn docker_works() -> bool {
         .unwrap_or(false)
 }
 
-static LAB: OnceLock<bool> = OnceLock::new();
-static SERIAL: Mutex<()> = Mutex::new(());
+static LAB: OnceLock<()> = OnceLock::new();
 
-/// The lab, fresh for this test binary, and a guard that serializes the tests using it.
-/// Returns None (after a loud message) when Docker is missing outside CI; under
-/// CI=true a missing lab is a failure.
-pub fn lab() -> Option<MutexGuard<'static, ()>> {
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let ready = *LAB.get_or_init(|| {
-        if !docker_works() {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("CI=true but Docker is not available: the end-to-end lab tests cannot run");
-            }
-            eprintln!("\n!!!!!!!! SKIPPING END-TO-END LAB TESTS: no working Docker daemon (docker info failed) !!!!!!!!\n");
-            return false;
-        }
+/// The lab, fresh for this run of the lab binary (lab/down then lab/up, unless
+/// FOOBAR_LAB_REUSE is set): brought up once, by main() before the first test; a test
+/// calls it to say it needs the lab. Panics when lab/up fails.
+pub fn lab() {
+    LAB.get_or_init(|| {
         // lab/up reads LAB_OS: the kind of every host (debian13 unless set).
-        eprintln!("lab: {} hosts (LAB_OS) on LAB_NAME={}", lab_os(), lab_name());
+        eprintln!(
+            "lab: {} hosts (LAB_OS) on LAB_NAME={}",
+            lab_os(),
+            lab_name()
+        );
         // A fresh lab unless the developer asks to reuse the running one.
         if std::env::var("FOOBAR_LAB_REUSE").is_err() {
             sh(&root().join("lab/down"), &[]);
         }
         let out = sh(&root().join("lab/up"), &[]);
         assert!(out.status.success(), "lab/up failed:\n{}", text(&out));
-        true
     });
-    ready.then_some(guard)
 }
 
 pub fn sh(script: &Path, args: &[&str]) -> Output {

@@ -1,24 +1,44 @@
 //! End-to-end tests of `apply` and `diff` against the real lab (issue 4): three Debian
 //! containers with sshd, nginx, haproxy and MariaDB, reached over SSH like real hosts.
-//! Run by `cargo test`; they need Docker (see tests/common).
-
-mod common;
-#[path = "support/overrides.rs"]
-mod overrides;
+//! Run by `cargo test --test lab`; they need Docker (see tests/lab/main.rs).
 
 use std::process::Output;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
+use crate::overrides;
+
+lab_tests!(
+    fresh_lab_apply_then_round_robin_over_both_web_servers,
+    second_apply_is_a_no_op_with_one_connection_and_one_command_per_host,
+    the_agents_cached_copy_is_root_only_and_never_runs_tampered,
+    a_changed_variable_shows_in_diff_and_is_served_after_apply,
+    drift_on_a_host_is_reported_and_repaired,
+    an_invalid_nginx_override_changes_nothing_anywhere,
+    a_host_that_is_down_fails_the_run_before_anything_changes,
+    an_unknown_host_key_fails_closed,
+    a_stopped_nginx_is_taken_out_by_the_health_check,
+    a_lock_held_by_another_run_stops_apply_naming_the_holder,
+    a_non_root_user_works_through_sudo,
+    limit_touches_only_the_selected_hosts,
+    with_persist_the_next_run_makes_no_remote_command_and_still_sees_drift,
+    a_proxy_command_in_the_users_ssh_config_wins_over_the_tcp_connector,
+    a_web_server_in_sync_is_vouched_for_without_the_agent_and_drift_still_shows,
+    a_missing_secret_fails_the_run_and_leaves_no_connection_behind,
+    finding_4_apply_plan_takes_its_inventory_from_the_command_line_and_refuses_an_edited_plan,
+    finding_5_prune_host_never_takes_an_address_from_a_hosts_history,
+    finding_6_the_kept_agents_socket_is_root_only_or_asks_for_the_tools_token,
+    finding_7_text_from_a_host_reaches_the_terminal_escaped,
+    finding_12_a_lock_dies_with_its_holder_and_a_live_one_is_never_taken,
+);
 
 /// The first apply on the fresh lab, made once by the fixture.
 static FIRST_APPLY: OnceLock<Output> = OnceLock::new();
 
-fn setup() -> Option<std::sync::MutexGuard<'static, ()>> {
-    let guard = lab()?;
+fn setup() {
+    lab();
     FIRST_APPLY.get_or_init(|| cli(&["apply", lab_inventory().to_str().unwrap()]));
-    Some(guard)
 }
 
 /// Brings the lab back to the inventory's state (web servers running, files in place).
@@ -50,9 +70,8 @@ fn ten_requests(path: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
 fn fresh_lab_apply_then_round_robin_over_both_web_servers() {
-    let Some(_g) = setup() else { return };
+    setup();
     let first = FIRST_APPLY.get().unwrap();
     assert_eq!(
         first.status.code(),
@@ -91,9 +110,8 @@ fn fresh_lab_apply_then_round_robin_over_both_web_servers() {
     }
 }
 
-#[test]
 fn second_apply_is_a_no_op_with_one_connection_and_one_command_per_host() {
-    let Some(_g) = setup() else { return };
+    setup();
     baseline();
     let pids = [
         pidfile("web-01", "/run/nginx.pid"),
@@ -149,9 +167,8 @@ fn second_apply_is_a_no_op_with_one_connection_and_one_command_per_host() {
 /// The agent runs from a cached copy on the host (compiled once per version): in a
 /// root-only directory, rewritten whenever its bytes differ from the tool's (a tampered
 /// copy never runs), and not used at all from a directory others could write.
-#[test]
 fn the_agents_cached_copy_is_root_only_and_never_runs_tampered() {
-    let Some(_g) = setup() else { return };
+    setup();
     baseline();
     const DIR: &str = "/var/lib/foobar-infra/agent";
     let in_sync = || {
@@ -198,9 +215,8 @@ fn the_agents_cached_copy_is_root_only_and_never_runs_tampered() {
     assert_eq!(remote_sha("web-01", &copy), genuine);
 }
 
-#[test]
 fn a_changed_variable_shows_in_diff_and_is_served_after_apply() {
-    let Some(_g) = setup() else { return };
+    setup();
     baseline();
     let variant = lab_variant("health-path", |t| {
         format!("{t}haproxy:\n  health_check:\n    path: /healthz\n")
@@ -265,9 +281,8 @@ fn a_changed_variable_shows_in_diff_and_is_served_after_apply() {
     baseline();
 }
 
-#[test]
 fn drift_on_a_host_is_reported_and_repaired() {
-    let Some(_g) = setup() else { return };
+    setup();
     baseline();
     exec(
         "web-02",
@@ -294,9 +309,8 @@ fn drift_on_a_host_is_reported_and_repaired() {
     assert_eq!(cli(&["diff", &inv()]).status.code(), Some(0));
 }
 
-#[test]
 fn an_invalid_nginx_override_changes_nothing_anywhere() {
-    let Some(_g) = setup() else { return };
+    setup();
     baseline();
     let before = managed_hashes();
     let dir = overrides::broken_nginx_site();
@@ -333,9 +347,8 @@ fn an_invalid_nginx_override_changes_nothing_anywhere() {
     assert_eq!(r.status, 200);
 }
 
-#[test]
 fn a_host_that_is_down_fails_the_run_before_anything_changes() {
-    let Some(_g) = setup() else { return };
+    setup();
     baseline();
     let before = managed_hashes();
     let variant = lab_variant("bigger-body", |t| {
@@ -372,9 +385,8 @@ fn a_host_that_is_down_fails_the_run_before_anything_changes() {
     assert_eq!(before, managed_hashes(), "nothing applied anywhere");
 }
 
-#[test]
 fn an_unknown_host_key_fails_closed() {
-    let Some(_g) = setup() else { return };
+    setup();
     let bad = state_dir().join("known_hosts.bad");
     let good = std::fs::read_to_string(state_dir().join("known_hosts")).unwrap();
     // web-01's line replaced by lb-01's key: a mismatch, as after a man-in-the-middle.
@@ -410,9 +422,8 @@ fn an_unknown_host_key_fails_closed() {
     assert_eq!(before, managed_hashes());
 }
 
-#[test]
 fn a_stopped_nginx_is_taken_out_by_the_health_check() {
-    let Some(_g) = setup() else { return };
+    setup();
     baseline();
     exec("web-01", &["service", "nginx", "stop"]);
     // Every request succeeds, even before the check marks web-01 down (retries + redispatch).
@@ -444,9 +455,8 @@ fn a_stopped_nginx_is_taken_out_by_the_health_check() {
     }));
 }
 
-#[test]
 fn a_lock_held_by_another_run_stops_apply_naming_the_holder() {
-    let Some(_g) = setup() else { return };
+    setup();
     baseline();
     let before = managed_hashes();
     let now = std::time::SystemTime::now()
@@ -484,9 +494,8 @@ fn a_lock_held_by_another_run_stops_apply_naming_the_holder() {
     assert_eq!(before, managed_hashes(), "nothing changed on any host");
 }
 
-#[test]
 fn a_non_root_user_works_through_sudo() {
-    let Some(_g) = setup() else { return };
+    setup();
     baseline();
     let variant = lab_variant("deploy-user", |t| {
         t.replace("  user: root", "  user: deploy")
@@ -518,9 +527,8 @@ fn a_non_root_user_works_through_sudo() {
     assert_eq!(cli(&["diff", &inv()]).status.code(), Some(0));
 }
 
-#[test]
 fn limit_touches_only_the_selected_hosts() {
-    let Some(_g) = setup() else { return };
+    setup();
     baseline();
     for h in ["web-01", "web-02"] {
         exec(h, &["sh", "-c", "echo '# drift' >> /etc/nginx/nginx.conf"]);
@@ -548,9 +556,8 @@ fn limit_touches_only_the_selected_hosts() {
 /// `--persist`: the next run reuses the kept master AND the kept agent (a daemon on the
 /// host, reached through a socket the master forwards): no new SSH connection and no
 /// remote command at all, and drift on a host still shows and is repaired.
-#[test]
 fn with_persist_the_next_run_makes_no_remote_command_and_still_sees_drift() {
-    let Some(_g) = setup() else { return };
+    setup();
     baseline();
     let cache = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
@@ -636,9 +643,8 @@ fn processes_matching(needle: &str) -> Vec<String> {
 /// set there wins (ssh keeps the first value it reads), and `ssh.connector: ssh` lets ssh
 /// open the connection itself. Either way host keys are still checked (the lab's
 /// known_hosts) and the run works.
-#[test]
 fn a_proxy_command_in_the_users_ssh_config_wins_over_the_tcp_connector() {
-    let Some(_g) = setup() else { return };
+    setup();
     baseline();
     let state = state_dir();
     let marker = state.join("user-proxy.log");
@@ -679,9 +685,8 @@ fn a_proxy_command_in_the_users_ssh_config_wins_over_the_tcp_connector() {
 /// A web server without a database role has a witness (src/witness.rs): in sync, it
 /// answers from a few coreutils and no agent starts; any drift goes to the agent, which
 /// reports and repairs it as before.
-#[test]
 fn a_web_server_in_sync_is_vouched_for_without_the_agent_and_drift_still_shows() {
-    let Some(_g) = setup() else { return };
+    setup();
     baseline();
     sh(&root().join("lab/down"), &["web-03"]);
     let up = sh(&root().join("lab/up"), &["web-03"]);
@@ -782,9 +787,8 @@ fn a_web_server_in_sync_is_vouched_for_without_the_agent_and_drift_still_shows()
 
 /// The connections start while the plan is rendered; a run that then fails before
 /// observing (here: a secret file that is missing) closes them all and runs nothing.
-#[test]
 fn a_missing_secret_fails_the_run_and_leaves_no_connection_behind() {
-    let Some(_g) = setup() else { return };
+    setup();
     let variant = lab_variant("missing-secret", |t| {
         t.replace(
             "{ file: .state/db_app_password }",
@@ -869,9 +873,8 @@ fn hold_lock_flock(host: &str) -> String {
 /// the plan and took each file's mode, owner and service from it. Now the inventory is
 /// the one beside the plan (by its hash) or given with --inventory, another one is
 /// refused, and an edited plan fails its own checksum before anything connects.
-#[test]
 fn finding_4_apply_plan_takes_its_inventory_from_the_command_line_and_refuses_an_edited_plan() {
-    let Some(_g) = setup() else { return };
+    setup();
     baseline();
     let variant = lab_variant("plan-body-size", |t| {
         format!("{t}nginx:\n  client_max_body_size: 14m\n")
@@ -950,9 +953,8 @@ fn finding_4_apply_plan_takes_its_inventory_from_the_command_line_and_refuses_an
 /// any host's history, which that host can write. Now only this controller's own record
 /// (or the command line), shown and, for apply, confirmed: a forged history entry leads
 /// nowhere, and nothing connects before the address is settled.
-#[test]
 fn finding_5_prune_host_never_takes_an_address_from_a_hosts_history() {
-    let Some(_g) = setup() else { return };
+    setup();
     baseline();
     let state = tempfile::tempdir().unwrap();
     // A host (compromised, or reused) says web-09 was at web-02's address.
@@ -1038,9 +1040,8 @@ fn finding_5_prune_host_never_takes_an_address_from_a_hosts_history() {
 /// deploy, the socket must be deploy's (sshd connects as deploy), but every connection
 /// must first send the daemon's token, which only the tool has: deploy's own processes
 /// (without sudo) get no greeting and no answer.
-#[test]
 fn finding_6_the_kept_agents_socket_is_root_only_or_asks_for_the_tools_token() {
-    let Some(_g) = setup() else { return };
+    setup();
     baseline();
     let cache = tempfile::tempdir().unwrap();
     let persist = |inventory: &str, verbose: bool| {
@@ -1141,9 +1142,8 @@ fn finding_6_the_kept_agents_socket_is_root_only_or_asks_for_the_tools_token() {
 /// Finding 7 of issue 20: text from a host (here a managed file's lines in a diff)
 /// reached the terminal as it was, escape sequences and all. Now control characters,
 /// C1 controls and bidi overrides are printed escaped, in text and in --json.
-#[test]
 fn finding_7_text_from_a_host_reaches_the_terminal_escaped() {
-    let Some(_g) = setup() else { return };
+    setup();
     baseline();
     // ESC ] 0 ; (a window title) ... BEL, ESC [ 2 J (clear screen), U+009B (CSI), U+202E.
     exec(
@@ -1182,9 +1182,8 @@ fn finding_7_text_from_a_host_reaches_the_terminal_escaped() {
 /// its ssh masters lived on. Now the lock is a flock held by the run's agent: a live
 /// one is never taken (the error names the holder and how to clear it), a dead run's
 /// is free at once; and the masters end within seconds of the controller.
-#[test]
 fn finding_12_a_lock_dies_with_its_holder_and_a_live_one_is_never_taken() {
-    let Some(_g) = setup() else { return };
+    setup();
     baseline();
     let variant = lab_variant("lock-body-size", |t| {
         format!("{t}nginx:\n  client_max_body_size: 13m\n")

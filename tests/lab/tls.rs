@@ -1,11 +1,14 @@
 //! End-to-end tests of HTTPS at the load balancer (issue 6) and certificate expiry in
 //! `status` (issue 9), on the lab. curl and openssl talk to the lab's load balancer only.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
+
+lab_tests!(
+    https_with_the_lab_ca_redirects_http_and_refuses_tls_1_1,
+    a_certificate_expiring_in_three_days_fails_status,
+);
 
 fn tls_inventory(name: &str, tls_dir: &str) -> String {
     let v = lab_variant(name, |t| {
@@ -37,9 +40,8 @@ fn curl(args: &[&str]) -> (String, String) {
     )
 }
 
-#[test]
 fn https_with_the_lab_ca_redirects_http_and_refuses_tls_1_1() {
-    let Some(_g) = lab() else { return };
+    lab();
     let inv = tls_inventory("tls", "tls");
     let out = cli(&["apply", &inv]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -145,9 +147,8 @@ fn https_with_the_lab_ca_redirects_http_and_refuses_tls_1_1() {
     );
 }
 
-#[test]
 fn a_certificate_expiring_in_three_days_fails_status() {
-    let Some(_g) = lab() else { return };
+    lab();
     let made = Command::new("bash")
         .arg(root().join("lab/tls"))
         .arg(state_dir().join("tls-short"))

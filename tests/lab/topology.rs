@@ -1,10 +1,15 @@
 //! End-to-end tests of reshaping the pool on the lab (issue 10): active-passive mode.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
+
+lab_tests!(
+    active_passive_serves_from_the_active_and_fails_over_to_the_passive,
+    two_load_balancers_share_a_floating_address_that_moves_when_one_dies,
+    web_servers_join_and_leave_under_load_without_a_failed_request,
+    a_host_removed_from_the_inventory_is_pruned_only_when_named,
+);
 
 fn served_by(n: usize) -> Vec<String> {
     (0..n)
@@ -22,9 +27,8 @@ fn served_by(n: usize) -> Vec<String> {
         .collect()
 }
 
-#[test]
 fn active_passive_serves_from_the_active_and_fails_over_to_the_passive() {
-    let Some(_g) = lab() else { return };
+    lab();
     let base = cli(&["apply", &lab_inventory().display().to_string()]);
     assert_eq!(base.status.code(), Some(0), "{}", text(&base));
     let variant = lab_variant("active-passive", |t| {
@@ -88,9 +92,8 @@ fn vip() -> String {
     addr("10.231.0.100")
 }
 
-#[test]
 fn two_load_balancers_share_a_floating_address_that_moves_when_one_dies() {
-    let Some(_g) = lab() else { return };
+    lab();
     let up = sh(&root().join("lab/up"), &["lb-02"]);
     assert!(up.status.success(), "{}", text(&up));
     let variant = lab_variant("vip", |t| {
@@ -216,9 +219,8 @@ fn backends() -> Vec<String> {
     names
 }
 
-#[test]
 fn web_servers_join_and_leave_under_load_without_a_failed_request() {
-    let Some(_g) = lab() else { return };
+    lab();
     let base = lab_inventory().display().to_string();
     assert_eq!(cli(&["apply", &base]).status.code(), Some(0));
     for i in 0..10 {
@@ -364,9 +366,8 @@ fn web_servers_join_and_leave_under_load_without_a_failed_request() {
     assert!(sh(&root().join("lab/down"), &["web-03"]).status.success());
 }
 
-#[test]
 fn a_host_removed_from_the_inventory_is_pruned_only_when_named() {
-    let Some(_g) = lab() else { return };
+    lab();
     let base = lab_inventory().display().to_string();
     // The inventory file as applied with web-02 in it, then edited to leave it out.
     let with = lab_variant("without-web-02", |t| t.to_string());

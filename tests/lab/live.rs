@@ -3,13 +3,18 @@
 //! real host brings (a port held by another process, services disabled at boot, a
 //! reboot) is seen and handled before or without an apply.
 
-mod common;
-#[path = "support/overrides.rs"]
-mod overrides;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
+use crate::overrides;
+
+lab_tests!(
+    a_haproxy_config_that_passes_its_check_but_cannot_load_is_a_failed_reload,
+    an_nginx_reload_that_cannot_bind_is_a_failed_reload,
+    every_host_restarted_after_a_converged_apply_serves_with_no_apply_between,
+    a_port_held_by_another_process_is_named_and_stops_apply_before_anything_changes,
+    a_host_paused_during_its_commit_fails_the_run_in_bounded_time_and_never_commits_late,
+);
 
 fn inv() -> String {
     lab_inventory().display().to_string()
@@ -45,9 +50,8 @@ fn both_backends_serve() -> bool {
     }
 }
 
-#[test]
 fn a_haproxy_config_that_passes_its_check_but_cannot_load_is_a_failed_reload() {
-    let Some(_g) = lab() else { return };
+    lab();
     converged();
     let cfg = "/etc/haproxy/haproxy.cfg";
     let before = remote_sha("lb-01", cfg);
@@ -97,9 +101,8 @@ fn a_haproxy_config_that_passes_its_check_but_cannot_load_is_a_failed_reload() {
     assert_eq!(diff.status.code(), Some(0), "in sync: {}", text(&diff));
 }
 
-#[test]
 fn an_nginx_reload_that_cannot_bind_is_a_failed_reload() {
-    let Some(_g) = lab() else { return };
+    lab();
     converged();
     let site = "/etc/nginx/sites-foobar/www.foobar.com.conf";
     let before = remote_sha("web-01", site);
@@ -152,9 +155,8 @@ fn replication_runs() -> bool {
     status.contains("Slave_IO_Running: Yes") && status.contains("Slave_SQL_Running: Yes")
 }
 
-#[test]
 fn every_host_restarted_after_a_converged_apply_serves_with_no_apply_between() {
-    let Some(_g) = lab() else { return };
+    lab();
     converged();
     // As many images ship them: the stack's services installed but off at boot.
     for (host, services) in [
@@ -215,9 +217,8 @@ fn service(host: &str, name: &str, action: &str) {
     }
 }
 
-#[test]
 fn a_port_held_by_another_process_is_named_and_stops_apply_before_anything_changes() {
-    let Some(_g) = lab() else { return };
+    lab();
     converged();
     // The distribution's nginx on the load balancer, as an image that carries it has it.
     service("lb-01", "haproxy", "stop");
@@ -267,12 +268,11 @@ fn last_result(host: &str) -> String {
     rec["result"].as_str().unwrap_or("").to_string()
 }
 
-#[test]
 fn a_host_paused_during_its_commit_fails_the_run_in_bounded_time_and_never_commits_late() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     use std::time::Instant;
-    let Some(_g) = lab() else { return };
+    lab();
     converged();
     let cnf = "/etc/mysql/mariadb.conf.d/60-foobar.cnf";
     let before = remote_sha("web-02", cnf);

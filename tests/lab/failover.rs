@@ -1,17 +1,19 @@
 //! End-to-end test of a database primary failover on the lab (issue 6): the primary's
 //! database dies, `db promote` makes the replica the primary and rewrites the inventory,
 //! `apply` moves the application's writes to it and turns the old primary into a
-//! replica. Needs Docker (see tests/common).
-
-mod common;
+//! replica. Needs Docker (see tests/lab/main.rs).
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
-#[test]
+lab_tests!(
+    promote_web_02_after_web_01_database_died,
+    replica_state_is_repaired_and_a_diverged_replica_is_reseeded,
+);
+
 fn promote_web_02_after_web_01_database_died() {
-    let Some(_g) = lab() else { return };
+    lab();
     let base = lab_inventory().display().to_string();
     assert_eq!(cli(&["apply", &base]).status.code(), Some(0));
     for i in 0..5 {
@@ -155,9 +157,8 @@ fn stderr(o: &std::process::Output) -> String {
 /// `db reseed`, which brings it back replicating with the primary's rows; and `status`
 /// right after an apply that restarted the primary does not call the replica's
 /// reconnection a problem. On either host kind (MariaDB 10.11 and 11.8).
-#[test]
 fn replica_state_is_repaired_and_a_diverged_replica_is_reseeded() {
-    let Some(_g) = lab() else { return };
+    lab();
     let inv = lab_inventory().display().to_string();
     eprintln!("web-02: {}", host_os("web-02"));
     apply_ok(&inv, &[]);
