@@ -351,7 +351,14 @@ pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<
             path: entry.path.clone(),
             kind: FileChangeKind::Delete,
             service,
-            diff: unified(&old, "", &entry.path, "a", NO_FILE),
+            diff: if state.originals.contains(&entry.path) {
+                format!(
+                    "# put back: the file {} had here before its first apply (kept then)\n",
+                    hp.name()
+                )
+            } else {
+                unified(&old, "", &entry.path, "a", NO_FILE)
+            },
             observed_sha256: observed_sha(&seen),
             new_sha256: None,
             new_content: None,

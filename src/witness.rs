@@ -501,6 +501,8 @@ impl Witness {
             certs: Default::default(),
             // Its services run (checked by name, see SCRIPT): each holds its port.
             listeners: Vec::new(),
+            // Only a removal reads them, and a vouched host has nothing to remove.
+            originals: Vec::new(),
         }
     }
 }

@@ -463,6 +463,10 @@ pub struct HostState {
     /// (the request's `ports`; src/run/preflight.rs decides what is a conflict).
     #[serde(default)]
     pub listeners: Vec<Listener>,
+    /// Managed paths whose file from before the first apply is kept on the host: a
+    /// removal puts it back.
+    #[serde(default)]
+    pub originals: Vec<String>,
 }
 
 /// A listening TCP socket (agent's ports.py: sock_diag, else `/proc/net/tcp{,6}`) and

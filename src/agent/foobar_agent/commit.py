@@ -13,7 +13,7 @@ from .firewall import firewall_disarm
 from .lock import release_lock, require_lock, take_lock
 from .services import init_system, service_action
 from .session import STAGED_RUNS, ensure_controller
-from .state import append_history, backup_path, load_staged, prune_runs, run_dir
+from .state import append_history, backup_path, load_staged, original_path, prune_runs, run_dir
 
 
 def restore_backups(rid, entries, dirs):
@@ -23,6 +23,8 @@ def restore_backups(rid, entries, dirs):
         try:
             if e["existed"]:
                 restore_file(backup_path(rid, e["path"]), e["path"], rid)
+            elif e.get("put_back"):
+                remove_quiet(e["path"])  # the original went back where there was no file
             elif e["kind"] == "replace" and (e.get("replaced") or live_sha(e["path"]) == e.get("new_sha256")):
                 remove_quiet(e["path"])  # new in this run (by hash: a crashed commit did not record it)
         except OSError as err:
@@ -33,6 +35,32 @@ def restore_backups(rid, entries, dirs):
         except OSError:
             pass
     return problems
+
+
+def managed_paths():
+    """The paths the tool managed after its last commit here (its manifest)."""
+    try:
+        entries = read_json(paths.MANIFEST, []) or []
+    except ValueError:
+        return set()
+    return {e.get("path") for e in entries if isinstance(e, dict)}
+
+
+def keep_original(p, managed):
+    """Keeps, once, the file that the first apply to path p replaces (the distribution's
+    nginx.conf, or one made by hand), to put it back when a role leaves the host."""
+    if p not in managed and os.path.lexists(p) and not os.path.lexists(original_path(p)):
+        copy_preserving(p, original_path(p))
+
+
+def remove_or_put_back(e, rid):
+    """A file whose role left the host: the original kept at its first apply goes back
+    in its place, else it is removed."""
+    if e.get("original"):
+        restore_file(original_path(e["path"]), e["path"], rid)
+        e["put_back"] = True
+    elif e["existed"]:
+        os.unlink(e["path"])
 
 
 def op_commit(req):
@@ -79,17 +107,20 @@ def commit_checked(req, rid, rdir):
         # 1. back up everything first, and record it, before touching any target
         if state["had_manifest"]:
             copy_file(paths.MANIFEST, os.path.join(rdir, "manifest.prev.json"))
+        managed = managed_paths()
         for p in wanted:
             existed = os.path.lexists(p)
             if existed:
                 copy_preserving(p, backup_path(rid, p))
+                keep_original(p, managed)
             entries.append({"path": p, "existed": existed, "kind": "replace", "replaced": False,
                             "new_sha256": staged[p]["sha256"]})
         for p in deletes:
             existed = os.path.lexists(p)
             if existed:
                 copy_preserving(p, backup_path(rid, p))
-            entries.append({"path": p, "existed": existed, "kind": "delete"})
+            entries.append({"path": p, "existed": existed, "kind": "delete",
+                            "original": os.path.lexists(original_path(p))})
         write_json_atomic(bj, state)
         # A service whose role leaves the host stops while its files (its init script)
         # are still there.
@@ -105,8 +136,8 @@ def commit_checked(req, rid, rdir):
             if e["kind"] == "replace":
                 os.replace(staged[e["path"]]["staged"], e["path"])
                 e["replaced"] = True
-            elif e["existed"]:
-                os.unlink(e["path"])
+            else:
+                remove_or_put_back(e, rid)
         for d in sorted({os.path.dirname(e["path"]) for e in entries}):
             fsync_dir(d)
         # 3. services

@@ -14,7 +14,7 @@ from .packages import dpkg_installed
 from .ports import listeners_observe
 from .release import cert_not_after, release_observe, user_exists
 from .services import init_system, service_pid, service_running
-from .state import last_history
+from .state import last_history, original_path
 
 
 def op_observe(req):
@@ -66,11 +66,14 @@ def op_observe(req):
     certs = {safe_path(c, "certs"): cert_not_after(c) for c in req.get("certs") or []}  # release.py
     boot = boot_enabled(services, init)  # boot.py
     listeners = listeners_observe(req.get("ports") or [], init)  # ports.py
+    # Managed paths whose file before the first apply is kept (put back on removal).
+    originals = sorted(p for p in files if os.path.lexists(original_path(p)))
     return {
         "ok": True, "init": init, "hostname": os.uname().nodename, "files": files, "db": db, "release": release, "users": users, "haproxy": balancer, "certs": certs,
         "services": {s: {"running": service_running(s, init), "pid": service_pid(s), "enabled": boot.get(s)}
                      for s in services},
         "packages": dpkg_installed(packages), "lock": lock, "manifest": manifest,
         "last_history": last_history(), "former_replica": former_replica, "listeners": listeners,
+        "originals": originals,
     }
 

@@ -12,6 +12,9 @@ GUARD = os.path.join(STATE_DIR, ".lock-guard")
 MANIFEST = os.path.join(STATE_DIR, "manifest.json")
 HISTORY = os.path.join(STATE_DIR, "history.jsonl")
 RUNS = os.path.join(STATE_DIR, "runs")
+# The file a first apply replaced at each path (the distribution's nginx.conf, say), put
+# back when the tool stops managing that path (commit.py).
+ORIGINALS = os.path.join(STATE_DIR, "originals")
 AGENT_CACHE = os.path.join(STATE_DIR, "agent")  # written by the bootstrap (src/remote/agent.rs)
 FW_GUARD = os.path.join(STATE_DIR, "firewall-guard.json")
 FW_PREV = os.path.join(STATE_DIR, "firewall-prev.nft")

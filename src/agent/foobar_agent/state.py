@@ -80,6 +80,11 @@ def backup_path(rid, target):
     return os.path.join(run_dir(rid), "backup", target.lstrip("/"))
 
 
+def original_path(target):
+    """Where the file a first apply replaced at `target` is kept (paths.ORIGINALS)."""
+    return os.path.join(paths.ORIGINALS, target.lstrip("/"))
+
+
 def prune_agent_cache(keep=3):
     """The bootstrap keeps each agent version it ran in paths.AGENT_CACHE, as the package
     foobar_agent_ID/ (its compiled code inside): keep this one and the `keep` newest
