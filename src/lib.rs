@@ -17,6 +17,7 @@ pub mod output;
 pub mod plan;
 pub mod planfile;
 pub mod private_file;
+pub mod protocol;
 pub mod release;
 pub mod remote;
 pub mod render;

@@ -56,6 +56,8 @@ pub const MODULES: &[(&str, &str)] = &[
     ),
     ("actions", include_str!("../agent/foobar_agent/actions.py")),
     ("commit", include_str!("../agent/foobar_agent/commit.py")),
+    ("shapes", include_str!("../agent/foobar_agent/shapes.py")),
+    ("check", include_str!("../agent/foobar_agent/check.py")),
     ("ops", include_str!("../agent/foobar_agent/ops.py")),
     ("daemon", include_str!("../agent/foobar_agent/daemon.py")),
     ("main", include_str!("../agent/foobar_agent/main.py")),

@@ -186,7 +186,7 @@ class Boot(AgentTest):
     def test_observe_reports_each_service_enabled_or_not(self):
         self.link("S01nginx")
         self.link("K01haproxy")
-        answer = ops.handle(b'{"op": "observe", "services": ["nginx", "haproxy"]}')
+        answer = ops.OPS["observe"]({"services": ["nginx", "haproxy"]})  # the op alone
         if answer["init"] != "sysv":
             self.skipTest("this machine runs systemd")
         self.assertTrue(answer["services"]["nginx"]["enabled"])

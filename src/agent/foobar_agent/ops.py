@@ -4,6 +4,7 @@ protocol"), and how one request becomes one answer."""
 import json
 
 from . import db, db_restore, firewall, haproxy, release
+from .check import check_request
 from .commit import op_commit, op_rollback
 from .core import AgentError
 from .observe import op_observe
@@ -51,6 +52,7 @@ def handle(raw):
     if not isinstance(req, dict) or req.get("op") not in OPS:
         raise AgentError("request", "unknown op %r (expected one of %s)"
                          % (req.get("op") if isinstance(req, dict) else None, ", ".join(sorted(OPS))))
+    check_request(req)  # the request fits its op's shape (shapes.py), or nothing runs
     try:
         return OPS[req["op"]](req)
     except OSError as e:
