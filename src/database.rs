@@ -12,11 +12,16 @@ pub mod restore;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::output::Printer;
-use crate::plan::{DbPlan, DbRole, HostPlan, Plan};
-use crate::remote::agent::{self, DbState};
+use crate::plan::{DbPlan, DbRole, HostPlan, Plan, PrimaryRef};
+use crate::protocol::database::{
+    DbPrimary, DbReplicaPassword, DbReplicaRemove, DbReplicaStart, DbSeedPrepare, DbSpec, DbUser,
+    Password, PrimarySource, ReplicationLogin,
+};
+use crate::protocol::{self, run::Observe};
+use crate::remote::agent::DbState;
 use crate::remote::Remote;
 use crate::secrets::{mysql_native_hash, Secrets};
 
@@ -81,41 +86,67 @@ impl DbChange {
 }
 
 /// The database part of an agent request: accounts with password hashes (never clear).
-pub fn spec(db: &DbPlan, secrets: &Secrets) -> Result<Value> {
+pub fn db_spec(db: &DbPlan, secrets: &Secrets) -> Result<DbSpec> {
     let users = db
         .users
         .iter()
         .map(|u| {
-            Ok(json!({
-                "user": u.user, "host": u.host, "grants": u.grants,
-                "hash": mysql_native_hash(secrets.require(&u.secret)?),
-            }))
+            Ok(DbUser {
+                user: u.user.clone(),
+                host: u.host.clone(),
+                grants: u.grants.clone(),
+                hash: mysql_native_hash(secrets.require(&u.secret)?),
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     let replication = match &db.primary {
-        Some(p) => json!({"user": p.user, "hash": mysql_native_hash(secrets.require(&p.secret)?)}),
-        None => Value::Null,
+        Some(p) => Some(ReplicationLogin {
+            user: p.user.clone(),
+            hash: mysql_native_hash(secrets.require(&p.secret)?),
+        }),
+        None => None,
     };
-    Ok(json!({
-        "role": db.role, "database": db.database, "users": users,
-        "schema": db.schema, "tables": db.tables, "replication": replication,
-    }))
+    Ok(DbSpec {
+        role: db.role,
+        database: db.database.clone(),
+        users,
+        schema: db.schema.clone(),
+        tables: db.tables.clone(),
+        replication,
+    })
+}
+
+/// A replica's source in a request: `host` (the primary's address, or the new
+/// primary's in a promotion) with the replication account of `pref`.
+pub fn source(pref: &PrimaryRef, host: &str, secrets: &Secrets) -> Result<PrimarySource> {
+    Ok(PrimarySource {
+        host: host.to_string(),
+        port: pref.port,
+        user: pref.user.clone(),
+        password: Password(secrets.require(&pref.secret)?.expose().to_string()),
+    })
+}
+
+/// [`db_spec`] as JSON, for the run's requests not yet typed (src/engine.rs).
+pub fn spec(db: &DbPlan, secrets: &Secrets) -> Result<Value> {
+    Ok(serde_json::to_value(db_spec(db, secrets)?)?)
 }
 
 /// A database spec keeping only the accounts (`user@host`) that `keep` accepts: for
 /// changing some passwords on the primary and nothing else.
-pub fn spec_with_accounts(spec: &Value, keep: impl Fn(&str) -> bool) -> Value {
+pub fn accounts_only(spec: &DbSpec, keep: impl Fn(&str) -> bool) -> DbSpec {
     let mut spec = spec.clone();
-    if let Some(users) = spec["users"].as_array_mut() {
-        users.retain(|u| {
-            keep(&format!(
-                "{}@{}",
-                u["user"].as_str().unwrap_or(""),
-                u["host"].as_str().unwrap_or("")
-            ))
-        });
-    }
+    spec.users
+        .retain(|u| keep(&format!("{}@{}", u.user, u.host)));
     spec
+}
+
+/// [`accounts_only`] of a JSON spec ([`spec`]).
+pub fn spec_with_accounts(spec: &Value, keep: impl Fn(&str) -> bool) -> Value {
+    match serde_json::from_value::<DbSpec>(spec.clone()) {
+        Ok(typed) => serde_json::to_value(accounts_only(&typed, keep)).unwrap_or_default(),
+        Err(_) => spec.clone(),
+    }
 }
 
 /// Plans a host's database change from what was observed. Pure.
@@ -251,18 +282,14 @@ pub async fn converge(
             "Database",
             format!("{}: converging the primary", primary.name()),
         );
-        let answer = agent::call(
-            r,
-            "db-primary",
-            json!({"op": "db-primary", "db": spec(primary_db, secrets)?}),
-        )
-        .await
-        .with_context(|| format!("{}: converging the database primary", primary.name()))?;
-        for step in answer["done"].as_array().into_iter().flatten() {
-            printer.detail(
-                "Database",
-                format!("{}: {}", primary.name(), step.as_str().unwrap_or("")),
-            );
+        let request = DbPrimary {
+            db: db_spec(primary_db, secrets)?,
+        };
+        let answer = protocol::call(r, &request)
+            .await
+            .with_context(|| format!("{}: converging the database primary", primary.name()))?;
+        for step in &answer.done {
+            printer.detail("Database", format!("{}: {step}", primary.name()));
         }
     }
 
@@ -277,13 +304,11 @@ pub async fn converge(
         let todo = match change {
             DbChange::CheckReplica { .. } => {
                 // Observe again now that the server runs.
-                let v = agent::call(
-                    replica,
-                    "observe",
-                    json!({"op": "observe", "db": spec(db, secrets)?}),
-                )
-                .await?;
-                let st: Option<DbState> = serde_json::from_value(v["db"].clone()).ok();
+                let request = Observe {
+                    db: Some(db_spec(db, secrets)?),
+                    ..Observe::default()
+                };
+                let st: Option<DbState> = protocol::call(replica, &request).await?.db;
                 if let Some(d) = st.as_ref().and_then(|s| replica::divergence(db, s)) {
                     anyhow::bail!(
                         "{host}: the replica has diverged from its primary: {}; re-seed it with `foobar-infra db reseed INVENTORY {host}`",
@@ -343,8 +368,8 @@ pub async fn rotate_replication(
             .context("replica without primary")?;
         targets.push((name, pref, format!("{}@{}", pref.user, hp.host.address)));
     }
-    let full = spec(primary.db.as_ref().context("primary db plan")?, secrets)?;
-    let spec = spec_with_accounts(&full, |a| targets.iter().any(|(_, _, acc)| acc == a));
+    let full = db_spec(primary.db.as_ref().context("primary db plan")?, secrets)?;
+    let spec = accounts_only(&full, |a| targets.iter().any(|(_, _, acc)| acc == a));
     printer.status(
         "Database",
         format!(
@@ -353,23 +378,19 @@ pub async fn rotate_replication(
             replicas.join(", ")
         ),
     );
-    agent::call(
-        primary_remote,
-        "db-primary",
-        json!({"op": "db-primary", "db": spec}),
-    )
-    .await
-    .with_context(|| format!("{}: changing the replication accounts", primary.name()))?;
+    protocol::call(primary_remote, &DbPrimary { db: spec })
+        .await
+        .with_context(|| format!("{}: changing the replication accounts", primary.name()))?;
     for (name, pref, _) in &targets {
         let r = remote_of(name).with_context(|| format!("{name} is not connected"))?;
         let password = secrets.require(&pref.secret)?;
-        agent::call(
-            r,
-            "db-replica-password",
-            json!({"op": "db-replica-password", "password": password.expose(), "timeout_s": 30}),
-        )
-        .await
-        .with_context(|| format!("{name}: changing the replication password"))?;
+        let request = DbReplicaPassword {
+            password: Password(password.expose().to_string()),
+            timeout_s: 30,
+        };
+        protocol::call(r, &request)
+            .await
+            .with_context(|| format!("{name}: changing the replication password"))?;
         printer.status("Replicating", format!("{name} with the new password"));
     }
     Ok(())
@@ -389,7 +410,7 @@ pub async fn remove_replicas(
             "Database",
             format!("{name}: replication stopped and reset (no longer a replica)"),
         );
-        agent::call(r, "db-replica-remove", json!({"op": "db-replica-remove"}))
+        protocol::call(r, &DbReplicaRemove {})
             .await
             .with_context(|| format!("{name}: removing the replica"))?;
     }
@@ -410,12 +431,10 @@ pub async fn seed(
         "Seeding",
         format!("{} from {}", replica.name(), primary.name()),
     );
-    agent::call(
-        replica,
-        "db-seed-prepare",
-        json!({"op": "db-seed-prepare", "db": spec(db, secrets)?}),
-    )
-    .await?;
+    let request = DbSeedPrepare {
+        db: db_spec(db, secrets)?,
+    };
+    protocol::call(replica, &request).await?;
 
     let (writer, reader) = tokio::io::duplex(1 << 20);
     // --gtid with --master-data writes SET GLOBAL gtid_slave_pos for the dump's position.
@@ -459,15 +478,11 @@ pub async fn seed(
             String::from_utf8_lossy(&l.stderr).trim()
         );
     }
-    let password = secrets.require(&pref.secret)?;
-    agent::call(
-        replica,
-        "db-replica-start",
-        json!({"op": "db-replica-start", "timeout_s": 30, "primary": {
-            "host": pref.address, "port": pref.port, "user": pref.user, "password": password.expose(),
-        }}),
-    )
-    .await?;
+    let request = DbReplicaStart {
+        primary: source(pref, &pref.address, secrets)?,
+        timeout_s: 30,
+    };
+    protocol::call(replica, &request).await?;
     Ok(())
 }
 

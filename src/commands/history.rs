@@ -10,7 +10,8 @@ use super::remote::limit;
 use super::{load_and_render, runtime, Outcome};
 use crate::cli::HistoryArgs;
 use crate::output::Printer;
-use crate::remote::{agent, ssh};
+use crate::protocol::{self, release::History};
+use crate::remote::ssh;
 use crate::run::parallel::bounded;
 
 pub fn run(args: &HistoryArgs, p: &Arc<Printer>) -> Result<Outcome> {
@@ -27,12 +28,12 @@ pub fn run(args: &HistoryArgs, p: &Arc<Printer>) -> Result<Outcome> {
             async move {
                 let res = async {
                     let r = ssh::connect(&hp.host, p).await?;
-                    let answer =
-                        agent::call(&r, "history", json!({"op": "history", "last": args.last}))
-                            .await;
+                    let request = History {
+                        last: args.last as u64,
+                    };
+                    let answer = protocol::call(&r, &request).await;
                     let _ = r.close().await;
-                    let answer = answer?;
-                    Ok(answer["records"].as_array().cloned().unwrap_or_default())
+                    Ok(answer?.records)
                 }
                 .await;
                 (hp.name().to_string(), res)

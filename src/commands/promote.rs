@@ -8,14 +8,16 @@
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use serde_json::json;
 
 use super::remote::secret_names;
 use super::{load_tested_and_render, runtime, Outcome};
 use crate::cli::DbPromoteArgs;
+use crate::database;
 use crate::inventory::{swap_db_primary, Role};
 use crate::output::Printer;
-use crate::remote::{agent, ssh};
+use crate::protocol;
+use crate::protocol::database::{DbCatchUp, DbFence, DbPromote, DbReplicaStart};
+use crate::remote::ssh;
 use crate::secrets::Secrets;
 
 pub fn run(args: &DbPromoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
@@ -81,11 +83,9 @@ pub fn run(args: &DbPromoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
         .and_then(|h| h.db.as_ref())
         .and_then(|d| d.primary.clone())
         .context("replication settings")?;
-    let password = secrets.require(&repl.secret)?.expose().to_string();
-    let start_replica = |target: &str| {
-        json!({"op": "db-replica-start", "timeout_s": 30, "primary": {
-            "host": target, "port": repl.port, "user": repl.user, "password": password,
-        }})
+    let start_replica = DbReplicaStart {
+        primary: database::source(&repl, &new.address.to_string(), &secrets)?,
+        timeout_s: 30,
     };
     runtime()?
         .block_on(async {
@@ -103,18 +103,16 @@ pub fn run(args: &DbPromoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
             let result = async {
                 let mut fenced = false;
                 if let Some(o) = &old_r {
-                    match agent::call(o, "db-fence", json!({"op": "db-fence"})).await {
+                    match protocol::call(o, &DbFence {}).await {
                         Ok(v) => {
                             fenced = true;
-                            let gtid = v["gtid_binlog_pos"].as_str().unwrap_or("").to_string();
+                            let gtid = v.gtid_binlog_pos;
                             p.status("Fenced", format!("{} read-only at GTID {gtid}", old.name));
-                            agent::call(
-                                &new_r,
-                                "db-catch-up",
-                                json!({"op": "db-catch-up", "gtid": gtid, "timeout_s": 60}),
-                            )
-                            .await
-                            .with_context(|| {
+                            let catch_up = DbCatchUp {
+                                gtid,
+                                timeout_s: 60,
+                            };
+                            protocol::call(&new_r, &catch_up).await.with_context(|| {
                                 format!("{}: catching up with {}", new.name, old.name)
                             })?;
                             p.status(
@@ -128,18 +126,13 @@ pub fn run(args: &DbPromoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
                         )),
                     }
                 }
-                agent::call(&new_r, "db-promote", json!({"op": "db-promote"}))
+                protocol::call(&new_r, &DbPromote {})
                     .await
                     .with_context(|| format!("{}: promoting", new.name))?;
                 p.status("Promoted", format!("{} is the primary, writable", new.name));
                 for r in &others {
                     let rr = ssh::connect(r, p.clone()).await?;
-                    let res = agent::call(
-                        &rr,
-                        "db-replica-start",
-                        start_replica(&new.address.to_string()),
-                    )
-                    .await;
+                    let res = protocol::call(&rr, &start_replica).await;
                     let _ = rr.close().await;
                     res.with_context(|| format!("{}: pointing at {}", r.name, new.name))?;
                     p.status(
@@ -148,13 +141,7 @@ pub fn run(args: &DbPromoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
                     );
                 }
                 if let (Some(o), true) = (&old_r, fenced) {
-                    match agent::call(
-                        o,
-                        "db-replica-start",
-                        start_replica(&new.address.to_string()),
-                    )
-                    .await
-                    {
+                    match protocol::call(o, &start_replica).await {
                         Ok(_) => p.status(
                             "Repointed",
                             format!("{} replicates from {}", old.name, new.name),

@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 
 use crate::output::Printer;
 use crate::plan::{DbPlan, DbRole, HostPlan, Plan, PrimaryRef};
-use crate::remote::agent::{self, DbState, HostState, ReplicaState};
+use crate::protocol;
+use crate::protocol::database::{DbReplicaRepair, DbWaitReplica, ThreadStop};
+use crate::remote::agent::{DbState, HostState, ReplicaState};
 use crate::remote::Remote;
 use crate::secrets::Secrets;
 
@@ -348,37 +350,38 @@ pub async fn repair(
     printer: &Printer,
 ) -> Result<()> {
     let pref = db.primary.as_ref().context("replica without primary")?;
-    let mut req = json!({"op": "db-replica-repair", "timeout_s": 30});
+    let mut req = DbReplicaRepair {
+        timeout_s: 30,
+        ..DbReplicaRepair::default()
+    };
     for rep in repairs {
         match rep {
-            ReplicaRepair::ReadOnly => req["read_only"] = json!(true),
-            ReplicaRepair::StartIo { errno, .. } => req["start_io"] = json!({"errno": errno}),
-            ReplicaRepair::StartSql { errno, .. } => req["start_sql"] = json!({"errno": errno}),
+            ReplicaRepair::ReadOnly => req.read_only = Some(true),
+            ReplicaRepair::StartIo { errno, .. } => {
+                req.start_io = Some(ThreadStop { errno: *errno })
+            }
+            ReplicaRepair::StartSql { errno, .. } => {
+                req.start_sql = Some(ThreadStop { errno: *errno })
+            }
             ReplicaRepair::Source { .. } => {
-                let password = secrets.require(&pref.secret)?;
-                req["source"] = json!({
-                    "host": pref.address, "port": pref.port, "user": pref.user,
-                    "password": password.expose(),
-                });
+                req.source = Some(crate::database::source(pref, &pref.address, secrets)?)
             }
         }
     }
     let what: Vec<String> = repairs.iter().map(ReplicaRepair::describe).collect();
     printer.status("Repairing", format!("{}: {}", r.name(), what.join("; ")));
-    let answer = agent::call(r, "db-replica-repair", req)
+    let answer = protocol::call(r, &req)
         .await
         .with_context(|| format!("{}: repairing the replica", r.name()))?;
-    for step in answer["done"].as_array().into_iter().flatten() {
-        printer.detail(
-            "Database",
-            format!("{}: {}", r.name(), step.as_str().unwrap_or("")),
-        );
+    for step in &answer.done {
+        printer.detail("Database", format!("{}: {step}", r.name()));
     }
-    let after: ReplicaState = serde_json::from_value(answer["replica"].clone())
+    let after: ReplicaState = answer
+        .replica
         .with_context(|| format!("{}: no replication status after the repair", r.name()))?;
     let st = DbState {
         running: true,
-        read_only: answer["read_only"].as_bool(),
+        read_only: Some(answer.read_only),
         ..DbState::default()
     };
     match assess(&st, &after, pref, None) {
@@ -416,11 +419,10 @@ pub async fn settle(hp: &HostPlan, r: &dyn Remote, state: &mut HostState) {
     if !reconnecting {
         return;
     }
-    let req = json!({"op": "db-wait-replica", "timeout_s": RECONNECT_GRACE_S});
-    let answer = agent::call(r, "db-wait-replica", req).await;
-    let back: Option<ReplicaState> = answer
-        .ok()
-        .and_then(|v| serde_json::from_value(v["replica"].clone()).ok());
+    let req = DbWaitReplica {
+        timeout_s: RECONNECT_GRACE_S,
+    };
+    let back: Option<ReplicaState> = protocol::call(r, &req).await.ok().and_then(|a| a.replica);
     if let (Some(back), Some(db)) = (back, state.db.as_mut()) {
         db.replica = Some(back);
     }

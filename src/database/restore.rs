@@ -10,13 +10,18 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
 use super::backup::dump_to_file;
 use super::dump::{self, BackupRecord, DumpFacts, Piece, VersionCheck};
 use crate::output::Printer;
-use crate::remote::{agent, Remote};
+use crate::protocol;
+use crate::protocol::database::{
+    DbCatchUp, DbRestoreAbort, DbRestoreCheck, DbRestorePrepare, DbRestoreSwap, DbWaitReplica,
+    RestoreFacts,
+};
+use crate::remote::Remote;
 
 /// A backup file read whole and verified against its record.
 pub struct Backup {
@@ -118,8 +123,13 @@ impl<'a> Target<'a> {
         })
     }
 
-    fn names(&self) -> Value {
-        json!({"database": self.database, "scratch": self.scratch, "old": self.old})
+    /// The restore's three database names, as the requests carry them.
+    fn names(&self) -> (String, String, String) {
+        (
+            self.database.to_string(),
+            self.scratch.clone(),
+            self.old.clone(),
+        )
     }
 }
 
@@ -150,58 +160,50 @@ pub fn steps(b: &Backup, t: &Target) -> Vec<String> {
 }
 
 /// What the primary said before the restore: read-only checks, nothing written.
-pub async fn check_target(b: &Backup, t: &Target<'_>, p: &Printer) -> Result<Value> {
+pub async fn check_target(b: &Backup, t: &Target<'_>, p: &Printer) -> Result<RestoreFacts> {
     let host = t.remote.name();
-    let live = agent::call(
-        t.remote,
-        "db-restore-check",
-        json!({"op": "db-restore-check", "database": t.database}),
-    )
-    .await
-    .with_context(|| format!("{host}: reading the database server's state"))?;
-    let version = live["version"].as_str().unwrap_or("");
-    match dump::version_check(b.version(), version) {
+    let request = DbRestoreCheck {
+        database: t.database.to_string(),
+    };
+    let live = protocol::call(t.remote, &request)
+        .await
+        .with_context(|| format!("{host}: reading the database server's state"))?;
+    match dump::version_check(b.version(), &live.version) {
         VersionCheck::Same => {}
         VersionCheck::Warn(m) => p.warn(format!("{host}: {m}")),
         VersionCheck::Refuse(m) => bail!("{host}: not restored: {m}"),
     }
-    if live["read_only"] == true {
+    if live.read_only {
         bail!("{host} is read-only: it is not a primary (check the inventory's db-primary)");
     }
-    if !t.replicas.is_empty() && live["log_bin"] != true {
+    if !t.replicas.is_empty() && !live.log_bin {
         bail!("{host} has no binary log: its replicas could not follow a restore");
     }
-    if let Some(objs) = live["unmovable"].as_array().filter(|a| !a.is_empty()) {
+    if !live.unmovable.is_empty() {
         bail!(
             "{host}: the database {} holds {}: RENAME TABLE cannot move them, so the restore cannot \
              switch all at once (nothing changed)",
             t.database,
-            objs.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")
+            live.unmovable.join(", ")
         );
     }
-    for left in live["leftovers"].as_array().into_iter().flatten() {
+    for left in &live.leftovers {
         p.warn(format!(
-            "{host}: database {} was left by a restore that did not finish (a __restore_ one \
+            "{host}: database {left} was left by a restore that did not finish (a __restore_ one \
              holds a backup being loaded, a __replaced_ one the data a restore replaced); look, \
-             then DROP DATABASE `{}`",
-            left.as_str().unwrap_or("?"),
-            left.as_str().unwrap_or("?")
+             then DROP DATABASE `{left}`"
         ));
     }
     for r in &t.replicas {
-        agent::call(
-            *r,
-            "db-wait-replica",
-            json!({"op": "db-wait-replica", "timeout_s": 5}),
-        )
-        .await
-        .with_context(|| {
-            format!(
+        protocol::call(*r, &DbWaitReplica { timeout_s: 5 })
+            .await
+            .with_context(|| {
+                format!(
                 "{}: replication is not running, and a restore reaches the replicas through it; \
                      repair it first (foobar-infra status names the cause); nothing changed",
                 r.name()
             )
-        })?;
+            })?;
     }
     Ok(live)
 }
@@ -241,21 +243,26 @@ pub async fn restore(b: &Backup, t: &Target<'_>, p: &Printer) -> Result<Value> {
         "Switching",
         format!("{host}: restored tables into {}", t.database),
     );
-    let mut req = t.names();
-    req["op"] = json!("db-restore-swap");
-    req["tables"] = json!(b.facts.tables);
-    req["lock_wait_s"] = json!(10);
-    let swap = agent::call(t.remote, "db-restore-swap", req)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("{host}: switching to the restored tables failed: {e:#}\n{unchanged}")
-        })?;
-    let gtid = swap["gtid_binlog_pos"].as_str().unwrap_or("").to_string();
+    let (database, scratch, old) = t.names();
+    let request = DbRestoreSwap {
+        database,
+        scratch,
+        old,
+        tables: b.facts.tables.clone(),
+        lock_wait_s: 10,
+    };
+    let swap = protocol::call(t.remote, &request).await.map_err(|e| {
+        anyhow::anyhow!("{host}: switching to the restored tables failed: {e:#}\n{unchanged}")
+    })?;
+    let gtid = swap.gtid_binlog_pos;
     // The replicas replay the whole load: two minutes, and a second per 2 MB beyond.
     let timeout_s = 120 + b.facts.bytes / (2 << 20);
     for r in &t.replicas {
-        let req = json!({"op": "db-catch-up", "gtid": gtid, "timeout_s": timeout_s});
-        agent::call(*r, "db-catch-up", req).await.with_context(|| {
+        let request = DbCatchUp {
+            gtid: gtid.clone(),
+            timeout_s,
+        };
+        protocol::call(*r, &request).await.with_context(|| {
             format!(
                 "{}: did not apply the restore from {host} (GTID {gtid}); {host} is restored; \
                      the replica catches up when replication runs (foobar-infra status)",
@@ -267,16 +274,20 @@ pub async fn restore(b: &Backup, t: &Target<'_>, p: &Printer) -> Result<Value> {
             format!("{}: the restore applied (GTID {gtid})", r.name()),
         );
     }
-    Ok(swap["rows"].clone())
+    Ok(serde_json::to_value(swap.rows)?)
 }
 
 /// Streams the backup into the scratch database; on failure the scratch database is
 /// dropped, and the client's whole message is kept in a file beside the safety backup.
 async fn load(b: &Backup, t: &Target<'_>, p: &Printer) -> Result<()> {
     let host = t.remote.name();
-    let mut req = t.names();
-    req["op"] = json!("db-restore-prepare");
-    agent::call(t.remote, "db-restore-prepare", req)
+    let (database, scratch, old) = t.names();
+    let request = DbRestorePrepare {
+        database,
+        scratch,
+        old,
+    };
+    protocol::call(t.remote, &request)
         .await
         .with_context(|| format!("{host}: creating the scratch database {}", t.scratch))?;
     p.status(
@@ -303,9 +314,13 @@ async fn load(b: &Backup, t: &Target<'_>, p: &Printer) -> Result<()> {
         Ok(o) => String::from_utf8_lossy(&o.stderr).to_string(),
         Err(e) => format!("{e:#}"),
     };
-    let mut req = t.names();
-    req["op"] = json!("db-restore-abort");
-    let abort = agent::call(t.remote, "db-restore-abort", req).await;
+    let (database, scratch, old) = t.names();
+    let request = DbRestoreAbort {
+        database,
+        scratch,
+        old,
+    };
+    let abort = protocol::call(t.remote, &request).await;
     let (first, cut) = dump::client_error(&failure);
     let mut msg = format!("{host}: loading the backup failed:\n{first}");
     if cut {
