@@ -18,8 +18,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "src", "agent"))
 
-import foobar_agent  # noqa: E402,F401  (the package as the tool sends it)
-from foobar_agent import ops, paths  # noqa: E402
+from foobar_agent import ops, paths  # noqa: E402  (the package as the tool sends it)
 
 SLAVE_HEADER = ["Master_Host", "Master_Port", "Master_User", "Slave_IO_Running", "Slave_SQL_Running",
                 "Seconds_Behind_Master", "Last_IO_Error", "Last_SQL_Error", "Last_IO_Errno",
