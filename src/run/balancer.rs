@@ -5,6 +5,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::report::host_error;
+use super::Run;
 use crate::inventory::Role;
 use crate::output::Printer;
 use crate::plan::{HostPlan, Plan};
@@ -21,6 +22,20 @@ pub fn balancers<'a>(
         .zip(remotes.iter().copied())
         .filter(|(hp, _)| hp.host.has(Role::Lb))
         .collect()
+}
+
+/// Drains the web servers that leave the load balancers, at every one, waiting for
+/// their sessions to end: before anything else changes.
+pub(super) async fn drain_leaving(run: &Run<'_>) -> Result<()> {
+    let leaving = &run.changes.topology.backends_removed;
+    if leaving.is_empty() {
+        return Ok(());
+    }
+    let lbs = balancers(run.plan, run.remotes);
+    for server in leaving {
+        set_backend_state(&lbs, server, "drain", true, run.printer).await?;
+    }
+    Ok(())
 }
 
 /// Sets a web server's state in the `web` backend of every load balancer; with `wait`,

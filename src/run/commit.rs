@@ -4,15 +4,19 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use super::balancer::drain_leaving;
 use super::firewall::{confirm_firewall, loads_firewall};
 use super::info::RunInfo;
+use super::order::CommitOrder;
 use super::parallel::bounded;
 use super::report::{host_error, report, HostReport};
-use super::rollback::rollback;
-use super::Work;
+use super::rollback::{abort, rollback};
+use super::rolling::{roll_all, Done};
+use super::rotation::Rotation;
+use super::{Run, Work};
 use crate::diff::{FileChangeKind, HostChanges};
 use crate::output::Printer;
 use crate::plan::{HostPlan, Service, ServiceAction};
@@ -84,6 +88,83 @@ pub(super) async fn commit_host(
     (res, t0.elapsed())
 }
 
+/// The commit phase, in the order of [`CommitOrder`]: web servers leaving drained
+/// first, then the hosts that go together, then the rolling group one host at a time.
+/// On a failure the hosts never committed drop their staged files, those committed
+/// are restored, and the run fails. Returns the reports and the deferred load
+/// balancers (committed at the end of the run).
+pub(super) async fn commit_all<'a>(
+    run: &Run<'a>,
+    staged: &[Work<'a>],
+    order: CommitOrder<'a>,
+    rotation: Option<&Rotation<'_>>,
+) -> Result<(Vec<HostReport>, Vec<Work<'a>>)> {
+    let Run {
+        info,
+        parallel,
+        printer,
+        ..
+    } = *run;
+    if let Err(e) = drain_leaving(run).await {
+        abort(staged, info, parallel, printer).await;
+        return Err(e).context("nothing was changed");
+    }
+    let CommitOrder {
+        together,
+        rolling,
+        deferred,
+    } = order;
+    let group = commit_group(&together, info, parallel, printer, "applying").await;
+    let (mut reports, committed, mut failure) = group;
+    let mut done = Done { committed };
+    let mut not_reached: &[Work] = &rolling;
+    if failure.is_none() {
+        if let Err((msg, rest)) = roll_all(run, &rolling, rotation, &mut done, &mut reports).await {
+            failure = Some(msg);
+            not_reached = rest;
+        }
+    }
+    if let Some(msg) = failure {
+        // Hosts staged but never committed: drop their staged files.
+        let staged_only: Vec<Work> = not_reached.iter().chain(&deferred).copied().collect();
+        abort(&staged_only, info, parallel, printer).await;
+        printer.event(json!({"event": "error", "message": msg}));
+        let rolled = rollback(&done.committed, info, parallel, printer).await;
+        bail!("{msg}\n{rolled}");
+    }
+    Ok((reports, deferred))
+}
+
+/// Commits `hosts` together (`--parallel` at a time): the reports and the hosts of
+/// those committed, and the first failure (`what` failed).
+async fn commit_group<'a>(
+    hosts: &[Work<'a>],
+    run: &RunInfo,
+    parallel: usize,
+    printer: &Printer,
+    what: &str,
+) -> (Vec<HostReport>, Vec<Work<'a>>, Option<String>) {
+    let results = bounded(hosts.to_vec(), parallel, |(hp, hc, r)| {
+        commit_host(hp, hc, r, run, false)
+    })
+    .await;
+    let mut reports = Vec::new();
+    let mut committed = Vec::new();
+    let mut failure = None;
+    for ((hp, hc, r), (res, took)) in hosts.iter().copied().zip(results) {
+        match res {
+            Ok(_) => {
+                committed.push((hp, hc, r));
+                reports.push(report(hp, hc, took, "applied", printer));
+            }
+            Err(e) => {
+                failure.get_or_insert(host_error(hp.name(), what, &e));
+            }
+        }
+    }
+    (reports, committed, failure)
+}
+
 /// Commits the load balancers held back until new web servers were ready.
 pub(super) async fn commit_deferred(
     deferred: &[Work<'_>],
@@ -91,28 +172,8 @@ pub(super) async fn commit_deferred(
     parallel: usize,
     printer: &Printer,
 ) -> Result<Vec<HostReport>> {
-    let results = bounded(deferred.to_vec(), parallel, |(hp, hc, r)| {
-        commit_host(hp, hc, r, run, false)
-    })
-    .await;
-    let mut reports = Vec::new();
-    let mut committed = Vec::new();
-    let mut failure = None;
-    for ((hp, hc, r), (res, took)) in deferred.iter().copied().zip(results) {
-        match res {
-            Ok(_) => {
-                committed.push((hp, hc, r));
-                reports.push(report(hp, hc, took, "applied", printer));
-            }
-            Err(e) => {
-                failure.get_or_insert(host_error(
-                    hp.name(),
-                    "reloading with the new web servers",
-                    &e,
-                ));
-            }
-        }
-    }
+    let what = "reloading with the new web servers";
+    let (reports, committed, failure) = commit_group(deferred, run, parallel, printer, what).await;
     if let Some(msg) = failure {
         let rolled = rollback(&committed, run, parallel, printer).await;
         bail!("{msg}\n{rolled}");

@@ -35,6 +35,23 @@ pub struct HostReport {
     pub result: String,
 }
 
+/// Adds `what` (and its seconds) to the host's report, or starts one for it.
+pub(super) fn note(reports: &mut Vec<HostReport>, host: &str, what: &str, seconds: f64) {
+    match reports.iter_mut().find(|r| r.host == host) {
+        Some(r) => {
+            r.services.push(what.into());
+            r.seconds += seconds;
+        }
+        None => reports.push(HostReport {
+            host: host.into(),
+            files_changed: 0,
+            services: vec![what.into()],
+            seconds,
+            result: "applied".into(),
+        }),
+    }
+}
+
 pub(super) fn report(
     hp: &HostPlan,
     hc: &HostChanges,

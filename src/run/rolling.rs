@@ -1,19 +1,22 @@
 //! The rolling group of the commit phase: hosts whose application or database
 //! restarts, one at a time, each drained on every load balancer while it does.
 
-use anyhow::Result;
+use std::time::Instant;
+
+use anyhow::{anyhow, Result};
 use serde_json::json;
 
-use super::balancer::set_backend_state;
+use super::balancer::{balancers, set_backend_state};
 use super::commit::commit_host;
+use super::database::comes_later;
 use super::info::RunInfo;
-use super::report::host_error;
+use super::report::{host_error, report, HostReport};
 use super::rotation::{rotate_accounts_of, Rotation};
-use super::Work;
+use super::{Run, Work};
 use crate::diff::HostChanges;
 use crate::inventory::Role;
 use crate::output::Printer;
-use crate::plan::{HostPlan, Service, ServiceAction};
+use crate::plan::{DbRole, HostPlan, Service, ServiceAction};
 use crate::remote::agent;
 use crate::remote::Remote;
 
@@ -24,18 +27,50 @@ pub(super) struct Done<'a> {
 }
 
 /// What every host of the rolling group shares.
-pub(super) struct Step<'s> {
-    pub(super) lbs: &'s [(&'s HostPlan, &'s dyn Remote)],
-    pub(super) run: &'s RunInfo,
-    pub(super) rotation: Option<&'s Rotation<'s>>,
+struct Step<'s> {
+    lbs: &'s [(&'s HostPlan, &'s dyn Remote)],
+    run: &'s RunInfo,
+    rotation: Option<&'s Rotation<'s>>,
     /// Wait (bounded) until the load balancers see the host UP again.
-    pub(super) wait_ready: bool,
-    pub(super) printer: &'s Printer,
+    wait_ready: bool,
+    printer: &'s Printer,
+}
+
+/// Rolls the group one host at a time, in its order, recording each host committed
+/// in `done`. On a failure: the error, and the hosts not reached (still staged).
+pub(super) async fn roll_all<'a, 'w>(
+    run: &Run<'a>,
+    rolling: &'w [Work<'a>],
+    rotation: Option<&Rotation<'_>>,
+    done: &mut Done<'a>,
+    reports: &mut Vec<HostReport>,
+) -> Result<(), (String, &'w [Work<'a>])> {
+    let lbs = balancers(run.plan, run.remotes);
+    for (i, &(hp, hc, r)) in rolling.iter().enumerate() {
+        let t0 = Instant::now();
+        // Only a server that was in service is waited for when it goes back: one
+        // never in service (first deploy) or seeded as a replica after this phase
+        // cannot pass its health check yet (its release or database comes later).
+        let wait_ready = run.changes.in_service.iter().any(|s| s == hp.name())
+            && !hc.db.as_ref().is_some_and(comes_later);
+        let step = Step {
+            lbs: &lbs,
+            run: run.info,
+            rotation,
+            wait_ready,
+            printer: run.printer,
+        };
+        match roll_host(hp, hc, r, &step, done).await {
+            Ok(()) => reports.push(report(hp, hc, t0.elapsed(), "applied", run.printer)),
+            Err(e) => return Err((format!("{e:#}"), &rolling[i + 1..])),
+        }
+    }
+    Ok(())
 }
 
 /// One host of the rolling group: drained on every load balancer, committed, switched
 /// to its new release, checked, and put back into the pool.
-pub(super) async fn roll_host<'a>(
+async fn roll_host<'a>(
     hp: &'a HostPlan,
     hc: &'a HostChanges,
     r: &'a dyn Remote,
@@ -44,48 +79,15 @@ pub(super) async fn roll_host<'a>(
 ) -> Result<()> {
     let Step {
         lbs,
-        run,
-        rotation,
         wait_ready,
         printer,
+        ..
     } = *step;
     let web = hp.host.has(Role::Web);
     if web {
         set_backend_state(lbs, hp.name(), "drain", true, printer).await?;
     }
-    let result = async {
-        let app_restarts = hc
-            .services
-            .iter()
-            .any(|s| s.service == Service::App && s.action != ServiceAction::Stop);
-        if let (Some(rot), true) = (rotation, app_restarts) {
-            rotate_accounts_of(hp, r, rot, printer).await?;
-        }
-        if !hc.files_unchanged() {
-            printer.status("Restarting", format!("{} (one host at a time)", hp.name()));
-            let (res, _) = commit_host(hp, hc, r, run, hc.release.is_some()).await;
-            res.map_err(|e| anyhow::anyhow!(host_error(hp.name(), "applying", &e)))?;
-            done.committed.push((hp, hc, r));
-        }
-        if hp
-            .db
-            .as_ref()
-            .is_some_and(|d| d.role == crate::plan::DbRole::Replica)
-            && hc.services.iter().any(|s| s.service.is_database())
-            // It replicated when observed (otherwise it is seeded after this phase).
-            && hc.db.is_none()
-        {
-            agent::call(
-                r,
-                "db-wait-replica",
-                json!({"op": "db-wait-replica", "timeout_s": 60}),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!(host_error(hp.name(), "waiting for replication", &e)))?;
-        }
-        Ok::<_, anyhow::Error>(())
-    }
-    .await;
+    let result = restart_in_turn(hp, hc, r, step, done).await;
     if web {
         // Back into the pool whatever happened: on failure its old state was restored.
         // (Not waited for after a failure: the run fails anyway, and a host that stopped
@@ -96,4 +98,45 @@ pub(super) async fn roll_host<'a>(
         return back;
     }
     result
+}
+
+/// A drained host's turn: its application's new database password, its commit, and
+/// (a replica) replication running again.
+async fn restart_in_turn<'a>(
+    hp: &'a HostPlan,
+    hc: &'a HostChanges,
+    r: &'a dyn Remote,
+    step: &Step<'_>,
+    done: &mut Done<'a>,
+) -> Result<()> {
+    let Step {
+        run,
+        rotation,
+        printer,
+        ..
+    } = *step;
+    let app_restarts = hc
+        .services
+        .iter()
+        .any(|s| s.service == Service::App && s.action != ServiceAction::Stop);
+    if let (Some(rot), true) = (rotation, app_restarts) {
+        rotate_accounts_of(hp, r, rot, printer).await?;
+    }
+    if !hc.files_unchanged() {
+        printer.status("Restarting", format!("{} (one host at a time)", hp.name()));
+        let (res, _) = commit_host(hp, hc, r, run, hc.release.is_some()).await;
+        res.map_err(|e| anyhow!(host_error(hp.name(), "applying", &e)))?;
+        done.committed.push((hp, hc, r));
+    }
+    if hp.db.as_ref().is_some_and(|d| d.role == DbRole::Replica)
+        && hc.services.iter().any(|s| s.service.is_database())
+        // It replicated when observed (otherwise it is seeded after this phase).
+        && hc.db.is_none()
+    {
+        let req = json!({"op": "db-wait-replica", "timeout_s": 60});
+        agent::call(r, "db-wait-replica", req)
+            .await
+            .map_err(|e| anyhow!(host_error(hp.name(), "waiting for replication", &e)))?;
+    }
+    Ok(())
 }

@@ -4,16 +4,74 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::balancer::{balancers, set_backend_state};
+use super::parallel::bounded;
 use super::report::host_error;
+use super::{Run, Work};
 use crate::diff::Changes;
 use crate::output::Printer;
 use crate::plan::{HostPlan, Plan, Service};
 use crate::remote::agent;
 use crate::remote::Remote;
+
+/// Uploads each new release beside the current one (not served yet), before anything
+/// is staged; a failure stops the run with nothing changed.
+pub(super) async fn upload_releases(run: &Run<'_>) -> Result<()> {
+    let Run {
+        plan,
+        changes,
+        remotes,
+        parallel,
+        printer,
+        ..
+    } = *run;
+    let uploads: Vec<Work> = plan
+        .hosts
+        .iter()
+        .zip(remotes.iter().copied())
+        .filter_map(|(hp, r)| {
+            changes
+                .host(hp.name())
+                .filter(|hc| hc.release.as_ref().is_some_and(|rc| rc.upload))
+                .map(|hc| (hp, hc, r))
+        })
+        .collect();
+    let uploaded = bounded(uploads.clone(), parallel, |(hp, _, r)| async move {
+        let rel = hp
+            .release
+            .as_ref()
+            .expect("release change has a release plan");
+        printer.status(
+            "Uploading",
+            format!("{} release {} ({} files)", hp.name(), rel.id, rel.files),
+        );
+        let b64 = base64::engine::general_purpose::STANDARD.encode(rel.tar.as_slice());
+        agent::call(
+            r,
+            "release-upload",
+            json!({"op": "release-upload", "root": rel.root, "id": rel.id, "tar_b64": b64}),
+        )
+        .await
+    })
+    .await;
+    let failures: Vec<String> = uploads
+        .iter()
+        .zip(&uploaded)
+        .filter_map(|((hp, _, _), res)| {
+            res.as_ref()
+                .err()
+                .map(|e| host_error(hp.name(), "uploading the release", e))
+        })
+        .collect();
+    if !failures.is_empty() {
+        bail!("nothing was changed on any host:\n{}", failures.join("\n"));
+    }
+    Ok(())
+}
 
 /// Switches web servers to their new release one at a time, each drained from the load
 /// balancers while its application restarts; on failure every host switched in this

@@ -1,13 +1,87 @@
-//! The stage phase: the request that uploads a host's new files beside the live
-//! ones, with the validators that must accept them before anything is swapped in.
+//! The stage phase: every host's new files uploaded beside the live ones and checked
+//! by the validators that must accept them, on every host before any commits.
 
+use anyhow::{bail, Result};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::info::RunInfo;
+use super::parallel::bounded;
+use super::report::host_error;
+use super::rollback::abort;
+use super::{Run, Work};
 use crate::diff::HostChanges;
+use crate::output::Printer;
 use crate::plan::{HostPlan, Service};
+use crate::remote::agent;
 use crate::render::paths;
+
+/// Stages and validates on every host; if any fails, the others drop what they
+/// staged and the run stops with nothing changed, naming each host that failed.
+pub(super) async fn stage_all(work: &[Work<'_>], run: &Run<'_>) -> Result<()> {
+    let Run {
+        info,
+        parallel,
+        printer,
+        ..
+    } = *run;
+    for (hp, _, _) in work {
+        printer.status("Staging", hp.name());
+    }
+    let staged = bounded(work.to_vec(), parallel, |(hp, hc, r)| async move {
+        printer.host_step(hp.name(), "staging and validating");
+        let res = agent::call(r, "stage", stage_request(hp, hc, info)).await;
+        let step = if res.is_ok() {
+            "validated"
+        } else {
+            "validation failed"
+        };
+        printer.host_step(hp.name(), step);
+        res
+    })
+    .await;
+    let failures: Vec<String> = work
+        .iter()
+        .zip(&staged)
+        .filter_map(|((hp, _, _), s)| Some(host_error(hp.name(), "staging", s.as_ref().err()?)))
+        .collect();
+    if !failures.is_empty() {
+        // The failed hosts cleaned up after themselves; undo the others.
+        let ok: Vec<Work> = work
+            .iter()
+            .zip(&staged)
+            .filter(|(_, s)| s.is_ok())
+            .map(|(w, _)| *w)
+            .collect();
+        abort(&ok, info, parallel, printer).await;
+        for f in &failures {
+            printer.event(json!({"event": "error", "message": f}));
+        }
+        bail!("nothing was changed on any host:\n{}", failures.join("\n"));
+    }
+    for ((hp, hc, _), answer) in work.iter().zip(&staged) {
+        if let Ok(answer) = answer {
+            warn_stale_lock(hp, &answer["replaced_stale_lock"], printer);
+        }
+        printer.status(
+            "Validated",
+            format!("{} ({} files)", hp.name(), hc.files.len()),
+        );
+    }
+    Ok(())
+}
+
+/// A lock left by an interrupted run, taken over by this one's stage.
+fn warn_stale_lock(hp: &HostPlan, old: &Value, printer: &Printer) {
+    if old.is_object() {
+        printer.warn(format!(
+            "{}: the lock left by run {} of {} was taken: its holder had ended (the run was interrupted)",
+            hp.name(),
+            old["run_id"].as_str().unwrap_or("?"),
+            old["owner"].as_str().unwrap_or("?")
+        ));
+    }
+}
 
 fn validator(svc: Service, hp: &HostPlan) -> Option<Value> {
     match svc {
