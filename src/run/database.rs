@@ -13,26 +13,21 @@ use crate::database::{self, DbChange};
 /// Before the files: replication stopped on hosts that stop being replicas, and
 /// replicas logging in with a new replication password.
 pub(super) async fn before_files(run: &Run<'_>) -> Result<()> {
-    let Run {
-        plan,
-        changes,
-        remotes,
-        secrets,
-        printer,
-        ..
-    } = *run;
-    let replica_passwords: Vec<String> = changes
+    let (plan, remotes, printer) = (run.plan, run.remotes, run.printer);
+    let removed = &run.changes.topology.replicas_removed;
+    let replica_passwords: Vec<String> = run
+        .changes
         .hosts
         .iter()
         .filter(|hc| matches!(hc.db, Some(DbChange::ReplicaPassword { .. })))
         .map(|hc| hc.host.clone())
         .collect();
-    if !changes.topology.replicas_removed.is_empty() {
-        let removed = &changes.topology.replicas_removed;
+    if !removed.is_empty() {
         database::remove_replicas(plan, removed, remotes, printer).await?;
     }
     if !replica_passwords.is_empty() {
-        database::rotate_replication(plan, &replica_passwords, remotes, secrets, printer).await?;
+        let passwords = &replica_passwords;
+        database::rotate_replication(plan, passwords, remotes, run.secrets, printer).await?;
     }
     Ok(())
 }

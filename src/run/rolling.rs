@@ -87,7 +87,7 @@ async fn roll_host<'a>(
     if web {
         set_backend_state(lbs, hp.name(), "drain", true, printer).await?;
     }
-    let result = restart_in_turn(hp, hc, r, step, done).await;
+    let result = restart_in_turn((hp, hc, r), step, done).await;
     if web {
         // Back into the pool whatever happened: on failure its old state was restored.
         // (Not waited for after a failure: the run fails anyway, and a host that stopped
@@ -102,13 +102,8 @@ async fn roll_host<'a>(
 
 /// A drained host's turn: its application's new database password, its commit, and
 /// (a replica) replication running again.
-async fn restart_in_turn<'a>(
-    hp: &'a HostPlan,
-    hc: &'a HostChanges,
-    r: &'a dyn Remote,
-    step: &Step<'_>,
-    done: &mut Done<'a>,
-) -> Result<()> {
+async fn restart_in_turn<'a>(host: Work<'a>, step: &Step<'_>, done: &mut Done<'a>) -> Result<()> {
+    let (hp, hc, r) = host;
     let Step {
         run,
         rotation,
