@@ -10,6 +10,7 @@ use crate::overrides;
 lab_tests!(
     a_plan_is_refused_after_drift_and_a_fresh_one_applies_once,
     a_role_taken_off_removes_exactly_its_files,
+    a_web_role_taken_off_puts_back_the_distributions_nginx_conf,
     history_lists_an_applied_and_a_failed_run,
     a_backup_restores_into_fresh_database_hosts_and_replicas_follow,
     half_a_backup_or_a_wrong_checksum_is_refused_before_the_primary_is_touched,
@@ -154,6 +155,12 @@ fn a_role_taken_off_removes_exactly_its_files() {
         "web-02",
         &["rm", "-f", "/etc/mysql/mariadb.conf.d/99-by-hand.cnf"],
     );
+    let diff = cli(&["diff", &inv()]);
+    let stdout = String::from_utf8_lossy(&diff.stdout);
+    assert!(
+        stdout.contains("== topology") && stdout.contains("+ replica web-02"),
+        "the replica role coming back is part of the topology: {stdout}"
+    );
     let out = cli(&["apply", &inv()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(wait_until(Duration::from_secs(30), || {
@@ -162,6 +169,58 @@ fn a_role_taken_off_removes_exactly_its_files() {
         )
         .to_string();
         st.contains("Slave_SQL_Running: Yes")
+    }));
+}
+
+/// The md5 of the distribution's /etc/nginx/nginx.conf (dpkg's record of the conffile)
+/// and of the file on the host.
+fn nginx_conf_md5s(host: &str) -> (String, String) {
+    let dpkg = exec(
+        host,
+        &["dpkg-query", "-W", "-f=${Conffiles}\\n", "nginx-common"],
+    );
+    let shipped = dpkg
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("/etc/nginx/nginx.conf "))
+        .unwrap_or_else(|| panic!("dpkg knows nginx.conf: {dpkg}"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let here = exec(host, &["md5sum", "/etc/nginx/nginx.conf"]);
+    (
+        shipped,
+        here.split_whitespace().next().unwrap_or("").to_string(),
+    )
+}
+
+fn a_web_role_taken_off_puts_back_the_distributions_nginx_conf() {
+    setup();
+    let (shipped, managed) = nginx_conf_md5s("web-02");
+    assert_ne!(shipped, managed, "the tool's nginx.conf is in place first");
+    let variant = lab_variant("no-web-02", |t| {
+        t.replace("roles: [web, db-replica]", "roles: [db-replica]")
+    });
+    let v = variant.to_str().unwrap();
+    let diff = cli(&["diff", v]);
+    assert_eq!(diff.status.code(), Some(2), "{}", text(&diff));
+    let stdout = String::from_utf8_lossy(&diff.stdout);
+    assert!(
+        stdout.contains("delete /etc/nginx/nginx.conf (nginx)") && stdout.contains("# put back"),
+        "{stdout}"
+    );
+    let out = cli(&["apply", v]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (shipped, now) = nginx_conf_md5s("web-02");
+    assert_eq!(now, shipped, "the distribution's nginx.conf is back");
+    assert_eq!(cli(&["diff", v]).status.code(), Some(0), "in sync after");
+
+    // The role comes back: the tool's nginx.conf again, the original still kept.
+    let out = cli(&["apply", &inv()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(nginx_conf_md5s("web-02").1, managed);
+    assert!(wait_until(Duration::from_secs(20), || {
+        http_get(lb(), "/health").is_ok_and(|r| r.status == 200)
     }));
 }
 

@@ -160,6 +160,17 @@ fn firewall_per_role_refuses_broken_rules_and_never_locks_out() {
             "",
             "{h}: file removed"
         );
+        // ... and what the tool enabled goes with it (issue 19): no init script, no
+        // rc?.d link (dangling or not), no unit, no unit link in a .wants directory.
+        let left = exec(
+            h,
+            &[
+                "sh",
+                "-c",
+                "find /etc/init.d /etc/rc?.d /etc/systemd/system -name '*foobar-firewall*' 2>/dev/null; true",
+            ],
+        );
+        assert_eq!(left.trim(), "", "{h} ({}): left behind", host_os(h));
     }
     assert!(reachable_from_here(web1(), 80));
 }
