@@ -159,6 +159,13 @@ fn a_certificate_expiring_in_three_days_fails_status() {
     let inv = tls_inventory("tls-short", "tls-short");
     let out = cli(&["apply", &inv]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // apply deploys it, and says it expires soon (issue 19).
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("warning lb-01: the certificate in /etc/haproxy/certs/www.foobar.com.pem expires in 2.")
+            || said.contains("warning lb-01: the certificate in /etc/haproxy/certs/www.foobar.com.pem expires in 3.0"),
+        "{said}"
+    );
     let status = cli(&["status", &inv]);
     let back = cli(&["apply", &lab_inventory().display().to_string()]);
     assert_eq!(status.status.code(), Some(1), "{}", text(&status));
