@@ -55,6 +55,7 @@ fn history(run_id: &str) -> HistoryRecord {
         user: "alice@laptop".into(),
         tool_version: "0.1.0".into(),
         run_id: run_id.into(),
+        host: "web-01".into(),
         inventory: "inventory.yaml".into(),
         inventory_hash: "ab".repeat(32),
         git_commit: Some("cd".repeat(20)),

@@ -205,6 +205,9 @@ wire! {
         pub user: String,
         pub tool_version: String,
         pub run_id: String,
+        /// The inventory's name for the host (the agent adds `hostname`, what the host
+        /// calls itself).
+        pub host: String,
         /// The inventory's path and the hash of its text.
         pub inventory: String,
         pub inventory_hash: String,
