@@ -2,7 +2,9 @@
 //! fleet of hosts that answers the agent requests a run sends (observe, stage, commit,
 //! abort, rollback, the load balancers' backend state, the release and database steps)
 //! the way `src/agent` does, keeping each host's live files, staged files and backups,
-//! and logging every request. A failure can be injected at one host and [`Phase`].
+//! and logging every request. Requests are read as, and answers written from, the
+//! protocol's types (src/protocol), so a request the agent would not read fails here
+//! too. A failure can be injected at one host and [`Phase`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,15 @@ use serde_json::{json, Value};
 use crate::diff::sha256_hex;
 use crate::inventory::Role;
 use crate::plan::{HostPlan, Init, Plan};
+use crate::protocol::database::Replicating;
+use crate::protocol::database::{DbCatchUp, DbPrimary, DbWaitReplica, Done, PrimaryConverged};
+use crate::protocol::release::{HaproxyServer, ReleaseSwitch, ReleaseUpload, ServerState};
+use crate::protocol::release::{ServerStatus, Switched, Uploaded};
+use crate::protocol::run::{Abort, Aborted, Commit, Committed, Observe, Rollback, RolledBack};
+use crate::protocol::run::{Stage, Staged as StageAnswer, StagedFile};
+use crate::protocol::Operation;
+use crate::remote::agent::{DbState, DbUserState, FileState, HostState, ManifestEntry};
+use crate::remote::agent::{ReleaseState, ReplicaState, ServiceState};
 use crate::remote::{ExecOutput, Input, Remote, Sink};
 use crate::secrets::Secrets;
 
@@ -62,19 +73,20 @@ struct Staged {
 struct Backup {
     run_id: String,
     files: BTreeMap<String, Option<File>>,
-    manifest: Value,
+    manifest: Vec<ManifestEntry>,
 }
 
 #[derive(Default)]
 struct Host {
     files: BTreeMap<String, File>,
-    manifest: Value,
+    manifest: Vec<ManifestEntry>,
     staged: Option<Staged>,
     backup: Option<Backup>,
-    /// On a load balancer: each web server of the `web` backend, "ready" or "drain".
-    backends: BTreeMap<String, String>,
-    /// What observe reports beyond files and services (database, release, users).
-    observed: Value,
+    /// On a load balancer: each web server of the `web` backend and its state.
+    backends: BTreeMap<String, ServerState>,
+    db: Option<DbState>,
+    release: Option<ReleaseState>,
+    users: BTreeMap<String, bool>,
 }
 
 /// The fake hosts, shared by their [`FakeRemote`]s.
@@ -147,7 +159,7 @@ impl Fleet {
         fail.as_ref().is_some_and(|(h, p)| h == host && *p == phase)
     }
 
-    /// The agent's answer to one request on `host`.
+    /// The agent's answer line to one request on `host`.
     fn answer(&self, host: &str, req: &Value) -> Value {
         let op = req["op"].as_str().unwrap_or("").to_string();
         let detail = match op.as_str() {
@@ -162,18 +174,7 @@ impl Fleet {
         });
         let mut hosts = self.hosts.lock().unwrap();
         let h = hosts.get_mut(host).expect("a host of the fleet");
-        let result = match op.as_str() {
-            "observe" => Ok(observe(host, h, req)),
-            "stage" => self.stage(host, h, req),
-            "commit" => self.commit(host, h, req),
-            "abort" => Ok(abort(h, req)),
-            "rollback" => rollback(h, req),
-            "haproxy-server" => Ok(set_backend(h, req)),
-            "release-upload" | "release-switch" | "db-wait-replica" | "db-catch-up"
-            | "db-primary" => Ok(json!({})),
-            _ => Err(("request", format!("the fake agent does not know op {op:?}"))),
-        };
-        match result {
+        match self.serve(host, h, &op, req) {
             Ok(mut v) => {
                 v["ok"] = json!(true);
                 v
@@ -184,23 +185,50 @@ impl Fleet {
         }
     }
 
-    fn stage(&self, host: &str, h: &mut Host, req: &Value) -> Result<Value, Refusal> {
+    /// Each op, its request read as its protocol type, answered with its answer type.
+    fn serve(&self, host: &str, h: &mut Host, op: &str, req: &Value) -> Result<Value, Refusal> {
+        match op {
+            Observe::OP => typed(req, |r: Observe| Ok(observe(host, h, &r))),
+            Stage::OP => typed(req, |r: Stage| self.stage(host, h, r)),
+            Commit::OP => typed(req, |r: Commit| self.commit(host, h, r)),
+            Abort::OP => typed(req, |r: Abort| Ok(abort(h, &r))),
+            Rollback::OP => typed(req, |r: Rollback| rollback(h, &r)),
+            HaproxyServer::OP => typed(req, |r: HaproxyServer| Ok(set_backend(h, &r))),
+            ReleaseUpload::OP => typed(req, |_: ReleaseUpload| Ok(Uploaded { already: false })),
+            ReleaseSwitch::OP => typed(req, |r: ReleaseSwitch| Ok(switch_release(h, r))),
+            DbWaitReplica::OP => typed(req, |_: DbWaitReplica| {
+                let replica = h.db.as_ref().and_then(|d| d.replica.clone());
+                Ok(Replicating { replica })
+            }),
+            DbCatchUp::OP => typed(req, |_: DbCatchUp| Ok(Done {})),
+            DbPrimary::OP => typed(req, |_: DbPrimary| {
+                let state = h.db.clone().unwrap_or_default();
+                let gtid = "0-1-1".to_string();
+                Ok(PrimaryConverged {
+                    done: Vec::new(),
+                    state,
+                    gtid,
+                })
+            }),
+            _ => Err(("request", format!("the fake agent does not know op {op:?}"))),
+        }
+    }
+
+    fn stage(&self, host: &str, h: &mut Host, r: Stage) -> Result<StageAnswer, Refusal> {
         if self.fails(host, Phase::Stage) {
             return Err(("io", format!("{host}: no space left on device (injected)")));
         }
-        for (path, want) in req["expect"].as_object().into_iter().flatten() {
+        for (path, want) in &r.expect {
             let got = h.files.get(path).map(|f| sha256_hex(f.content.as_bytes()));
-            if got.as_deref() != want.as_str() {
+            if got != *want {
                 return Err(("conflict", format!("{path} changed since observed")));
             }
         }
-        let files = req["files"].as_array().into_iter().flatten();
+        let files = r.files.iter().map(|f| (f.path.clone(), staged_file(f)));
         let staged = Staged {
-            run_id: str_of(req, "run_id").to_string(),
-            files: files
-                .map(|f| (str_of(f, "path").into(), staged_file(f)))
-                .collect(),
-            deletes: strings(&req["deletes"]),
+            run_id: r.run_id,
+            files: files.collect(),
+            deletes: r.deletes,
         };
         if self.fails(host, Phase::Validate) {
             // The agent removes what it staged before it answers.
@@ -210,33 +238,34 @@ impl Fleet {
             ));
         }
         h.staged = Some(staged);
-        Ok(json!({"staged": [], "installed": [], "validated": []}))
+        Ok(StageAnswer {
+            staged: Vec::new(),
+            installed: Vec::new(),
+            validated: Vec::new(),
+            replaced_stale_lock: None,
+        })
     }
 
-    fn commit(&self, host: &str, h: &mut Host, req: &Value) -> Result<Value, Refusal> {
-        let run_id = str_of(req, "run_id");
-        let Some(staged) = h.staged.take().filter(|s| s.run_id == run_id) else {
-            return Err(("request", format!("run {run_id} has nothing staged")));
+    fn commit(&self, host: &str, h: &mut Host, r: Commit) -> Result<Committed, Refusal> {
+        let Some(staged) = h.staged.take().filter(|s| s.run_id == r.run_id) else {
+            return Err(("request", format!("run {} has nothing staged", r.run_id)));
         };
         if self.fails(host, Phase::Commit) {
             return Err(("io", format!("{host}: rename failed (injected)")));
         }
-        let wanted = strings(&req["files"]);
-        let deletes = strings(&req["deletes"]);
         let before = h.files.clone();
-        let backup = wanted.iter().chain(&deletes);
-        let backup = backup
+        let replaced = r.files.iter().chain(&r.deletes);
+        let backup = replaced
             .map(|p| (p.clone(), h.files.get(p).cloned()))
             .collect();
-        for p in &wanted {
+        for p in &r.files {
             h.files.insert(p.clone(), staged.files[p].clone());
         }
-        for p in deletes.iter().filter(|p| staged.deletes.contains(p)) {
+        for p in r.deletes.iter().filter(|p| staged.deletes.contains(p)) {
             h.files.remove(p);
         }
-        let reloads = req["actions"].as_array().is_some_and(|a| !a.is_empty());
         for (phase, what) in [(Phase::Reload, "reload"), (Phase::Health, "check")] {
-            if reloads && self.fails(host, phase) {
+            if !r.actions.is_empty() && self.fails(host, phase) {
                 // The agent restores its own host before it answers.
                 h.files = before;
                 let msg =
@@ -244,29 +273,53 @@ impl Fleet {
                 return Err(("service", msg));
             }
         }
-        let manifest = std::mem::replace(&mut h.manifest, req["manifest"].clone());
+        let manifest = std::mem::replace(&mut h.manifest, r.manifest);
         h.backup = Some(Backup {
-            run_id: run_id.to_string(),
+            run_id: r.run_id,
             files: backup,
             manifest,
         });
-        Ok(json!({"actions": [], "boot": []}))
+        Ok(Committed {
+            actions: Vec::new(),
+            boot: Vec::new(),
+        })
     }
 }
 
+/// Reads `req` as the request type `R`, and `serve`'s answer as JSON.
+fn typed<R: Operation>(
+    req: &Value,
+    serve: impl FnOnce(R) -> Result<R::Answer, Refusal>,
+) -> Result<Value, Refusal> {
+    let request: R = serde_json::from_value(req.clone())
+        .map_err(|e| ("request", format!("a malformed {} request: {e}", R::OP)))?;
+    let answer = serve(request)?;
+    Ok(serde_json::to_value(answer).expect("an answer is JSON"))
+}
+
 /// Drops a run's staged files (not once committed).
-fn abort(h: &mut Host, req: &Value) -> Value {
-    let run_id = str_of(req, "run_id");
-    let removed = h.staged.take_if(|s| s.run_id == run_id).is_some();
-    json!({"removed": removed})
+fn abort(h: &mut Host, r: &Abort) -> Aborted {
+    let staged = h.staged.take_if(|s| s.run_id == r.run_id);
+    let removed = staged
+        .map(|s| s.files.into_keys().collect())
+        .unwrap_or_default();
+    let committed = h.backup.as_ref().is_some_and(|b| b.run_id == r.run_id);
+    Aborted {
+        removed,
+        released: true,
+        committed,
+    }
 }
 
 /// Puts back what a run's commit replaced.
-fn rollback(h: &mut Host, req: &Value) -> Result<Value, Refusal> {
-    let run_id = str_of(req, "run_id");
-    let Some(backup) = h.backup.take_if(|b| b.run_id == run_id) else {
-        return Err(("request", format!("run {run_id} has no committed changes")));
+fn rollback(h: &mut Host, r: &Rollback) -> Result<RolledBack, Refusal> {
+    let Some(backup) = h.backup.take_if(|b| b.run_id == r.run_id) else {
+        return Err((
+            "request",
+            format!("run {} has no committed changes", r.run_id),
+        ));
     };
+    let restored = backup.files.keys().cloned().collect();
     for (path, old) in backup.files {
         match old {
             Some(f) => h.files.insert(path, f),
@@ -274,71 +327,97 @@ fn rollback(h: &mut Host, req: &Value) -> Result<Value, Refusal> {
         };
     }
     h.manifest = backup.manifest;
-    Ok(json!({"restored": []}))
+    Ok(RolledBack {
+        restored,
+        actions: Vec::new(),
+        already: None,
+    })
 }
 
 /// `haproxy-server` on a load balancer: the server's new state, or absent.
-fn set_backend(h: &mut Host, req: &Value) -> Value {
-    let server = str_of(req, "server");
-    let Some(state) = h.backends.get_mut(server) else {
-        return json!({"absent": true});
+fn set_backend(h: &mut Host, r: &HaproxyServer) -> ServerStatus {
+    let Some(state) = h.backends.get_mut(&r.server) else {
+        return ServerStatus {
+            absent: Some(true),
+            status: None,
+            sessions: 0,
+        };
     };
-    *state = str_of(req, "state").to_string();
-    let status = if state == "ready" { "UP" } else { "DRAIN" };
-    json!({"absent": false, "status": status})
+    *state = r.state;
+    ServerStatus {
+        absent: None,
+        status: Some(status(*state).into()),
+        sessions: 0,
+    }
+}
+
+/// HAProxy's name for a server's state.
+fn status(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Ready => "UP",
+        ServerState::Drain => "DRAIN",
+        ServerState::Maint => "MAINT",
+    }
+}
+
+fn switch_release(h: &mut Host, r: ReleaseSwitch) -> Switched {
+    let release = h.release.get_or_insert_with(ReleaseState::default);
+    let previous = release.current.replace(r.id.clone());
+    Switched {
+        previous,
+        current: r.id,
+        pruned: Vec::new(),
+    }
 }
 
 /// What `observe` reports: every requested and manifest file, every service running
 /// and enabled, every package installed, and the host's other state.
-fn observe(host: &str, h: &Host, req: &Value) -> Value {
-    let mut paths: Vec<String> = req["paths"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(p, _)| p.clone())
+fn observe(host: &str, h: &Host, r: &Observe) -> HostState {
+    let mut st: HostState =
+        serde_json::from_value(json!({"init": "systemd", "hostname": host, "files": {}}))
+            .expect("a minimal observe answer");
+    let manifest = h.manifest.iter().map(|e| &e.path);
+    for path in r.paths.keys().chain(manifest) {
+        st.files.insert(path.clone(), file_state(h.files.get(path)));
+    }
+    let running = ServiceState {
+        running: true,
+        pid: Some(1),
+        enabled: Some(true),
+    };
+    st.services = r
+        .services
+        .iter()
+        .map(|s| (s.clone(), running.clone()))
         .collect();
-    paths.extend(
-        h.manifest
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|e| str_of(e, "path").to_string()),
-    );
-    let files: serde_json::Map<String, Value> = paths
-        .into_iter()
-        .map(|p| {
-            let state = match h.files.get(&p) {
-                Some(f) => json!({"exists": true, "sha256": sha256_hex(f.content.as_bytes()),
-                    "mode": f.mode, "owner": f.owner, "group": f.group, "size": f.content.len()}),
-                None => json!({"exists": false}),
-            };
-            (p, state)
-        })
-        .collect();
-    let running = json!({"running": true, "pid": 1, "enabled": true});
-    let services: serde_json::Map<String, Value> = strings(&req["services"])
-        .into_iter()
-        .map(|s| (s, running.clone()))
-        .collect();
-    let packages: serde_json::Map<String, Value> = strings(&req["packages"])
-        .into_iter()
-        .map(|p| (p, json!(true)))
-        .collect();
-    let haproxy = (req["haproxy"] == true).then(|| {
+    st.packages = r.packages.iter().map(|p| (p.clone(), true)).collect();
+    st.haproxy = r.haproxy.then(|| {
         let servers = h.backends.iter();
-        let status = |s: &str| if s == "ready" { "UP" } else { "DRAIN" };
-        servers
-            .map(|(w, s)| json!({"backend": "web", "server": w, "status": status(s)}))
-            .collect::<Vec<_>>()
+        let rows =
+            servers.map(|(w, s)| json!({"backend": "web", "server": w, "status": status(*s)}));
+        Value::Array(rows.collect())
     });
-    let mut v = h.observed.clone();
-    let more = json!({"init": "systemd", "hostname": host, "files": files, "services": services,
-        "packages": packages, "manifest": h.manifest, "haproxy": haproxy,
-        "last_history": {"result": "applied"}});
-    v.as_object_mut()
-        .unwrap()
-        .extend(more.as_object().unwrap().clone());
-    v
+    st.manifest = h.manifest.clone();
+    st.last_history = Some(json!({"result": "applied"}));
+    st.db = h.db.clone();
+    st.release = h.release.clone();
+    st.users = h.users.clone();
+    st
+}
+
+fn file_state(f: Option<&File>) -> FileState {
+    let Some(f) = f else {
+        return FileState::default();
+    };
+    FileState {
+        exists: true,
+        sha256: Some(sha256_hex(f.content.as_bytes())),
+        mode: Some(f.mode.clone()),
+        owner: Some(f.owner.clone()),
+        group: Some(f.group.clone()),
+        size: Some(f.content.len() as u64),
+        ..FileState::default()
+    }
 }
 
 /// A host as `hp` wants it.
@@ -347,82 +426,90 @@ fn host_as_planned(plan: &Plan, hp: &HostPlan, secrets: &Secrets) -> Host {
         .files
         .iter()
         .filter(|f| f.init.is_none_or(|i| i == Init::Systemd));
-    let mut files = BTreeMap::new();
-    let mut manifest = Vec::new();
+    let mut host = Host::default();
     for f in planned {
         let content = secrets.resolve(&f.content).expect("the test's secrets");
-        manifest.push(json!({"path": f.path, "sha256": sha256_hex(content.as_bytes()),
-            "mode": f.mode_string(), "owner": f.owner, "group": f.group, "service": f.service.unit()}));
+        host.manifest.push(ManifestEntry {
+            path: f.path.clone(),
+            sha256: Some(sha256_hex(content.as_bytes())),
+            mode: f.mode_string(),
+            owner: f.owner.clone(),
+            group: f.group.clone(),
+            service: f.service.unit().to_string(),
+        });
         let file = File {
             content,
             mode: f.mode_string(),
             owner: f.owner.clone(),
             group: f.group.clone(),
         };
-        files.insert(f.path.clone(), file);
+        host.files.insert(f.path.clone(), file);
     }
-    let backends = if hp.host.has(Role::Lb) {
-        plan.backends
+    if hp.host.has(Role::Lb) {
+        host.backends = plan
+            .backends
             .iter()
-            .map(|w| (w.clone(), "ready".to_string()))
-            .collect()
-    } else {
-        BTreeMap::new()
-    };
-    Host {
-        files,
-        manifest: Value::Array(manifest),
-        backends,
-        observed: observed_extras(hp),
-        ..Host::default()
+            .map(|w| (w.clone(), ServerState::Ready))
+            .collect();
     }
-}
-
-/// The database (primary with its accounts, or a replica replicating), the release
-/// and the users of a host as planned.
-fn observed_extras(hp: &HostPlan) -> Value {
-    let db = hp.db.as_ref().map(|db| match &db.primary {
-        None => {
-            let users: Vec<Value> = db.users.iter()
-                .map(|u| json!({"user": u.user, "host": u.host, "exists": true, "password_ok": true, "grants_ok": true}))
-                .collect();
-            json!({"running": true, "database_exists": true, "users": users, "missing_tables": []})
-        }
-        Some(p) => json!({"running": true, "read_only": true, "replica_password_ok": true,
-            "replica": {"master_host": p.address, "master_port": p.port, "master_user": p.user,
-                        "io_running": "Yes", "sql_running": "Yes", "using_gtid": "Current_Pos"}}),
+    host.db = database_as_planned(hp);
+    host.release = hp.release.as_ref().map(|r| ReleaseState {
+        current: Some(r.id.clone()),
+        releases: vec![r.id.clone()],
     });
-    let release = hp
-        .release
-        .as_ref()
-        .map(|r| json!({"current": r.id, "releases": [r.id]}));
-    let users: serde_json::Map<String, Value> =
-        hp.users.iter().map(|u| (u.clone(), json!(true))).collect();
-    json!({"db": db, "release": release, "users": users})
+    host.users = hp.users.iter().map(|u| (u.clone(), true)).collect();
+    host
 }
 
-fn staged_file(f: &Value) -> File {
+/// The primary with every account as planned, or a replica replicating from it.
+fn database_as_planned(hp: &HostPlan) -> Option<DbState> {
+    let db = hp.db.as_ref()?;
+    let mut st = DbState {
+        running: true,
+        ..DbState::default()
+    };
+    match &db.primary {
+        None => {
+            st.database_exists = Some(true);
+            let account = |u: &crate::plan::DbUser| DbUserState {
+                user: u.user.clone(),
+                host: u.host.clone(),
+                exists: true,
+                password_ok: true,
+                grants_ok: true,
+            };
+            st.users = db.users.iter().map(account).collect();
+        }
+        Some(p) => {
+            st.read_only = Some(true);
+            st.replica_password_ok = Some(true);
+            st.replica = Some(ReplicaState {
+                master_host: Some(p.address.clone()),
+                master_port: Some(p.port),
+                master_user: Some(p.user.clone()),
+                io_running: Some("Yes".into()),
+                sql_running: Some("Yes".into()),
+                using_gtid: Some("Current_Pos".into()),
+                ..ReplicaState::default()
+            });
+        }
+    }
+    Some(st)
+}
+
+fn staged_file(f: &StagedFile) -> File {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let bytes = b64
-        .decode(str_of(f, "content_b64"))
-        .expect("base64 content");
+    let bytes = b64.decode(&f.content_b64).expect("base64 content");
     File {
         content: String::from_utf8(bytes).expect("text content"),
-        mode: str_of(f, "mode").to_string(),
-        owner: str_of(f, "owner").to_string(),
-        group: str_of(f, "group").to_string(),
+        mode: f.mode.clone(),
+        owner: f.owner.clone(),
+        group: f.group.clone(),
     }
 }
 
 fn str_of<'v>(v: &'v Value, key: &str) -> &'v str {
     v[key].as_str().unwrap_or("")
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    let items = v.as_array().into_iter().flatten();
-    items
-        .filter_map(|s| s.as_str().map(str::to_string))
-        .collect()
 }
 
 /// One host of a [`Fleet`].
