@@ -1,8 +1,11 @@
 //! Rendering without servers: determinism, snapshots of every rendered file, the
-//! larger example's shape, and validation by the real tools (`check --strict`).
+//! larger example's shape, and validation by the real tools (`check`; `--strict` under
+//! CI=true, where .ci/run installs every validator).
 
 #[path = "support/overrides.rs"]
 mod overrides;
+#[path = "support/skip.rs"]
+mod skip;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -129,25 +132,28 @@ fn validators_present() -> bool {
         .iter()
         .all(|p| foobar_infra::validate::find_program(p).is_some());
     if !have {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true but haproxy/nginx/mariadbd are not installed: .ci/run must install them"
+        skip::not_checked(
+            "haproxy, nginx or mariadbd is not installed: rendered files not validated",
         );
-        eprintln!("\n!!! SKIPPED: haproxy, nginx or mariadbd not installed here; rendered files not validated !!!\n");
     }
     have
 }
 
+/// Every rendered file passes its validator. Strict (`check --strict`: every file
+/// validated) under CI=true; elsewhere a file whose validator is missing here (e.g.
+/// prometheus, promtool) is named on the terminal, and every other file must be valid.
 #[test]
 fn rendered_configs_pass_the_real_validators() {
     if !validators_present() {
         return;
     }
+    let strict = skip::ci();
     for inv in ["inventory/inventory.yaml", "examples/large/inventory.yaml"] {
-        let out = cli()
-            .args(["check", "--strict", "--json", inv])
-            .output()
-            .unwrap();
+        let mut args = vec!["check", "--json", inv];
+        if strict {
+            args.insert(1, "--strict");
+        }
+        let out = cli().args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{inv}: {stderr}");
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -155,7 +161,29 @@ fn rendered_configs_pass_the_real_validators() {
         assert_eq!(report["ok"], true);
         let files = report["files"].as_array().unwrap();
         assert!(files.len() >= 7);
-        assert!(files.iter().all(|f| f["status"] == "valid"), "{report:#}");
+        let unchecked: Vec<&serde_json::Value> = files
+            .iter()
+            .filter(|f| f["status"] == "not-validated")
+            .collect();
+        assert!(
+            files
+                .iter()
+                .all(|f| f["status"] == "valid" || f["status"] == "not-validated"),
+            "{report:#}"
+        );
+        assert!(unchecked.len() < files.len(), "{report:#}");
+        if !unchecked.is_empty() {
+            let why: std::collections::BTreeSet<&str> = unchecked
+                .iter()
+                .map(|f| f["detail"].as_str().unwrap_or("?"))
+                .collect();
+            skip::not_checked(&format!(
+                "{inv}: {} of {} rendered files not validated ({})",
+                unchecked.len(),
+                files.len(),
+                why.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+        }
     }
 }
 

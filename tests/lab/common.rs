@@ -345,6 +345,19 @@ pub fn lab_variant(name: &str, edit: impl Fn(&str) -> String) -> PathBuf {
     path
 }
 
+/// Removes every inventory variant ([`lab_variant`]) from the lab's state directory.
+pub fn forget_variants() {
+    let Ok(entries) = std::fs::read_dir(state_dir()) else {
+        return;
+    };
+    for path in entries.flatten().map(|e| e.path()) {
+        if path.extension().is_some_and(|x| x == "yaml") {
+            std::fs::remove_file(&path)
+                .unwrap_or_else(|e| panic!("removing {}: {e}", path.display()));
+        }
+    }
+}
+
 /// The kind of lab the fixture makes: `LAB_OS` (what `lab/up` reads), default debian13.
 pub fn lab_os() -> String {
     std::env::var("LAB_OS")

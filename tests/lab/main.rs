@@ -35,6 +35,7 @@ mod tls;
 mod topology;
 
 use std::process::ExitCode;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use libtest_mimic::{Arguments, Trial};
@@ -61,12 +62,26 @@ fn trials() -> Vec<Trial> {
     tests
         .into_iter()
         .map(|(name, f)| {
+            let module = name.split("::").next().unwrap_or_default().to_string();
             Trial::test(name, move || {
+                enter_module(&module);
                 f();
                 Ok(())
             })
         })
         .collect()
+}
+
+/// A module's first test starts without the inventory variants other modules left in
+/// the state directory, as when each module was a binary of its own on a fresh lab (two
+/// variants with the same text make a plan's inventory ambiguous, for one).
+fn enter_module(module: &str) {
+    static CURRENT: Mutex<String> = Mutex::new(String::new());
+    let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+    if *current != module {
+        common::forget_variants();
+        *current = module.to_string();
+    }
 }
 
 /// Why the lab tier cannot run here, if it cannot (`LAB_OS` unset, or no Docker).
