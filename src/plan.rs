@@ -68,42 +68,14 @@ impl ServiceAction {
 }
 
 impl Service {
-    /// The init script / systemd unit name.
+    /// The init script / systemd unit name (src/services.rs, the table).
     pub fn unit(self) -> &'static str {
-        match self {
-            Service::Haproxy => "haproxy",
-            Service::Nginx => "nginx",
-            Service::Mariadb => "mariadb",
-            Service::Mysql => "mysql",
-            Service::App => "foobar-app",
-            Service::Keepalived => "keepalived",
-            Service::Firewall => "foobar-firewall",
-            Service::Prometheus => "prometheus",
-            Service::NodeExporter => "prometheus-node-exporter",
-            Service::NginxExporter => "prometheus-nginx-exporter",
-            Service::MysqldExporter => "prometheus-mysqld-exporter",
-            Service::BlackboxExporter => "prometheus-blackbox-exporter",
-        }
+        crate::services::spec(self).unit
     }
 
-    /// Whether a reload rereads this service's config.
+    /// Whether a reload rereads this service's config (src/services.rs, the table).
     pub fn on_change(self) -> ServiceAction {
-        match self {
-            Service::Haproxy
-            | Service::Nginx
-            | Service::Keepalived
-            | Service::Firewall
-            | Service::Prometheus => ServiceAction::Reload,
-            // A .cnf change is only read at start; the app and the exporters read their
-            // settings (/etc/default) at start.
-            Service::Mariadb
-            | Service::Mysql
-            | Service::App
-            | Service::NodeExporter
-            | Service::NginxExporter
-            | Service::MysqldExporter
-            | Service::BlackboxExporter => ServiceAction::Restart,
-        }
+        crate::services::spec(self).on_change
     }
 
     /// The Debian packages the service needs.

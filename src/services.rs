@@ -1,14 +1,22 @@
-//! How the agent proves a service took its new files after a reload, restart or start:
-//! one check per service, sent with each action. The exit code of `systemctl reload` or
-//! of an init script is no proof (HAProxy in master-worker mode exits 0 when the new
-//! config fails to load), so the services whose config the tool owns are checked
-//! "live" (src/agent/foobar_agent/live.py): HAProxy's runtime API answers from a new process with
-//! the proxies of the config on disk, nginx's master has new workers and its port
+//! What the tool knows about each service it manages, in ONE table ([`SERVICES`]): its
+//! unit (init script / systemd unit) name, the pid file that shows it running, its
+//! error log, whether a config change needs a reload or a restart, the validator its
+//! files must pass, and the live check that proves a reload, restart or start took.
+//! The run sends the table to the agent with every request ([`agent_table`],
+//! src/remote/agent.rs), which keeps no service knowledge of its own; the witness
+//! (src/witness.rs), `check`'s validators (src/validate.rs) and the stage request
+//! (src/run/stage.rs) read it from here.
+//!
+//! The live checks: the exit code of `systemctl reload` or of an init script is no
+//! proof (HAProxy in master-worker mode exits 0 when the new config fails to load), so
+//! the services whose config the tool owns are checked "live"
+//! (src/agent/foobar_agent/live.py): HAProxy's runtime API answers from a new process
+//! with the proxies of the config on disk, nginx's master has new workers and its port
 //! answers, MariaDB answers with the settings its .cnf asks for.
 
 use serde_json::{json, Value};
 
-use crate::plan::Service;
+use crate::plan::{Service, ServiceAction};
 use crate::render::{paths, ports};
 
 /// Seconds a reloaded HAProxy or nginx has to show the new config: a reload that has
@@ -17,33 +25,266 @@ const RELOAD_PROOF_S: u64 = 15;
 /// MariaDB may run crash recovery or replay its redo log before it answers.
 const DATABASE_PROOF_S: u64 = 60;
 
+/// In a validator's argv, the place of the file to check.
+pub const FILE: &str = "{file}";
+
+/// How the agent proves an action on the service took (not after a stop).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LiveCheck {
+    /// A live proof of live.py (`haproxy`, `nginx`, `mariadb`): against the config at
+    /// `config`, and answering on the `tcp` addresses.
+    Live {
+        kind: &'static str,
+        config: Option<&'static str>,
+        tcp: &'static [&'static str],
+        timeout_s: u64,
+    },
+    /// A TCP connection to 127.0.0.1:PORT.
+    Tcp { port: u16, timeout_s: u64 },
+    /// The command exits 0.
+    Command {
+        argv: &'static [&'static str],
+        timeout_s: u64,
+    },
+    /// The service runs (its pid file, else its init system).
+    Running { timeout_s: u64 },
+}
+
+/// One row of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub service: Service,
+    /// The init script / systemd unit name.
+    pub unit: &'static str,
+    /// A live process behind it means the service runs (also for the witness).
+    pub pid_file: Option<&'static str>,
+    /// Its error log and how many last lines of it a failed action shows.
+    pub error_log: Option<(&'static str, u32)>,
+    /// What a changed file asks of it: `Reload` where a reload rereads the config.
+    pub on_change: ServiceAction,
+    /// The validator of its main config: the agent's kind of output handling, and the
+    /// argv with [`FILE`] where the file goes. None: checked by its restart and check.
+    pub validator: Option<(&'static str, &'static [&'static str])>,
+    pub check: LiveCheck,
+}
+
+const fn running(timeout_s: u64) -> LiveCheck {
+    LiveCheck::Running { timeout_s }
+}
+
+const fn tcp(port: u16, timeout_s: u64) -> LiveCheck {
+    LiveCheck::Tcp { port, timeout_s }
+}
+
+/// Every service the tool manages (one row per [`Service`]; a test checks).
+pub const SERVICES: &[ServiceSpec] = &[
+    ServiceSpec {
+        service: Service::Haproxy,
+        unit: "haproxy",
+        pid_file: Some("/run/haproxy.pid"),
+        error_log: None,
+        on_change: ServiceAction::Reload,
+        // not -q: HAProxy 2.6's -q also hides the [ALERT] lines that say what is wrong
+        validator: Some(("haproxy", &["haproxy", "-c", "-f", FILE])),
+        check: LiveCheck::Live {
+            kind: "haproxy",
+            config: Some(paths::HAPROXY_CFG),
+            tcp: &[],
+            timeout_s: RELOAD_PROOF_S,
+        },
+    },
+    ServiceSpec {
+        service: Service::Nginx,
+        unit: "nginx",
+        pid_file: Some("/run/nginx.pid"),
+        error_log: Some(("/var/log/nginx/error.log", 5)),
+        on_change: ServiceAction::Reload,
+        validator: Some(("nginx", &["nginx", "-t", "-q", "-c", FILE])),
+        check: LiveCheck::Live {
+            kind: "nginx",
+            config: None,
+            tcp: &["127.0.0.1:80"],
+            timeout_s: RELOAD_PROOF_S,
+        },
+    },
+    // A .cnf change is only read at start.
+    ServiceSpec {
+        service: Service::Mariadb,
+        unit: "mariadb",
+        pid_file: Some("/run/mysqld/mysqld.pid"),
+        error_log: Some(("/var/log/mysql/error.log", 10)),
+        on_change: ServiceAction::Restart,
+        validator: Some((
+            "mariadb",
+            &["mariadbd", "--defaults-file={file}", "--help", "--verbose"],
+        )),
+        check: LiveCheck::Live {
+            kind: "mariadb",
+            config: Some(paths::MARIADB_CNF),
+            tcp: &[],
+            timeout_s: DATABASE_PROOF_S,
+        },
+    },
+    // MySQL 8 is refused before any apply (no lab can run it): its server is only
+    // asked whether it answers.
+    ServiceSpec {
+        service: Service::Mysql,
+        unit: "mysql",
+        pid_file: Some("/run/mysqld/mysqld.pid"),
+        error_log: Some(("/var/log/mysql/error.log", 10)),
+        on_change: ServiceAction::Restart,
+        validator: Some((
+            "mysql8",
+            &["mysqld", "--defaults-file={file}", "--validate-config"],
+        )),
+        check: LiveCheck::Command {
+            argv: &["mysqladmin", "ping", "--silent"],
+            timeout_s: 60,
+        },
+    },
+    // The app and the exporters read their settings (/etc/default) at start.
+    ServiceSpec {
+        service: Service::App,
+        unit: "foobar-app",
+        pid_file: Some("/run/foobar-app.pid"),
+        error_log: None,
+        on_change: ServiceAction::Restart,
+        validator: None,
+        check: running(20),
+    },
+    ServiceSpec {
+        service: Service::Keepalived,
+        unit: "keepalived",
+        pid_file: Some("/run/keepalived.pid"),
+        error_log: None,
+        on_change: ServiceAction::Reload,
+        validator: Some(("keepalived", &["keepalived", "-t", "-f", FILE])),
+        check: running(20),
+    },
+    ServiceSpec {
+        service: Service::Firewall,
+        unit: "foobar-firewall",
+        pid_file: None,
+        error_log: None,
+        on_change: ServiceAction::Reload,
+        validator: Some(("nft", &["nft", "-c", "-f", FILE])),
+        check: running(10),
+    },
+    ServiceSpec {
+        service: Service::Prometheus,
+        unit: "prometheus",
+        pid_file: Some("/run/prometheus/prometheus.pid"),
+        error_log: None,
+        on_change: ServiceAction::Reload,
+        validator: Some(("prometheus", &["promtool", "check", "config", FILE])),
+        check: tcp(ports::PROMETHEUS, 30),
+    },
+    ServiceSpec {
+        service: Service::NodeExporter,
+        unit: "prometheus-node-exporter",
+        pid_file: Some("/run/prometheus/prometheus-node-exporter.pid"),
+        error_log: None,
+        on_change: ServiceAction::Restart,
+        validator: None,
+        check: tcp(ports::NODE_EXPORTER, 20),
+    },
+    ServiceSpec {
+        service: Service::NginxExporter,
+        unit: "prometheus-nginx-exporter",
+        pid_file: Some("/run/prometheus/prometheus-nginx-exporter.pid"),
+        error_log: None,
+        on_change: ServiceAction::Restart,
+        validator: None,
+        check: tcp(ports::NGINX_EXPORTER, 20),
+    },
+    ServiceSpec {
+        service: Service::MysqldExporter,
+        unit: "prometheus-mysqld-exporter",
+        pid_file: Some("/run/prometheus/prometheus-mysqld-exporter.pid"),
+        error_log: None,
+        on_change: ServiceAction::Restart,
+        validator: None,
+        check: tcp(ports::MYSQLD_EXPORTER, 20),
+    },
+    ServiceSpec {
+        service: Service::BlackboxExporter,
+        unit: "prometheus-blackbox-exporter",
+        pid_file: Some("/run/prometheus/prometheus-blackbox-exporter.pid"),
+        error_log: None,
+        on_change: ServiceAction::Restart,
+        validator: Some((
+            "blackbox",
+            &[
+                "prometheus-blackbox-exporter",
+                "--config.check",
+                "--config.file={file}",
+            ],
+        )),
+        check: tcp(ports::BLACKBOX_EXPORTER, 20),
+    },
+];
+
+/// The row of `svc`.
+pub fn spec(svc: Service) -> &'static ServiceSpec {
+    SERVICES
+        .iter()
+        .find(|s| s.service == svc)
+        .expect("every service has its row in SERVICES")
+}
+
+/// `svc`'s validator argv for `file` (None: it has none).
+pub fn validator_argv(svc: Service, file: &str) -> Option<Vec<String>> {
+    let (_, argv) = spec(svc).validator?;
+    Some(argv.iter().map(|a| a.replace(FILE, file)).collect())
+}
+
 /// The check the agent runs after an action on `svc` (not after a stop).
 pub fn check(svc: Service) -> Value {
-    match svc {
-        Service::Haproxy => {
-            json!({"live": "haproxy", "config": paths::HAPROXY_CFG, "timeout_s": RELOAD_PROOF_S})
+    match spec(svc).check {
+        LiveCheck::Live {
+            kind,
+            config,
+            tcp,
+            timeout_s,
+        } => {
+            let mut c = json!({"live": kind, "timeout_s": timeout_s});
+            if let Some(config) = config {
+                c["config"] = json!(config);
+            }
+            if !tcp.is_empty() {
+                c["tcp"] = json!(tcp);
+            }
+            c
         }
-        Service::Nginx => {
-            json!({"live": "nginx", "tcp": ["127.0.0.1:80"], "timeout_s": RELOAD_PROOF_S})
+        LiveCheck::Tcp { port, timeout_s } => {
+            json!({"tcp": format!("127.0.0.1:{port}"), "timeout_s": timeout_s})
         }
-        Service::Mariadb => {
-            json!({"live": "mariadb", "config": paths::MARIADB_CNF, "timeout_s": DATABASE_PROOF_S})
-        }
-        // MySQL 8 is refused before any apply (no lab can run it): its server is only
-        // asked whether it answers.
-        Service::Mysql => json!({"command": ["mysqladmin", "ping", "--silent"], "timeout_s": 60}),
-        Service::App | Service::Keepalived => json!({"running": true, "timeout_s": 20}),
-        Service::Firewall => json!({"running": true, "timeout_s": 10}),
-        Service::Prometheus => tcp(ports::PROMETHEUS, 30),
-        Service::NodeExporter => tcp(ports::NODE_EXPORTER, 20),
-        Service::NginxExporter => tcp(ports::NGINX_EXPORTER, 20),
-        Service::MysqldExporter => tcp(ports::MYSQLD_EXPORTER, 20),
-        Service::BlackboxExporter => tcp(ports::BLACKBOX_EXPORTER, 20),
+        LiveCheck::Command { argv, timeout_s } => json!({"command": argv, "timeout_s": timeout_s}),
+        LiveCheck::Running { timeout_s } => json!({"running": true, "timeout_s": timeout_s}),
     }
 }
 
-fn tcp(port: u16, timeout_s: u64) -> Value {
-    json!({"tcp": format!("127.0.0.1:{port}"), "timeout_s": timeout_s})
+/// The table as the agent reads it (`service_table` in each request; services.py):
+/// unit -> {pid_file, error_log: [PATH, LINES], validator: {kind, argv}}.
+pub fn agent_table_of(table: &[ServiceSpec]) -> Value {
+    let rows: serde_json::Map<String, Value> = table
+        .iter()
+        .map(|s| {
+            let row = json!({
+                "pid_file": s.pid_file,
+                "error_log": s.error_log.map(|(path, lines)| json!([path, lines])),
+                "validator": s.validator.map(|(kind, argv)| json!({"kind": kind, "argv": argv})),
+            });
+            (s.unit.to_string(), row)
+        })
+        .collect();
+    Value::Object(rows)
+}
+
+/// [`agent_table_of`] the table, built once.
+pub fn agent_table() -> &'static Value {
+    static TABLE: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| agent_table_of(SERVICES))
 }
 
 #[cfg(test)]
@@ -62,5 +303,27 @@ mod tests {
         // The config the agent reads the expected state from is the one the tool writes.
         assert_eq!(check(Service::Haproxy)["config"], paths::HAPROXY_CFG);
         assert_eq!(check(Service::Mariadb)["config"], paths::MARIADB_CNF);
+    }
+
+    #[test]
+    fn every_service_has_one_row() {
+        let all: Vec<Service> = SERVICES.iter().map(|s| s.service).collect();
+        for (i, s) in all.iter().enumerate() {
+            assert!(!all[i + 1..].contains(s), "{s:?} twice");
+        }
+        for s in &all {
+            assert_eq!(spec(*s).service, *s);
+        }
+        assert_eq!(all.len(), 12, "one row per Service");
+        let table = agent_table();
+        assert_eq!(table["nginx"]["pid_file"], "/run/nginx.pid");
+        assert_eq!(
+            table["mariadb"]["error_log"],
+            json!(["/var/log/mysql/error.log", 10])
+        );
+        assert_eq!(
+            validator_argv(Service::Haproxy, "/x.cfg").unwrap(),
+            ["haproxy", "-c", "-f", "/x.cfg"]
+        );
     }
 }

@@ -29,33 +29,6 @@ pub const MANIFEST: &str = "/var/lib/foobar-infra/manifest.json";
 /// The first word of the script's answer when the host is in sync.
 pub const IN_SYNC: &str = "foobar-in-sync";
 
-/// Pid files the agent trusts for "running" (the agent's services.py: PIDFILES; a unit test compares).
-pub const PIDFILES: &[(&str, &str)] = &[
-    ("foobar-app", "/run/foobar-app.pid"),
-    ("nginx", "/run/nginx.pid"),
-    ("haproxy", "/run/haproxy.pid"),
-    ("mariadb", "/run/mysqld/mysqld.pid"),
-    ("mysql", "/run/mysqld/mysqld.pid"),
-    ("keepalived", "/run/keepalived.pid"),
-    ("prometheus", "/run/prometheus/prometheus.pid"),
-    (
-        "prometheus-node-exporter",
-        "/run/prometheus/prometheus-node-exporter.pid",
-    ),
-    (
-        "prometheus-nginx-exporter",
-        "/run/prometheus/prometheus-nginx-exporter.pid",
-    ),
-    (
-        "prometheus-mysqld-exporter",
-        "/run/prometheus/prometheus-mysqld-exporter.pid",
-    ),
-    (
-        "prometheus-blackbox-exporter",
-        "/run/prometheus/prometheus-blackbox-exporter.pid",
-    ),
-];
-
 /// The script: `sh -c SCRIPT foobar-witness ITEM... -- AGENT-ARGV...`, stdin's first
 /// line "DIGEST-SYSV DIGEST-SYSTEMD". Items are pairs: `f PATH` (a file, any init),
 /// `f:sysv PATH` / `f:systemd PATH` (that init only), `s NAME=PIDFILE[=PROCESSES]`
@@ -242,6 +215,16 @@ impl Witness {
     /// The witness of a host's plan, or None when the script cannot vouch for all of
     /// its observed state (database, load balancer, certificates, unusual names).
     pub fn for_host(hp: &HostPlan, secrets: &Secrets) -> Result<Option<Witness>> {
+        Witness::for_host_in(hp, secrets, crate::services::SERVICES)
+    }
+
+    /// [`Witness::for_host`] with the services' pid files from `table` (the service
+    /// table, src/services.rs; tests change it).
+    fn for_host_in(
+        hp: &HostPlan,
+        secrets: &Secrets,
+        table: &[crate::services::ServiceSpec],
+    ) -> Result<Option<Witness>> {
         if hp.db.is_some()
             || hp.host.has(Role::Lb)
             || hp.files.is_empty()
@@ -267,12 +250,12 @@ impl Witness {
             .services
             .iter()
             .map(|s| {
-                let unit = s.unit();
-                let pidfile = PIDFILES
+                let pidfile = table
                     .iter()
-                    .find(|(n, _)| *n == unit)
-                    .map(|(_, p)| p.to_string());
-                (unit.to_string(), pidfile)
+                    .find(|row| row.service == *s)
+                    .and_then(|row| row.pid_file)
+                    .map(str::to_string);
+                (s.unit().to_string(), pidfile)
             })
             .collect();
         let w = Witness {
@@ -634,27 +617,36 @@ pub(crate) mod tests {
         );
     }
 
+    /// The pid files it checks are the service table's: change the table, and the
+    /// witness checks the other file.
     #[test]
-    fn its_pid_files_are_the_agents() {
-        let (_, agent) = crate::remote::agent::MODULES
-            .iter()
-            .find(|(name, _)| *name == "services")
+    fn its_pid_files_are_the_service_tables() {
+        let (hp, secrets) = web_only();
+        let pid_of = |table: &[crate::services::ServiceSpec]| {
+            let w = Witness::for_host_in(&hp, &secrets, table).unwrap().unwrap();
+            w.services
+                .iter()
+                .find(|(unit, _)| unit == "nginx")
+                .and_then(|(_, p)| p.clone())
+        };
+        let real = crate::services::SERVICES;
+        assert_eq!(pid_of(real).as_deref(), Some("/run/nginx.pid"));
+        let mut table = real.to_vec();
+        for row in &mut table {
+            if row.service == crate::plan::Service::Nginx {
+                row.pid_file = Some("/run/elsewhere/nginx.pid");
+            }
+        }
+        assert_eq!(pid_of(&table).as_deref(), Some("/run/elsewhere/nginx.pid"));
+        let w = Witness::for_host_in(&hp, &secrets, &table)
+            .unwrap()
             .unwrap();
-        let start = agent.find("PIDFILES = {").unwrap();
-        let block = &agent[start..start + agent[start..].find('}').unwrap()];
-        let listed: Vec<(String, String)> = block
-            .lines()
-            .skip(1)
-            .filter_map(|l| {
-                let (k, v) = l.trim().trim_end_matches(',').split_once(": ")?;
-                Some((k.trim_matches('"').into(), v.trim_matches('"').into()))
-            })
-            .collect();
-        let ours: Vec<(String, String)> = PIDFILES
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        assert_eq!(listed, ours);
+        assert!(
+            w.args()
+                .iter()
+                .any(|a| a.starts_with("nginx=/run/elsewhere/nginx.pid")),
+            "the script is given the table's pid file"
+        );
     }
 
     #[test]

@@ -262,6 +262,38 @@ fn the_bootstrap_caches_the_package_and_never_runs_a_tampered_module() {
     assert_eq!(read(&core), "raise SystemExit(99)\n");
 }
 
+/// The agent knows a service's pid file only from the service table the tool sends
+/// (src/services.rs): with a table that names another pid file, it reads that one.
+#[test]
+fn the_agent_reads_a_services_pid_file_from_the_table_it_is_sent() {
+    let scratch = Scratch::new("table");
+    let pid_file = scratch.0.join("nginx.pid");
+    std::fs::write(&pid_file, format!("{}\n", std::process::id())).unwrap();
+    let observe = |table: &serde_json::Value| {
+        let request =
+            serde_json::json!({"op": "observe", "services": ["nginx"], "service_table": table});
+        let stdin = agent::one_shot_stdin(&serde_json::to_vec(&request).unwrap());
+        let out = run_agent(&scratch.cache(), &[], &stdin);
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        answer["services"]["nginx"]["pid"].clone()
+    };
+    let mut table = foobar_infra::services::agent_table().clone();
+    assert_eq!(table["nginx"]["pid_file"], "/run/nginx.pid");
+    table["nginx"]["pid_file"] = pid_file.to_str().unwrap().into();
+    assert_eq!(
+        observe(&table),
+        std::process::id(),
+        "this process, from the table's pid file"
+    );
+    table["nginx"]["pid_file"] = serde_json::Value::Null;
+    assert_eq!(
+        observe(&table),
+        serde_json::Value::Null,
+        "no pid file in the table: none read"
+    );
+}
+
 /// A serving agent answers framed requests, one line each, until stdin closes.
 #[test]
 fn a_serving_agent_answers_each_framed_request() {

@@ -213,8 +213,20 @@ pub async fn call_fresh(remote: &dyn Remote, op: &str, request: Value) -> Result
     call_with(remote, op, request, true).await
 }
 
+/// A request as sent: with the service table (src/services.rs), from which the agent
+/// takes everything it knows about a service.
+fn encode(mut request: Value) -> Result<Vec<u8>> {
+    if let Some(fields) = request.as_object_mut() {
+        fields.insert(
+            "service_table".into(),
+            crate::services::agent_table().clone(),
+        );
+    }
+    serde_json::to_vec(&request).context("encoding the agent request")
+}
+
 async fn call_with(remote: &dyn Remote, op: &str, request: Value, fresh: bool) -> Result<Value> {
-    let request = serde_json::to_vec(&request).context("encoding the agent request")?;
+    let request = encode(request)?;
     let out = if fresh {
         let argv = argv(&[]);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -240,7 +252,7 @@ pub async fn call_checked(
     request: Value,
     check: &Check,
 ) -> Result<CheckedAnswer> {
-    let request = serde_json::to_vec(&request).context("encoding the agent request")?;
+    let request = encode(request)?;
     Ok(match remote.agent_checked(check, request, op).await? {
         Checked::Passed(line) => CheckedAnswer::Passed(line),
         Checked::Agent(out) => CheckedAnswer::Answer(answer(remote.name(), op, out)?),

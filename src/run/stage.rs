@@ -83,8 +83,11 @@ fn warn_stale_lock(hp: &HostPlan, old: &Value, printer: &Printer) {
     }
 }
 
+/// The validate entry of `svc`'s files: which file (or nginx's tree) the agent checks
+/// with the service's validator from the service table (src/services.rs).
 fn validator(svc: Service, hp: &HostPlan) -> Option<Value> {
-    match svc {
+    let (kind, _) = crate::services::spec(svc).validator?;
+    let mut v = match svc {
         Service::Nginx => {
             let files: Vec<&str> = hp
                 .files
@@ -92,44 +95,37 @@ fn validator(svc: Service, hp: &HostPlan) -> Option<Value> {
                 .filter(|f| f.service == Service::Nginx)
                 .map(|f| f.path.as_str())
                 .collect();
-            (!files.is_empty()).then(|| {
-                json!({"kind": "nginx", "root": paths::NGINX_ROOT, "conf": paths::NGINX_CONF, "files": files})
-            })
+            (!files.is_empty()).then(
+                || json!({"root": paths::NGINX_ROOT, "conf": paths::NGINX_CONF, "files": files}),
+            )
         }
         Service::Haproxy => hp
             .files
             .iter()
             .find(|f| f.service == svc && f.path == paths::HAPROXY_CFG)
-            .map(|f| json!({"kind": "haproxy", "path": f.path})),
+            .map(|f| json!({"path": f.path})),
         Service::Keepalived => hp
-            .files
-            .iter()
-            .find(|f| f.path == paths::KEEPALIVED_CONF)
-            .map(|f| json!({"kind": "keepalived", "path": f.path})),
-        Service::Mariadb => hp
-            .files
-            .iter()
-            .find(|f| f.service == svc)
-            .map(|f| json!({"kind": "mariadb", "path": f.path})),
-        Service::Mysql => hp
+            .file(paths::KEEPALIVED_CONF)
+            .map(|f| json!({"path": f.path})),
+        Service::Mariadb | Service::Mysql => hp
             .files
             .iter()
             .find(|f| f.service == svc)
-            .map(|f| json!({"kind": "mysql8", "path": f.path})),
-        Service::Firewall => hp
-            .file(paths::FIREWALL)
-            .map(|f| json!({"kind": "nft", "path": f.path})),
+            .map(|f| json!({"path": f.path})),
+        Service::Firewall => hp.file(paths::FIREWALL).map(|f| json!({"path": f.path})),
         Service::Prometheus => hp
             .file(paths::PROMETHEUS_YML)
-            .map(|f| json!({"kind": "prometheus", "path": f.path})),
+            .map(|f| json!({"path": f.path})),
         Service::BlackboxExporter => hp
             .file(paths::BLACKBOX_YML)
-            .map(|f| json!({"kind": "blackbox", "path": f.path})),
+            .map(|f| json!({"path": f.path})),
         // Checked by their restart and health check, rolled back if they fail.
         Service::App | Service::NodeExporter | Service::NginxExporter | Service::MysqldExporter => {
             None
         }
-    }
+    }?;
+    v["kind"] = json!(kind);
+    Some(v)
 }
 
 pub(super) fn stage_request(hp: &HostPlan, hc: &HostChanges, run: &RunInfo) -> Value {

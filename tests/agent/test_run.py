@@ -17,7 +17,7 @@ import shutil
 import tempfile
 
 from agent_support import AgentTest
-from foobar_agent import boot, lock, ops, paths, session
+from foobar_agent import boot, lock, ops, paths, services, session
 
 # `service NAME ACTION` as an init script would answer it: the state in $FAKE_DIR/NAME
 # ("running" or absent), an action fails while $FAKE_DIR/NAME.fail exists.
@@ -38,6 +38,10 @@ if grep -q bad "$3"; then echo "[ALERT]    (1) : config : parsing [$3:1] : unkno
 echo "Configuration file is valid"
 """
 
+# The service table as the tool sends it (src/services.rs): here only the validator.
+TABLE = {"haproxy": {"pid_file": None, "error_log": None,
+                     "validator": {"kind": "haproxy", "argv": ["haproxy", "-c", "-f", "{file}"]}}}
+
 ME = pwd.getpwuid(os.getuid()).pw_name
 MY_GROUP = grp.getgrgid(os.getgid()).gr_name
 
@@ -53,6 +57,7 @@ class Run(AgentTest):
         paths.under(self.root)
         self.addCleanup(paths.under, "")
         self.put(boot, "INIT_D", self.root + "/etc/init.d")
+        self.put(services, "TABLE", {})  # each test's requests bring theirs
         self.etc = self.root + "/etc/demo"
         self.fake = self.root + "/fake"
         for d in (self.etc, self.fake + "/bin", self.root + "/etc/init.d"):
@@ -108,6 +113,7 @@ class Run(AgentTest):
                 "mode": "0640", "owner": ME, "group": MY_GROUP, "service": service}
 
     def stage(self, rid, files, **extra):
+        extra.setdefault("service_table", TABLE)
         return self.ask(op="stage", run_id=rid, lock={"owner": "test@here", "pid": 1}, files=files,
                         history={"run_id": rid, "user": "test"}, **extra)
 
@@ -164,8 +170,9 @@ class Run(AgentTest):
     def test_a_rejected_file_names_the_real_path_and_leaves_nothing_behind(self):
         rid = self.rid()
         target = os.path.join(self.etc, "haproxy.cfg")
+        validate = [{"kind": "haproxy", "path": target}]
         err = self.error(self.stage(rid, [self.file("haproxy.cfg", "bad\n", service="haproxy")],
-                                    validate=[{"kind": "haproxy", "path": target}]), "validation")
+                                    validate=validate), "validation")
         self.assertEqual(err["path"], target)
         self.assertIn("unknown keyword 'bad'", err["message"])
         self.assertNotIn(".foobar-new-", err["output"], "the output names the target, not the staged copy")
@@ -175,9 +182,25 @@ class Run(AgentTest):
         # A valid one passes, checked on the staged copy.
         rid = self.rid()
         answer = self.ok(self.stage(rid, [self.file("haproxy.cfg", "good\n", service="haproxy")],
-                                    validate=[{"kind": "haproxy", "path": target}]))
+                                    validate=validate))
         self.assertEqual(answer["validated"], [{"kind": "haproxy", "path": target}])
         self.ok(self.ask(op="abort", run_id=rid))
+
+    def test_the_validator_is_the_one_the_service_table_names(self):
+        target = os.path.join(self.etc, "haproxy.cfg")
+        validate = [{"kind": "haproxy", "path": target}]
+        table = {"haproxy": dict(TABLE["haproxy"], validator={
+            "kind": "haproxy", "argv": ["haproxy", "-c", "-f", "{file}", "--from-the-table"]})}
+        rid = self.rid()
+        self.ok(self.stage(rid, [self.file("haproxy.cfg", "good\n")], validate=validate, service_table=table))
+        self.assertEqual(self.log()[-1], "haproxy -c -f %s.foobar-new-%s --from-the-table" % (target, rid))
+        self.ok(self.ask(op="abort", run_id=rid))
+        # A service the table gives no validator: refused, nothing staged.
+        rid = self.rid()
+        err = self.error(self.stage(rid, [self.file("haproxy.cfg", "good\n")], validate=validate,
+                                    service_table={"haproxy": {}}), "request")
+        self.assertIn("no validator of kind 'haproxy'", err["message"])
+        self.assertEqual(self.leftovers(rid), [])
 
     def test_a_second_run_is_refused_while_one_holds_the_lock_and_abort_frees_it(self):
         first, second = self.rid(), self.rid()

@@ -18,7 +18,7 @@ from .core import AgentError, SEVERE, headline, now, tail
 from .db import run_sql
 from .haproxy import HAPROXY_SOCKET, haproxy_cmd, haproxy_stat_rows
 from .proc import capture, run
-from .services import PIDFILES, log_tail, service_pid, service_running
+from .services import log_tail, pid_file, service_pid, service_running
 
 
 LIVE_KINDS = ("haproxy", "nginx", "mariadb")
@@ -142,7 +142,7 @@ def live_problem(name, check, before, action):
     if kind == "nginx":
         master = service_pid(name)
         if not master:
-            return "nginx is not running (no live process behind %s)" % PIDFILES.get(name)
+            return "nginx is not running (no live process behind %s)" % pid_file(name)
         workers = proc_children(master)
         if action == "restart" and master == before.get("master"):
             return "nginx still runs its previous master (pid %s)" % master
@@ -161,7 +161,7 @@ def live_problem(name, check, before, action):
     if kind == "mariadb":
         pid = service_pid(name)
         if not pid:
-            return "%s is not running (no live process behind %s)" % (name, PIDFILES.get(name))
+            return "%s is not running (no live process behind %s)" % (name, pid_file(name))
         if action == "restart" and before.get("pid") == pid:
             return "%s still runs its previous process (pid %s)" % (name, pid)
         want = mariadb_cnf_settings(check["config"])

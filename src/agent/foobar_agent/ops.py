@@ -3,7 +3,7 @@ protocol"), and how one request becomes one answer."""
 
 import json
 
-from . import db, db_restore, firewall, haproxy, release
+from . import db, db_restore, firewall, haproxy, release, services
 from .check import check_request
 from .commit import op_commit, op_rollback
 from .core import AgentError
@@ -49,6 +49,8 @@ def handle(raw):
         req = json.loads(raw)
     except ValueError as e:
         raise AgentError("request", "request is not valid JSON: %s" % e)
+    if isinstance(req, dict):  # the envelope: the tool's service table, beside any op's fields
+        services.learn(req.pop("service_table", None))
     if not isinstance(req, dict) or req.get("op") not in OPS:
         raise AgentError("request", "unknown op %r (expected one of %s)"
                          % (req.get("op") if isinstance(req, dict) else None, ", ".join(sorted(OPS))))

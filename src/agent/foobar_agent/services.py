@@ -1,33 +1,55 @@
 """The host's services: the init system, whether a service runs (its pid file, else its
-init system), the actions reload/restart/start/stop, and the service's error log."""
+init system), the actions reload/restart/start/stop, and the service's error log. What
+a service's pid file, error log and validator are comes from the tool with each request
+(the service table, src/services.rs): the agent keeps no list of its own."""
 
 import os
 
 from . import paths
 from .boot import enable_service
+from .core import AgentError
 from .files import remove_quiet
 from .haproxy import HAPROXY_STATE, save_haproxy_state
 from .proc import quiet, run
 
 
-PIDFILES = {
-    "foobar-app": "/run/foobar-app.pid",
-    "nginx": "/run/nginx.pid",
-    "haproxy": "/run/haproxy.pid",
-    "mariadb": "/run/mysqld/mysqld.pid",
-    "mysql": "/run/mysqld/mysqld.pid",
-    "keepalived": "/run/keepalived.pid",
-    "prometheus": "/run/prometheus/prometheus.pid",
-    "prometheus-node-exporter": "/run/prometheus/prometheus-node-exporter.pid",
-    "prometheus-nginx-exporter": "/run/prometheus/prometheus-nginx-exporter.pid",
-    "prometheus-mysqld-exporter": "/run/prometheus/prometheus-mysqld-exporter.pid",
-    "prometheus-blackbox-exporter": "/run/prometheus/prometheus-blackbox-exporter.pid",
-}
-ERROR_LOGS = {
-    "nginx": ("/var/log/nginx/error.log", 5),
-    "mariadb": ("/var/log/mysql/error.log", 10),
-    "mysql": ("/var/log/mysql/error.log", 10),
-}
+TABLE = {}  # unit -> {"pid_file", "error_log", "validator"}: the tool's, from the request
+
+
+def learn(table):
+    """The service table a request carries (src/services.rs, `agent_table`): the agent
+    knows nothing of a service but what the tool sends (a request without one keeps the
+    table of the one before, e.g. in a serving agent)."""
+    if isinstance(table, dict):
+        global TABLE
+        TABLE = table
+
+
+def row(name):
+    entry = TABLE.get(name)
+    return entry if isinstance(entry, dict) else {}
+
+
+def pid_file(name):
+    """The pid file whose live process shows the service running (None: it has none)."""
+    p = row(name).get("pid_file")
+    return p if isinstance(p, str) else None
+
+
+def validated_by(kind):
+    """The service whose validator is of `kind` (the table's), or AgentError."""
+    for name in TABLE:
+        if (row(name).get("validator") or {}).get("kind") == kind:
+            return name
+    raise AgentError("request", "the service table has no validator of kind %r" % (kind,))
+
+
+def validator_argv(name, f):
+    """The argv that validates file `f` of the service ({file} in the table's argv)."""
+    argv = (row(name).get("validator") or {}).get("argv")
+    if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+        raise AgentError("request", "the service table has no validator for %s" % name, service=name)
+    return [a.replace("{file}", f) for a in argv]
 
 
 def init_system():
@@ -45,7 +67,7 @@ def service_running(name, init):
 
 
 def service_pid(name):
-    pf = PIDFILES.get(name)
+    pf = pid_file(name)
     if not pf:
         return None
     try:
@@ -74,8 +96,9 @@ def service_action(name, action, init):
 
 
 def log_tail(name):
-    path, n = ERROR_LOGS.get(name, (None, 0))
-    if not path or not os.path.isfile(path):
+    log = row(name).get("error_log")
+    path, n = log if isinstance(log, list) and len(log) == 2 else (None, 0)
+    if not isinstance(path, str) or not isinstance(n, int) or not os.path.isfile(path):
         return ""
     try:
         with open(path, "rb") as f:

@@ -1,35 +1,19 @@
-"""Validation of staged files, by the service's own validator (nginx -t on a copy of the
-tree, haproxy -c, mariadbd --help, ...), against the staged versions of every file of
-the run."""
+"""Validation of staged files, by the service's own validator (its argv from the
+service table the tool sends: nginx -t on a copy of the tree, haproxy -c, mariadbd
+--help, ...), against the staged versions of every file of the run; how each kind's
+output is read is this module's."""
 
 import os
 
 from .core import AgentError, headline, re, safe_path, tail
 from .files import copy_file, remove_quiet
 from .proc import run, run_split
-
-
-def validator_argv(kind, f):
-    return {
-        # not -q: HAProxy 2.6's -q also hides the [ALERT] lines that say what is wrong
-        "haproxy": ["haproxy", "-c", "-f", f],
-        "mariadb": ["mariadbd", "--defaults-file=" + f, "--help", "--verbose"],
-        "mysql8": ["mysqld", "--defaults-file=" + f, "--validate-config"],
-        "nft": ["nft", "-c", "-f", f],
-        "keepalived": ["keepalived", "-t", "-f", f],
-        "prometheus": ["promtool", "check", "config", f],
-        "blackbox": ["prometheus-blackbox-exporter", "--config.check", "--config.file=" + f],
-    }[kind]
-
-
-SERVICE_OF_KIND = {"nginx": "nginx", "haproxy": "haproxy", "mariadb": "mariadb", "mysql8": "mysql",
-                   "nft": "nftables", "keepalived": "keepalived", "prometheus": "prometheus",
-                   "blackbox": "prometheus-blackbox-exporter"}
+from .services import validated_by, validator_argv
 
 
 def validate_one(v, rid, staged, record, save):
     kind = v.get("kind")
-    service = v.get("service") or SERVICE_OF_KIND.get(kind, kind)
+    service = validated_by(kind)  # the service table's: its validator's argv
     if kind == "nginx":
         root = safe_path(v.get("root", "/etc/nginx"), "validate.root")
         conf = safe_path(v.get("conf", root + "/nginx.conf"), "validate.conf")
@@ -53,7 +37,7 @@ def validate_one(v, rid, staged, record, save):
                 dst = os.path.join(stage, os.path.relpath(p, root))
                 os.makedirs(os.path.dirname(dst), mode=0o700, exist_ok=True)
                 copy_file(src, dst, os.stat(src))
-            code, out = run(["nginx", "-t", "-q", "-c", os.path.join(stage, os.path.relpath(conf, root))], timeout=60)
+            code, out = run(validator_argv(service, os.path.join(stage, os.path.relpath(conf, root))), timeout=60)
         finally:
             remove_quiet(stage)
         out = out.replace(stage + "/", root + "/").replace(stage, root)
@@ -65,7 +49,7 @@ def validate_one(v, rid, staged, record, save):
             raise AgentError("validation", "%s: nothing to validate, %s does not exist" % (kind, target),
                              path=target, service=service)
         if kind == "mariadb":
-            code, _stdout, err = run_split(validator_argv(kind, f), timeout=60)
+            code, _stdout, err = run_split(validator_argv(service, f), timeout=60)
             bad = [l for l in err.splitlines() if "[ERROR]" in l or "adjusted" in l]
             ok, out = code == 0 and not bad, err
             if code == 0 and bad:
@@ -85,7 +69,7 @@ def validate_one(v, rid, staged, record, save):
                     fh.write(text)
                 os.chmod(copy, 0o600)
             try:
-                code, out = run(validator_argv(kind, copy or f), timeout=60)
+                code, out = run(validator_argv(service, copy or f), timeout=60)
             finally:
                 if copy:
                     remove_quiet(copy)
@@ -95,7 +79,7 @@ def validate_one(v, rid, staged, record, save):
             out = "\n".join(l for l in out.splitlines()
                             if not l.startswith("[NOTICE]") and l.strip() != "Configuration file is valid")
         else:
-            code, out = run(validator_argv(kind, f), timeout=60)
+            code, out = run(validator_argv(service, f), timeout=60)
             ok = code == 0
             if kind == "haproxy":
                 out = "\n".join(l for l in out.splitlines()
