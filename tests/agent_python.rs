@@ -270,8 +270,10 @@ fn the_agent_reads_a_services_pid_file_from_the_table_it_is_sent() {
     let pid_file = scratch.0.join("nginx.pid");
     std::fs::write(&pid_file, format!("{}\n", std::process::id())).unwrap();
     let observe = |table: &serde_json::Value| {
-        let request =
-            serde_json::json!({"op": "observe", "services": ["nginx"], "service_table": table});
+        let request = serde_json::json!({
+            "op": "observe", "services": ["nginx"], "service_table": table, "certs": [],
+            "haproxy": false, "max_content": 0, "packages": [], "paths": {}, "ports": [], "users": [],
+        });
         let stdin = agent::one_shot_stdin(&serde_json::to_vec(&request).unwrap());
         let out = run_agent(&scratch.cache(), &[], &stdin);
         let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
