@@ -117,7 +117,8 @@ class Run(AgentTest):
     # src/protocol): the fields a case does not care about at their empty values.
 
     def history_of(self, rid):
-        return {"boot": [], "files": [], "hosts": {}, "inventory": "inventory.yaml", "inventory_hash": "0",
+        return {"boot": [], "files": [], "host": "test-host", "hosts": {}, "inventory": "inventory.yaml",
+                "inventory_hash": "0",
                 "run_id": rid, "services": [], "time": "2026-12-03T00:00:00Z", "tool_version": "0", "user": "test"}
 
     def lock_of(self, rid):
