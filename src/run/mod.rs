@@ -78,21 +78,26 @@ pub async fn apply(
         parallel,
         printer,
     };
+    // Replicas that leave stop replicating, and new replication logins: before any file.
     database::before_files(&run).await?;
     let rotation = rotation::rotation(plan, changes, remotes, secrets)?;
     let work = hosts_with_files(&run);
+    // New releases go beside the current ones, not served yet.
     rollout::upload_releases(&run).await?;
     let (mut reports, deferred) = if work.is_empty() {
         (Vec::new(), Vec::new())
     } else {
+        // All or nothing: staged and validated everywhere, then committed in order.
         stage::stage_all(&work, &run).await?;
         let order = order::commit_order(changes, &work);
         commit::commit_all(&run, &work, order, rotation.as_ref()).await?
     };
+    // The databases, then the releases: the application needs its accounts.
     database::converge(&run, &mut reports).await?;
     for (host, secs) in rollout::rollout_releases(plan, changes, remotes, printer).await? {
         report::note(&mut reports, &host, "release", secs);
     }
+    // Last, the load balancers that take in the web servers made ready above.
     if !deferred.is_empty() {
         reports.extend(commit::commit_deferred(&deferred, info, parallel, printer).await?);
     }
