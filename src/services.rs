@@ -238,6 +238,16 @@ pub fn validator_argv(svc: Service, file: &str) -> Option<Vec<String>> {
     Some(argv.iter().map(|a| a.replace(FILE, file)).collect())
 }
 
+/// `svc`'s validator as a program and the arguments before the file, for a validator
+/// that takes the file last (None: it has none, or the file is elsewhere in its argv).
+pub fn file_last_validator(svc: Service) -> Option<(&'static str, &'static [&'static str])> {
+    let (_, argv) = spec(svc).validator?;
+    match argv {
+        [program, args @ .., last] if *last == FILE => Some((program, args)),
+        _ => None,
+    }
+}
+
 /// The check the agent runs after an action on `svc` (not after a stop).
 pub fn check(svc: Service) -> Value {
     match spec(svc).check {

@@ -1,6 +1,7 @@
 //! Local validation of rendered files for `check`: each file is run through its
 //! service's own checker (haproxy -c, nginx -t on a temporary prefix, the database
-//! server's option parsing) when that program is installed on this machine.
+//! server's option parsing; argv from the service table, src/services.rs, where the
+//! hosts run the same) when that program is installed on this machine.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,6 +10,7 @@ use anyhow::{Context, Result};
 
 use crate::plan::{HostPlan, ManagedFile, Plan, Service};
 use crate::render::paths;
+use crate::services;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -74,7 +76,7 @@ fn validate_host(h: &HostPlan) -> Result<Vec<FileResult>> {
         let r = match f.service {
             Service::Nginx => continue,
             Service::Haproxy if f.path.ends_with(".pem") => validate_certificate(f)?,
-            Service::Haproxy => validate_with_files(f, &h.files, "haproxy", &["-c", "-f"])?,
+            Service::Haproxy => table_validator(f, &h.files, Service::Haproxy)?,
             Service::Mariadb => validate_mariadb_cnf(f)?,
             Service::Mysql => validate_mysql8_cnf(f)?,
             Service::Keepalived if f.path.ends_with("haproxy-alive") => {
@@ -85,11 +87,13 @@ fn validate_host(h: &HostPlan) -> Result<Vec<FileResult>> {
                 })?;
                 ("sh -n".into(), v)
             }
-            Service::Keepalived => validate_with_files(f, &h.files, "keepalived", &["-t", "-f"])?,
+            Service::Keepalived => table_validator(f, &h.files, Service::Keepalived)?,
             Service::Firewall if f.path.ends_with(".nft") => {
-                let (_, v) = run_file_validator(f, "nft", |prog, file| {
+                let (program, args) = services::file_last_validator(Service::Firewall)
+                    .context("the service table names nft's validator")?;
+                let (_, v) = run_file_validator(f, program, |prog, file| {
                     let mut c = Command::new(prog);
-                    c.arg("-c").arg("-f").arg(file);
+                    c.args(args).arg(file);
                     c
                 })?;
                 // nft needs CAP_NET_ADMIN even to check: without it, say so rather
@@ -103,7 +107,7 @@ fn validate_host(h: &HostPlan) -> Result<Vec<FileResult>> {
                 ("nft -c".into(), v)
             }
             Service::Prometheus if f.path == paths::PROMETHEUS_YML => {
-                validate_with_files(f, &h.files, "promtool", &["check", "config"])?
+                table_validator(f, &h.files, Service::Prometheus)?
             }
             Service::Prometheus => {
                 let (_, v) = run_file_validator(f, "promtool", |prog, file| {
@@ -351,6 +355,18 @@ fn stand_in_pem(dir: &Path) -> Result<Option<String>> {
 /// `PROGRAM CHECK -f CONFIG` (haproxy -c, keepalived -t) on the config, with the files
 /// it names (a certificate, a check script) beside it; a certificate whose key is a
 /// secret is replaced by a stand-in.
+/// [`validate_with_files`] with the service's validator from the service table
+/// (src/services.rs), as the agent runs it on the hosts.
+fn table_validator(
+    f: &ManagedFile,
+    files: &[ManagedFile],
+    svc: Service,
+) -> Result<(String, Verdict)> {
+    let (program, args) = services::file_last_validator(svc)
+        .with_context(|| format!("the service table names {svc:?}'s validator, the file last"))?;
+    validate_with_files(f, files, program, args)
+}
+
 fn validate_with_files(
     f: &ManagedFile,
     files: &[ManagedFile],
