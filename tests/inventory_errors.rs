@@ -24,6 +24,9 @@ const CASES: &[(&str, &str)] = &[
     ("yaml-syntax", "6:1: did not find expected ',' or ']'"),
     ("firewall-bad-network", "13:25: firewall.admin[1]: invalid network \"10.0.0.0/33\" (want ADDRESS/PREFIX"),
     ("monitor-missing-secret", "13:18: secrets: secret db_monitor_password is required by the monitor role"),
+    ("rollout-canary-all", "13:11: rollout.canary: 1 canary server(s) of 1 web server(s): at least one must stay on the old release"),
+    ("rollout-bad-rate", "16:19: rollout.max_error_rate: a percentage from 0% to 100%, e.g. 1% or 0.5%"),
+    ("rollout-p95", "16:15: rollout.max_p95_ms: HAProxy's counters carry no percentile; use max_response_ms"),
 ];
 
 #[test]

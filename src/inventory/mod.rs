@@ -6,6 +6,7 @@ mod grammar;
 mod hosts;
 pub mod limits;
 mod raw_secret;
+pub mod rollout;
 mod settings;
 mod source_map;
 mod validation;
@@ -201,6 +202,8 @@ pub struct Inventory {
     pub firewall: Option<FirewallSettings>,
     /// Present when a host has the role `monitor`.
     pub monitoring: Option<MonitoringSettings>,
+    /// How releases reach the web servers (`rollout:`; none: no canary stage).
+    pub rollout: Option<rollout::Rollout>,
     pub secrets: BTreeMap<String, SecretSource>,
     /// Settings `render` accepts but no lab can test end to end (DECISIONS.md, "Host
     /// kinds"), each as a message naming file, line, column and field: the commands

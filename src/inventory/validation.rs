@@ -49,6 +49,8 @@ pub(super) struct RawInventory {
     #[serde(default)]
     monitoring: Option<MonitoringSettings>,
     #[serde(default)]
+    rollout: Option<super::rollout::RawRollout>,
+    #[serde(default)]
     secrets: IndexMap<String, RawSecret>,
 }
 
@@ -126,8 +128,11 @@ impl Validator {
         let monitoring = self.monitoring(raw.monitoring.as_ref(), &hosts, &raw.secrets);
         let ssh = ssh_settings(&raw.ssh, &RawSsh::default(), dir);
         let untested = self.untested(raw.mysql.flavor);
+        let web = hosts.iter().filter(|h| h.has(Role::Web)).count();
+        let rollout = self.rollout(raw.rollout.as_ref(), web);
         Inventory {
             untested,
+            rollout,
             ssh,
             path: path.to_path_buf(),
             source_hash: hex::encode(Sha256::digest(text.as_bytes())),
