@@ -45,8 +45,9 @@ fn canonical(inventory: &Path) -> PathBuf {
     std::fs::canonicalize(inventory).unwrap_or_else(|_| inventory.to_path_buf())
 }
 
-/// The book's file for an inventory: named by a hash of its canonical path.
-fn file_for(dir: &Path, inventory: &Path) -> PathBuf {
+/// The book's file for an inventory: named by a hash of its canonical path (also the
+/// name of its last canary verdict, src/run/canary.rs).
+pub(crate) fn file_for(dir: &Path, inventory: &Path) -> PathBuf {
     let key = Sha256::digest(canonical(inventory).as_os_str().as_encoded_bytes());
     dir.join(format!("{}.json", hex::encode(&key[..12])))
 }

@@ -393,6 +393,14 @@ pub struct ApplyArgs {
     /// prompt (needed where there is no terminal, unless given as NAME=ADDRESS)
     #[arg(long)]
     pub yes: bool,
+    /// Switch N web servers to a new release first and judge them by live traffic at
+    /// every load balancer before the others (the inventory's `rollout:` gives the
+    /// window and limits; without it: 30s, 1% above the old release, halt on no traffic)
+    #[arg(long, value_name = "N", conflicts_with = "no_canary")]
+    pub canary: Option<usize>,
+    /// No canary stage, whatever the inventory's `rollout:` says
+    #[arg(long)]
+    pub no_canary: bool,
 }
 
 #[cfg(test)]

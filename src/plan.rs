@@ -271,6 +271,10 @@ pub struct Plan {
     /// the remotes of `hosts`.
     #[serde(skip)]
     pub outside_balancers: Vec<HostPlan>,
+    /// The canary stage of a release rollout (the inventory's `rollout:`, or
+    /// `apply --canary N`; set by apply); none: every web server in turn.
+    #[serde(skip)]
+    pub canary: Option<crate::run::canary::Canary>,
 }
 
 impl Plan {

@@ -59,6 +59,12 @@ pub fn run(args: &ApplyArgs, p: &Arc<Printer>) -> Result<Outcome> {
         } else {
             RunInfo::new(&session.inventory, args.lock_timeout)
         };
+        session.plan.canary = crate::run::canary::Canary::choose(
+            session.inventory.rollout.as_ref(),
+            args.canary,
+            args.no_canary,
+            &session.inventory.path,
+        );
         // --limit never skips the drain: web servers of the run leave and rejoin the pool
         // at every load balancer of the inventory.
         if !session.changes.is_empty() {

@@ -67,7 +67,10 @@ impl Default for Rollout {
 }
 
 mod secs {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
     }
 }
@@ -160,14 +163,18 @@ mod tests {
         assert_eq!(parse_watch("30s"), Some(Duration::from_secs(30)));
         assert_eq!(parse_watch("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_watch("1500ms"), Some(Duration::from_millis(1500)));
-        for bad in ["", "30", "0s", "11m", "+5s", "5 s", "1h", "-1s", "999ms", "5S"] {
+        for bad in [
+            "", "30", "0s", "11m", "+5s", "5 s", "1h", "-1s", "999ms", "5S",
+        ] {
             assert_eq!(parse_watch(bad), None, "{bad:?}");
         }
         let s = |x: &str| serde_yaml::Value::String(x.into());
         assert_eq!(parse_rate(&s("1%")), Some(0.01));
         assert_eq!(parse_rate(&s("0.5%")), Some(0.005));
         assert_eq!(parse_rate(&s("100%")), Some(1.0));
-        for bad in ["1", "%", "101%", "-1%", "1.2.3%", "1e1%", " 1%", "NaN%", "inf%"] {
+        for bad in [
+            "1", "%", "101%", "-1%", "1.2.3%", "1e1%", " 1%", "NaN%", "inf%",
+        ] {
             assert_eq!(parse_rate(&s(bad)), None, "{bad:?}");
         }
         assert_eq!(parse_rate(&serde_yaml::Value::from(0.01)), None);

@@ -124,6 +124,7 @@ pub fn render(inv: &Inventory, templates: &Templates) -> Result<Plan> {
             .map(|h| h.name.clone())
             .collect(),
         outside_balancers: Vec::new(),
+        canary: None,
     })
 }
 

@@ -4,6 +4,7 @@
 //! One module per phase.
 
 pub mod balancer;
+pub mod canary;
 pub mod commit;
 pub mod connect;
 pub mod database;

@@ -49,6 +49,7 @@ pub async fn connect(
         hosts: lbs.to_vec(),
         backends: Vec::new(),
         outside_balancers: Vec::new(),
+        canary: None,
     };
     let remotes = connect::connect_all(&plan, parallel, persist, printer)
         .await

@@ -83,6 +83,7 @@ pub(super) async fn rollout_releases(
     printer: &Printer,
 ) -> Result<Vec<(String, f64)>> {
     let lbs = balancers(plan, remotes);
+    let stage = super::canary::stage(plan, changes);
     let mut switched: Vec<(&HostPlan, &dyn Remote, Option<String>)> = Vec::new();
     let mut done = Vec::new();
     for (hp, r) in plan.hosts.iter().zip(remotes.iter().copied()) {
@@ -90,34 +91,46 @@ pub(super) async fn rollout_releases(
             continue;
         };
         let t0 = Instant::now();
-        let result = rollout_one(hp, r, &rc.to, &lbs, printer).await;
-        match result {
-            Ok(()) => {
-                printer.event(
-                    json!({"event": "release", "host": hp.name(), "from": rc.from, "to": rc.to}),
-                );
-                switched.push((hp, r, rc.from.clone()));
-                done.push((hp.name().to_string(), t0.elapsed().as_secs_f64()));
+        let mut result = rollout_one(hp, r, &rc.to, &lbs, printer).await;
+        if result.is_ok() {
+            printer.event(
+                json!({"event": "release", "host": hp.name(), "from": rc.from, "to": rc.to}),
+            );
+            switched.push((hp, r, rc.from.clone()));
+            done.push((hp.name().to_string(), t0.elapsed().as_secs_f64()));
+            // The canaries all switched: judged by live traffic before any other.
+            if let Some((canary, names)) = stage.as_ref().filter(|(_, n)| n.len() == switched.len())
+            {
+                result = canary.judge(names, &rc.to, &lbs, printer).await;
             }
-            Err(e) => {
-                let mut notes = Vec::new();
-                for (hp, r, prev) in switched.iter().rev() {
-                    let Some(prev) = prev else { continue };
-                    match rollout_one(hp, *r, prev, &lbs, printer).await {
-                        Ok(()) => notes.push(format!("{} is back on release {prev}", hp.name())),
-                        Err(e) => notes.push(format!(
-                            "{}: could NOT switch back to {prev}: {e:#}",
-                            hp.name()
-                        )),
-                    }
+        }
+        if let Err(e) = result {
+            let mut notes = Vec::new();
+            for (hp, r, prev) in switched.iter().rev() {
+                let Some(prev) = prev else { continue };
+                match rollout_one(hp, *r, prev, &lbs, printer).await {
+                    Ok(()) => notes.push(format!("{} is back on release {prev}", hp.name())),
+                    Err(e) => notes.push(format!(
+                        "{}: could NOT switch back to {prev}: {e:#}",
+                        hp.name()
+                    )),
                 }
-                let notes = if notes.is_empty() {
-                    String::new()
-                } else {
-                    format!("\n{}.", notes.join("; "))
-                };
-                return Err(e).context(format!("deploying release {}{notes}", rc.to));
             }
+            let never: Vec<&str> = (plan.hosts.iter())
+                .skip_while(|h| h.name() != hp.name())
+                .skip(1)
+                .filter(|h| changes.host(h.name()).is_some_and(|hc| hc.release.is_some()))
+                .map(|h| h.name())
+                .collect();
+            if !never.is_empty() {
+                notes.push(format!("{} never switched", never.join(", ")));
+            }
+            let notes = if notes.is_empty() {
+                String::new()
+            } else {
+                format!("\n{}.", notes.join("; "))
+            };
+            return Err(e).context(format!("deploying release {}{notes}", rc.to));
         }
     }
     Ok(done)
