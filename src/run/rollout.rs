@@ -119,7 +119,11 @@ pub(super) async fn rollout_releases(
             let never: Vec<&str> = (plan.hosts.iter())
                 .skip_while(|h| h.name() != hp.name())
                 .skip(1)
-                .filter(|h| changes.host(h.name()).is_some_and(|hc| hc.release.is_some()))
+                .filter(|h| {
+                    changes
+                        .host(h.name())
+                        .is_some_and(|hc| hc.release.is_some())
+                })
                 .map(|h| h.name())
                 .collect();
             if !never.is_empty() {
