@@ -3,7 +3,7 @@ protocol"), and how one request becomes one answer."""
 
 import json
 
-from . import db, db_restore, firewall, haproxy, release, services
+from . import counters, db, db_restore, firewall, haproxy, release, services
 from .check import check_request
 from .commit import op_commit, op_rollback
 from .core import AgentError
@@ -26,6 +26,7 @@ OPS = {
     "release-upload": release.op_release_upload,
     "release-switch": release.op_release_switch,
     "haproxy-server": haproxy.op_haproxy_server,
+    "haproxy-counters": counters.op_haproxy_counters,
     # the database
     "db-replica-password": db.op_db_replica_password,
     "db-replica-remove": db.op_db_replica_remove,
