@@ -303,12 +303,18 @@ pub fn run(args: &RemoteArgs, p: &Arc<Printer>) -> Result<Outcome> {
         .await
     });
     let healthy = statuses.iter().all(|s| s.problems.is_empty());
+    // The last canary's verdict, as this controller kept it (issue 22).
+    let canary = crate::run::canary::last_verdict(&inventory.path);
     if p.json {
         p.json_line(
-            &json!({"schema": 1, "command": "status", "healthy": healthy, "hosts": statuses}),
+            &json!({"schema": 1, "command": "status", "healthy": healthy, "hosts": statuses,
+                    "canary": canary}),
         );
     } else {
         print_table(&statuses, p);
+        if let Some(line) = canary.as_ref().map(crate::run::canary::verdict_line) {
+            p.out(line);
+        }
     }
     if healthy {
         Ok(Outcome::Success)

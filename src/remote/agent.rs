@@ -28,7 +28,10 @@ pub const MODULES: &[(&str, &str)] = &[
     ("lock", include_str!("../agent/foobar_agent/lock.py")),
     ("boot", include_str!("../agent/foobar_agent/boot.py")),
     ("haproxy", include_str!("../agent/foobar_agent/haproxy.py")),
-    ("counters", include_str!("../agent/foobar_agent/counters.py")),
+    (
+        "counters",
+        include_str!("../agent/foobar_agent/counters.py"),
+    ),
     (
         "services",
         include_str!("../agent/foobar_agent/services.py"),

@@ -349,7 +349,8 @@ impl Canary {
                              "goes_on": goes_on, "report": report}));
         if let Some(path) = &self.record {
             let kept = json!({"schema": 1, "at": super::info::chrono_now(),
-                              "release": release, "goes_on": goes_on, "report": report});
+                              "release": release, "goes_on": goes_on, "report": report,
+                              "summary": report.summary()});
             if let Err(e) = save_record(path, &kept) {
                 printer.warn(format!("the canary's verdict was not kept: {e:#}"));
             }
@@ -413,6 +414,22 @@ fn save_record(path: &Path, doc: &serde_json::Value) -> Result<()> {
 pub fn last_verdict(inventory: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(record_path(inventory)?).ok()?;
     serde_json::from_str(&text).ok()
+}
+
+/// `status`'s line for a kept verdict.
+pub fn verdict_line(doc: &serde_json::Value) -> String {
+    let summary = doc["summary"].as_str().unwrap_or("");
+    format!(
+        "Last canary ({}, release {}): {}{}",
+        doc["at"].as_str().unwrap_or("?"),
+        doc["release"].as_str().unwrap_or("?"),
+        summary.replace('\n', "; "),
+        if doc["goes_on"] == true {
+            ""
+        } else {
+            " (the rollout stopped there)"
+        }
+    )
 }
 
 /// Whether the rollout goes on after `report`: a failure, or no traffic with
