@@ -12,6 +12,7 @@
 
 #[macro_use]
 pub mod shape;
+pub mod counters;
 pub mod database;
 pub mod release;
 pub mod run;
@@ -132,6 +133,7 @@ operations! {
     release::ReleaseSwitch => "points ROOT/current at a release, restarts the application, checks its health",
     release::HaproxyServer => "sets a backend server's state on a load balancer (drain, ready, maint)",
     release::History => "the host's last apply records",
+    counters::HaproxyCounters => "a load balancer's per-server counters of one backend (requests, 5xx, connection and response errors, response time)",
 }
 
 /// The text of `src/agent/foobar_agent/shapes.py`: every request's shape, by op.

@@ -312,6 +312,9 @@ fn release_samples(dir: &str) -> Vec<Sample> {
             timeout_s: 1,
         }),
         sample(History { last: 5 }),
+        sample(super::counters::HaproxyCounters {
+            backend: "web".into(),
+        }),
     ]
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 
 use super::report::host_error;
@@ -16,27 +16,12 @@ use crate::diff::Changes;
 use crate::inventory::rollout::{NoTraffic, Rollout};
 use crate::output::Printer;
 use crate::plan::{HostPlan, Plan};
-use crate::remote::{agent, Remote};
+pub use crate::protocol::counters::Counters;
+use crate::protocol::{self, counters::HaproxyCounters};
+use crate::remote::Remote;
 
 /// A canary that failed this many requests or more may be judged before the window ends.
 const EARLY_REQUESTS: u64 = 20;
-
-/// One server's counters at one load balancer (the agent's `haproxy-counters`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-pub struct Counters {
-    pub server: String,
-    #[serde(default)]
-    pub status: String,
-    /// HTTP requests (`req_tot`).
-    pub req_tot: u64,
-    /// 5xx responses the server sent (`hrsp_5xx`).
-    pub hrsp_5xx: u64,
-    /// Failed connections to it (`econ`) and failed responses (`eresp`).
-    pub econ: u64,
-    pub eresp: u64,
-    /// Average response time of its last 1024 requests, ms (`rtime`).
-    pub rtime: u64,
-}
 
 /// Every load balancer's counters at one moment: load balancer name -> servers.
 pub type Sample = BTreeMap<String, Vec<Counters>>;
@@ -196,16 +181,13 @@ impl Report {
 async fn sample(lbs: &[(&HostPlan, &dyn Remote)]) -> Result<Sample> {
     let mut out = Sample::new();
     for (lb, r) in lbs {
-        let answer = agent::call(
-            *r,
-            "haproxy-counters",
-            json!({"op": "haproxy-counters", "backend": "web"}),
-        )
-        .await
-        .map_err(|e| anyhow!(host_error(lb.name(), "reading HAProxy's counters", &e)))?;
-        let servers: Vec<Counters> = serde_json::from_value(answer["servers"].clone())
-            .map_err(|e| anyhow!("{}: HAProxy's counters: {e}", lb.name()))?;
-        out.insert(lb.name().to_string(), servers);
+        let request = HaproxyCounters {
+            backend: "web".into(),
+        };
+        let answer = protocol::call(*r, &request)
+            .await
+            .map_err(|e| anyhow!(host_error(lb.name(), "reading HAProxy's counters", &e)))?;
+        out.insert(lb.name().to_string(), answer.servers);
     }
     Ok(out)
 }

@@ -30,4 +30,4 @@ def op_haproxy_counters(req):
         for column in COUNTERS:
             entry[column] = _number(row, column)
         servers.append(entry)
-    return {"servers": servers}
+    return {"ok": True, "servers": servers}
