@@ -125,6 +125,13 @@ impl Fleet {
             .collect()
     }
 
+    /// The web servers load balancer `lb` has in its pool (all UP).
+    pub fn set_pool(&self, lb: &str, servers: &[&str]) {
+        let mut hosts = self.hosts.lock().unwrap();
+        let pool = servers.iter().map(|s| (s.to_string(), ServerState::Ready));
+        hosts.get_mut(lb).expect("a load balancer").backends = pool.collect();
+    }
+
     /// Makes `phase` fail on `host` (each time it is reached).
     pub fn fail_at(&self, host: &str, phase: Phase) {
         *self.fail.lock().unwrap() = Some((host.to_string(), phase));

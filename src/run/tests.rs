@@ -210,6 +210,37 @@ fn two_balancers(plan: &mut Plan) {
 }
 
 #[tokio::test]
+async fn a_load_balancer_that_gains_a_web_server_reloads_last() {
+    let (mut plan, secrets) = lab();
+    let fleet = Fleet::in_sync_with(&plan, &secrets);
+    fleet.set_pool("lb-01", &["web-01"]);
+    edit(&mut plan, "lb-01", Service::Haproxy);
+    edit(&mut plan, "web-02", Service::Nginx);
+    apply(&plan, &fleet, &secrets).await.unwrap();
+    assert_eq!(hosts_with(&fleet.log(), "commit"), ["web-02", "lb-01"]);
+}
+
+#[tokio::test]
+async fn a_web_server_that_leaves_is_drained_at_every_load_balancer_before_any_commit() {
+    let (mut plan, secrets) = lab();
+    two_balancers(&mut plan);
+    let fleet = Fleet::in_sync_with(&plan, &secrets);
+    for lb in ["lb-01", "lb-02"] {
+        fleet.set_pool(lb, &["web-01", "web-02", "web-03"]);
+        edit(&mut plan, lb, Service::Haproxy);
+    }
+    apply(&plan, &fleet, &secrets).await.unwrap();
+    let log = fleet.log();
+    let first_commit = log.iter().position(|e| e.op == "commit").unwrap();
+    let drained: Vec<&str> = log[..first_commit]
+        .iter()
+        .filter(|e| e.op == "haproxy-server" && e.detail == "web-03 drain")
+        .map(|e| e.host.as_str())
+        .collect();
+    assert_eq!(drained, ["lb-01", "lb-02"], "{log:?}");
+}
+
+#[tokio::test]
 async fn web_servers_restart_one_at_a_time_drained_at_every_load_balancer() {
     let (mut plan, secrets) = lab();
     two_balancers(&mut plan);
