@@ -51,41 +51,33 @@ fn the_agents_python_tests_pass_under_python_3_13() {
             "lab/image --os debian13 builds it",
         );
     }
-    let out = Command::new("docker")
-        .args([
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "--entrypoint",
-            "python3",
-        ])
-        .args(["-v", &format!("{ROOT}:/src:ro"), "-w", "/src", IMAGE_313])
-        .args(["-c", "import sys; print(sys.version_info[:2])"])
-        .output()
-        .unwrap();
+    // python3 in the image, without network, the sources read-only.
+    let python_313 = |args: &[&str]| {
+        Command::new("docker")
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--entrypoint",
+                "python3",
+            ])
+            .args(["-v", &format!("{ROOT}:/src:ro"), "-w", "/src", IMAGE_313])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = python_313(&["-c", "import sys; print(sys.version_info[:2])"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "(3, 13)");
-    let out = Command::new("docker")
-        .args([
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "--entrypoint",
-            "python3",
-        ])
-        .args(["-v", &format!("{ROOT}:/src:ro"), "-w", "/src", IMAGE_313])
-        .args([
-            "-B",
-            "-m",
-            "unittest",
-            "discover",
-            "-s",
-            "tests/agent",
-            "-v",
-        ])
-        .output()
-        .unwrap();
+    let out = python_313(&[
+        "-B",
+        "-m",
+        "unittest",
+        "discover",
+        "-s",
+        "tests/agent",
+        "-v",
+    ]);
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "under Python 3.13:\n{text}");
 }
