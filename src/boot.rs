@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::diff::ServiceChange;
 use crate::plan::{HostPlan, Service, ServiceAction};
+use crate::protocol::run::BootEntry;
 use crate::remote::agent::HostState;
 
 /// What happens to a service's start at boot.
@@ -54,8 +55,11 @@ impl BootChange {
     }
 
     /// The entry of the commit request.
-    pub fn request(&self) -> Value {
-        json!({"service": self.service.unit(), "enable": self.action == BootAction::Enable})
+    pub fn request(&self) -> BootEntry {
+        BootEntry {
+            service: self.service.unit().to_string(),
+            enable: self.action == BootAction::Enable,
+        }
     }
 
     /// The `apply --json` event.
@@ -102,6 +106,7 @@ mod tests {
     use super::*;
     use crate::diff::diff_host;
     use crate::plan::Init;
+    use crate::run::info::RunInfo;
     use crate::secrets::Secrets;
     use crate::witness::{InSync, Witness};
 
@@ -143,8 +148,8 @@ mod tests {
             assert_eq!(event["service"], "nginx");
 
             // The commit request carries it (and no file, no action).
-            let req =
-                crate::run::commit::commit_request(&hp, &hc, &crate::run::info::RunInfo::none());
+            let req = crate::run::commit::commit_request(&hp, &hc, &RunInfo::none());
+            let req = crate::protocol::to_value(&req).unwrap();
             assert_eq!(req["boot"], json!([{"service": "nginx", "enable": true}]));
             assert_eq!(req["files"], json!([]));
             assert_eq!(req["actions"], json!([]));
@@ -191,7 +196,8 @@ mod tests {
             action: BootAction::Disable,
         };
         assert_eq!(hc.boot, [app]);
-        let req = crate::run::commit::commit_request(&hp, &hc, &crate::run::info::RunInfo::none());
+        let req = crate::run::commit::commit_request(&hp, &hc, &RunInfo::none());
+        let req = crate::protocol::to_value(&req).unwrap();
         assert_eq!(
             req["boot"],
             json!([{"service": "foobar-app", "enable": false}])

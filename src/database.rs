@@ -12,7 +12,6 @@ pub mod restore;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::output::Printer;
 use crate::plan::{DbPlan, DbRole, HostPlan, Plan, PrimaryRef};
@@ -127,11 +126,6 @@ pub fn source(pref: &PrimaryRef, host: &str, secrets: &Secrets) -> Result<Primar
     })
 }
 
-/// [`db_spec`] as JSON, for the run's requests not yet typed (src/engine.rs).
-pub fn spec(db: &DbPlan, secrets: &Secrets) -> Result<Value> {
-    Ok(serde_json::to_value(db_spec(db, secrets)?)?)
-}
-
 /// A database spec keeping only the accounts (`user@host`) that `keep` accepts: for
 /// changing some passwords on the primary and nothing else.
 pub fn accounts_only(spec: &DbSpec, keep: impl Fn(&str) -> bool) -> DbSpec {
@@ -139,14 +133,6 @@ pub fn accounts_only(spec: &DbSpec, keep: impl Fn(&str) -> bool) -> DbSpec {
     spec.users
         .retain(|u| keep(&format!("{}@{}", u.user, u.host)));
     spec
-}
-
-/// [`accounts_only`] of a JSON spec ([`spec`]).
-pub fn spec_with_accounts(spec: &Value, keep: impl Fn(&str) -> bool) -> Value {
-    match serde_json::from_value::<DbSpec>(spec.clone()) {
-        Ok(typed) => serde_json::to_value(accounts_only(&typed, keep)).unwrap_or_default(),
-        Err(_) => spec.clone(),
-    }
 }
 
 /// Plans a host's database change from what was observed. Pure.

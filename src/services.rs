@@ -17,6 +17,7 @@
 use serde_json::{json, Value};
 
 use crate::plan::{Service, ServiceAction};
+use crate::protocol::run::{LiveKind, ServiceCheck, Tcp};
 use crate::render::{paths, ports};
 
 /// Seconds a reloaded HAProxy or nginx has to show the new config: a reload that has
@@ -249,28 +250,36 @@ pub fn file_last_validator(svc: Service) -> Option<(&'static str, &'static [&'st
 }
 
 /// The check the agent runs after an action on `svc` (not after a stop).
-pub fn check(svc: Service) -> Value {
+pub fn check(svc: Service) -> ServiceCheck {
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     match spec(svc).check {
         LiveCheck::Live {
             kind,
             config,
             tcp,
             timeout_s,
-        } => {
-            let mut c = json!({"live": kind, "timeout_s": timeout_s});
-            if let Some(config) = config {
-                c["config"] = json!(config);
-            }
-            if !tcp.is_empty() {
-                c["tcp"] = json!(tcp);
-            }
-            c
-        }
-        LiveCheck::Tcp { port, timeout_s } => {
-            json!({"tcp": format!("127.0.0.1:{port}"), "timeout_s": timeout_s})
-        }
-        LiveCheck::Command { argv, timeout_s } => json!({"command": argv, "timeout_s": timeout_s}),
-        LiveCheck::Running { timeout_s } => json!({"running": true, "timeout_s": timeout_s}),
+        } => ServiceCheck {
+            live: Some(LiveKind::of(kind).expect("a live check of live.py")),
+            config: config.map(str::to_string),
+            tcp: (!tcp.is_empty()).then(|| Tcp::Many(strings(tcp))),
+            timeout_s,
+            ..ServiceCheck::default()
+        },
+        LiveCheck::Tcp { port, timeout_s } => ServiceCheck {
+            tcp: Some(Tcp::One(format!("127.0.0.1:{port}"))),
+            timeout_s,
+            ..ServiceCheck::default()
+        },
+        LiveCheck::Command { argv, timeout_s } => ServiceCheck {
+            command: Some(strings(argv)),
+            timeout_s,
+            ..ServiceCheck::default()
+        },
+        LiveCheck::Running { timeout_s } => ServiceCheck {
+            running: Some(true),
+            timeout_s,
+            ..ServiceCheck::default()
+        },
     }
 }
 
@@ -308,11 +317,21 @@ mod tests {
             (Service::Nginx, "nginx"),
             (Service::Mariadb, "mariadb"),
         ] {
-            assert_eq!(check(svc)["live"], kind, "{svc:?}");
+            assert_eq!(
+                serde_json::to_value(check(svc)).unwrap()["live"],
+                kind,
+                "{svc:?}"
+            );
         }
         // The config the agent reads the expected state from is the one the tool writes.
-        assert_eq!(check(Service::Haproxy)["config"], paths::HAPROXY_CFG);
-        assert_eq!(check(Service::Mariadb)["config"], paths::MARIADB_CNF);
+        assert_eq!(
+            check(Service::Haproxy).config.as_deref(),
+            Some(paths::HAPROXY_CFG)
+        );
+        assert_eq!(
+            check(Service::Mariadb).config.as_deref(),
+            Some(paths::MARIADB_CNF)
+        );
     }
 
     #[test]

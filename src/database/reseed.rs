@@ -12,6 +12,7 @@ use super::replica::{self, ReplicaRepair};
 use super::DbChange;
 use crate::output::Printer;
 use crate::plan::{DbRole, Plan};
+use crate::protocol::release::ServerState;
 use crate::remote::agent::HostState;
 use crate::remote::Remote;
 use crate::run::{balancer, observe};
@@ -119,7 +120,7 @@ pub async fn run(
     } else {
         balancer::balancers(plan, remotes)
     };
-    balancer::set_backend_state(&lbs, host, "drain", true, printer).await?;
+    balancer::set_backend_state(&lbs, host, ServerState::Drain, true, printer).await?;
     let change = DbChange::SeedReplica {
         from: primary.to_string(),
         reason: "db reseed".into(),
@@ -145,7 +146,7 @@ pub async fn run(
         };
         return Err(e.context(format!("re-seeding {host} from {primary}{drained}")));
     }
-    balancer::set_backend_state(&lbs, host, "ready", true, printer).await
+    balancer::set_backend_state(&lbs, host, ServerState::Ready, true, printer).await
 }
 
 #[cfg(test)]

@@ -156,6 +156,23 @@ pub enum Validator {
     Blackbox(ConfigFile),
 }
 
+impl Validator {
+    /// The validator of kind `kind` (the service table's) on one file; None for
+    /// `nginx`, which checks a tree ([`NginxTree`]), and for an unknown kind.
+    pub fn of_file(kind: &str, file: ConfigFile) -> Option<Validator> {
+        Some(match kind {
+            "haproxy" => Validator::Haproxy(file),
+            "keepalived" => Validator::Keepalived(file),
+            "mariadb" => Validator::Mariadb(file),
+            "mysql8" => Validator::Mysql8(file),
+            "nft" => Validator::Nft(file),
+            "prometheus" => Validator::Prometheus(file),
+            "blackbox" => Validator::Blackbox(file),
+            _ => return None,
+        })
+    }
+}
+
 impl Shape for Validator {
     fn shape() -> Value {
         let file = ConfigFile::shape();
@@ -193,6 +210,15 @@ wire! {
     #[derive(PartialEq)]
     pub struct ConfigFile {
         pub path: String,
+    }
+}
+
+impl ConfigFile {
+    /// The planned file a validator checks.
+    pub fn of(f: &crate::plan::ManagedFile) -> ConfigFile {
+        ConfigFile {
+            path: f.path.clone(),
+        }
     }
 }
 
@@ -375,6 +401,13 @@ pub enum LiveKind {
     Mariadb,
 }
 
+impl LiveKind {
+    /// The kind named `name` (src/services.rs's table names them).
+    pub fn of(name: &str) -> Option<LiveKind> {
+        serde_json::from_value(serde_json::json!(name)).ok()
+    }
+}
+
 impl Shape for LiveKind {
     fn shape() -> Value {
         names(&["haproxy", "nginx", "mariadb"])
@@ -514,7 +547,6 @@ impl Operation for FirewallGuard {
 
 answer! {
     /// The anti-lockout guard's state (`firewall-confirm`, `firewall-guard`).
-    #[derive(Default)]
     pub struct GuardState {
         /// A fresh connection cancelled it (firewall-confirm only).
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -41,11 +41,13 @@ macro_rules! wire {
 }
 
 /// Declares an answer struct of the agent protocol (fields named as on the wire; the
-/// agent's `ok` is not one of them): derives Debug, Clone, Serialize and Deserialize.
+/// agent's `ok` is not one of them): derives Debug, Clone, Default, Serialize and
+/// Deserialize; a field the answer leaves out takes its default.
 macro_rules! answer {
     ($(#[$m:meta])* pub struct $name:ident { $( $(#[$fm:meta])* pub $f:ident : $t:ty ),* $(,)? }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+        #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+        #[serde(default)]
         pub struct $name { $( $(#[$fm])* pub $f: $t, )* }
     };
 }

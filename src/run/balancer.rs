@@ -2,14 +2,14 @@
 //! backend of every load balancer and putting it back.
 
 use anyhow::Result;
-use serde_json::json;
 
 use super::report::host_error;
 use super::Run;
 use crate::inventory::Role;
 use crate::output::Printer;
 use crate::plan::{HostPlan, Plan};
-use crate::remote::agent;
+use crate::protocol;
+use crate::protocol::release::{HaproxyServer, ServerState};
 use crate::remote::Remote;
 
 /// Every load balancer of the inventory, with its connection.
@@ -33,7 +33,7 @@ pub(super) async fn drain_leaving(run: &Run<'_>) -> Result<()> {
     }
     let lbs = balancers(run.plan, run.remotes);
     for server in leaving {
-        set_backend_state(&lbs, server, "drain", true, run.printer).await?;
+        set_backend_state(&lbs, server, ServerState::Drain, true, run.printer).await?;
     }
     Ok(())
 }
@@ -43,28 +43,37 @@ pub(super) async fn drain_leaving(run: &Run<'_>) -> Result<()> {
 pub(crate) async fn set_backend_state(
     lbs: &[(&HostPlan, &dyn Remote)],
     server: &str,
-    state: &str,
+    state: ServerState,
     wait: bool,
     printer: &Printer,
 ) -> Result<()> {
     let timeout_s = if wait { 30 } else { 0 };
     for (lb, r) in lbs {
-        printer.detail("Balancer", format!("{}: {server} -> {state}", lb.name()));
-        let answer = agent::call(
-            *r,
-            "haproxy-server",
-            json!({"op": "haproxy-server", "backend": "web", "server": server, "state": state, "timeout_s": timeout_s}),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!(host_error(lb.name(), &format!("setting {server} to {state}"), &e)))?;
-        if answer["absent"] == true {
+        printer.detail(
+            "Balancer",
+            format!("{}: {server} -> {}", lb.name(), state.as_str()),
+        );
+        let request = HaproxyServer {
+            backend: "web".into(),
+            server: server.to_string(),
+            state,
+            timeout_s,
+        };
+        let answer = protocol::call(*r, &request).await.map_err(|e| {
+            anyhow::anyhow!(host_error(
+                lb.name(),
+                &format!("setting {server} to {}", state.as_str()),
+                &e
+            ))
+        })?;
+        if answer.absent == Some(true) {
             continue;
         }
-        if wait && state == "ready" && !answer["status"].as_str().unwrap_or("").starts_with("UP") {
+        let status = answer.status.unwrap_or_default();
+        if wait && state == ServerState::Ready && !status.starts_with("UP") {
             printer.warn(format!(
-                "{}: {server} is {} after 30 s",
-                lb.name(),
-                answer["status"]
+                "{}: {server} is \"{status}\" after 30 s",
+                lb.name()
             ));
         }
     }

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::balancer::drain_leaving;
 use super::firewall::{confirm_firewall, loads_firewall};
@@ -20,46 +20,50 @@ use super::{Run, Work};
 use crate::diff::{FileChangeKind, HostChanges};
 use crate::output::Printer;
 use crate::plan::{HostPlan, Service, ServiceAction};
-use crate::remote::agent;
+use crate::protocol;
+use crate::protocol::run::{Action, Commit, Committed, FirewallGuardSpec};
 use crate::remote::Remote;
 use crate::render::paths;
 
-pub(super) fn actions(hp: &HostPlan, hc: &HostChanges) -> Vec<Value> {
+pub(super) fn actions(hp: &HostPlan, hc: &HostChanges) -> Vec<Action> {
     hc.services
         .iter()
         .map(|s| {
-            let check =
-                (s.action != ServiceAction::Stop).then(|| crate::services::check(s.service));
-            let mut a =
-                json!({"service": s.service.unit(), "action": s.action.as_str(), "check": check});
-            if let (Service::Firewall, Some(secs)) = (s.service, hp.firewall_guard_s) {
-                if s.action != ServiceAction::Stop {
-                    a["guard"] = json!({"path": paths::FIREWALL, "seconds": secs});
-                }
+            let acts = s.action != ServiceAction::Stop;
+            let guard = match (s.service, hp.firewall_guard_s) {
+                (Service::Firewall, Some(seconds)) if acts => Some(FirewallGuardSpec {
+                    path: paths::FIREWALL.to_string(),
+                    seconds,
+                }),
+                _ => None,
+            };
+            Action {
+                service: s.service.unit().to_string(),
+                action: s.action,
+                check: acts.then(|| crate::services::check(s.service)),
+                guard,
             }
-            a
         })
         .collect()
 }
 
-pub(crate) fn commit_request(hp: &HostPlan, hc: &HostChanges, run: &RunInfo) -> Value {
-    let staged: Vec<&str> = hc
-        .files
-        .iter()
-        .filter(|f| f.kind != FileChangeKind::Delete)
-        .map(|f| f.path.as_str())
-        .collect();
-    let deletes: Vec<&str> = hc
-        .files
-        .iter()
-        .filter(|f| f.kind == FileChangeKind::Delete)
-        .map(|f| f.path.as_str())
-        .collect();
-    json!({
-        "op": "commit", "run_id": run.run_id, "files": staged, "deletes": deletes,
-        "actions": actions(hp, hc), "manifest": hc.manifest, "history": run.history(hc),
-        "boot": hc.boot.iter().map(|b| b.request()).collect::<Vec<_>>(),
-    })
+pub(crate) fn commit_request(hp: &HostPlan, hc: &HostChanges, run: &RunInfo) -> Commit {
+    let paths_where = |delete: bool| -> Vec<String> {
+        hc.files
+            .iter()
+            .filter(|f| (f.kind == FileChangeKind::Delete) == delete)
+            .map(|f| f.path.clone())
+            .collect()
+    };
+    Commit {
+        run_id: run.run_id.clone(),
+        files: paths_where(false),
+        deletes: paths_where(true),
+        actions: actions(hp, hc),
+        manifest: hc.manifest.clone(),
+        history: run.history(hc),
+        boot: hc.boot.iter().map(|b| b.request()).collect(),
+    }
 }
 
 /// Commits a host's staged files; `skip_app` leaves the application's restart to the
@@ -70,15 +74,13 @@ pub(super) async fn commit_host(
     r: &dyn Remote,
     run: &RunInfo,
     skip_app: bool,
-) -> (Result<Value>, Duration) {
+) -> (Result<Committed>, Duration) {
     let t0 = Instant::now();
     let mut req = commit_request(hp, hc, run);
     if skip_app {
-        if let Some(actions) = req["actions"].as_array_mut() {
-            actions.retain(|a| a["service"] != Service::App.unit());
-        }
+        req.actions.retain(|a| a.service != Service::App.unit());
     }
-    let mut res = agent::call(r, "commit", req).await;
+    let mut res = protocol::call(r, &req).await;
     if res.is_ok() && loads_firewall(hp, hc) {
         // On failure the host is already restored: it must not count as committed.
         if let Err(e) = confirm_firewall(hp, hc, r, run).await {

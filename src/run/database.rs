@@ -9,6 +9,7 @@ use super::balancer::{balancers, set_backend_state};
 use super::report::{note, HostReport};
 use super::Run;
 use crate::database::{self, DbChange};
+use crate::protocol::release::ServerState;
 
 /// Before the files: replication stopped on hosts that stop being replicas, and
 /// replicas logging in with a new replication password.
@@ -63,7 +64,7 @@ pub(super) async fn converge(run: &Run<'_>, reports: &mut Vec<HostReport>) -> Re
         let served = changes.in_service.iter().any(|s| s == host);
         let switches = changes.host(host).is_some_and(|hc| hc.release.is_some());
         if served && !switches && comes_later(change) {
-            set_backend_state(&lbs, host, "ready", true, printer).await?;
+            set_backend_state(&lbs, host, ServerState::Ready, true, printer).await?;
         }
     }
     Ok(())

@@ -3,15 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
-use serde_json::json;
-
-use super::commit::actions;
 use super::info::RunInfo;
+use super::rollback::rollback_request;
 use crate::diff::HostChanges;
 use crate::plan::{HostPlan, Service, ServiceAction};
-use crate::remote::agent;
+use crate::protocol;
+use crate::protocol::run::{FirewallConfirm, FirewallGuard};
 use crate::remote::Remote;
+use anyhow::{bail, Result};
 
 /// Whether committing this host loads a new firewall (and so needs the fresh-login test).
 pub(super) fn loads_firewall(hp: &HostPlan, hc: &HostChanges) -> bool {
@@ -33,40 +32,34 @@ pub(super) async fn confirm_firewall(
     run: &RunInfo,
 ) -> Result<()> {
     let secs = hp.firewall_guard_s.unwrap_or(30);
-    let req = json!({"op": "firewall-confirm", "run_id": run.run_id});
-    let fresh_error = match agent::call_fresh(r, "firewall-confirm", req).await {
-        Ok(v) if v["confirmed"] == true => return Ok(()),
-        Ok(v) if v["fired"] == true => {
+    let req = FirewallConfirm {
+        run_id: run.run_id.clone(),
+    };
+    let fresh_error = match protocol::call_fresh(r, &req).await {
+        Ok(v) if v.confirmed == Some(true) => return Ok(()),
+        Ok(v) if v.fired => {
             "the anti-lockout guard fired before a fresh connection confirmed it".to_string()
         }
-        Ok(v) => format!("the anti-lockout guard was not armed ({v})"),
+        Ok(v) => format!(
+            "the anti-lockout guard was not armed ({})",
+            serde_json::to_string(&v).unwrap_or_default()
+        ),
         Err(e) => format!("{e:#}"),
     };
     // Wait for the guard over the connection that is still open (established
     // connections stay allowed), a little longer than its deadline.
     let deadline = Instant::now() + Duration::from_secs(secs + 15);
     let fired = loop {
-        let state = agent::call(
-            r,
-            "firewall-guard",
-            json!({"op": "firewall-guard", "run_id": run.run_id}),
-        )
-        .await;
-        match state {
-            Ok(v) if v["fired"] == true => break Some(v),
+        let req = FirewallGuard {
+            run_id: run.run_id.clone(),
+        };
+        match protocol::call(r, &req).await {
+            Ok(v) if v.fired => break Some(v),
             Ok(_) | Err(_) if Instant::now() >= deadline => break None,
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     };
-    let mut history = run.history(hc);
-    history["result"] = json!("rolled-back");
-    let restored = agent::call(
-        r,
-        "rollback",
-        json!({"op": "rollback", "run_id": run.run_id, "actions": actions(hp, hc),
-               "history": history, "force": true}),
-    )
-    .await;
+    let restored = protocol::call(r, &rollback_request(hp, hc, run, true)).await;
     let what = match (&fired, &restored) {
         (Some(_), Ok(_)) => format!(
             "the host restored its previous firewall on its own after {secs} s (anti-lockout), and the run's other files there were restored"

@@ -3,10 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Value};
-
 use crate::diff::HostChanges;
 use crate::inventory::Inventory;
+use crate::protocol::run::{HistoryBoot, HistoryFile, HistoryRecord, HistoryService, LockOwner};
 
 /// Who runs this apply, for locks and history.
 pub struct RunInfo {
@@ -71,30 +70,56 @@ impl RunInfo {
         }
     }
 
-    pub(crate) fn lock(&self) -> Value {
-        json!({
-            "owner": self.user, "pid": std::process::id(), "started": self.started,
-            "tool_version": env!("CARGO_PKG_VERSION"), "run_id": self.run_id,
-        })
+    pub(crate) fn lock(&self) -> LockOwner {
+        LockOwner {
+            owner: self.user.clone(),
+            pid: std::process::id(),
+            started: self.started,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            run_id: self.run_id.clone(),
+        }
     }
 
-    pub(crate) fn history(&self, hc: &HostChanges) -> Value {
-        let files: Vec<Value> = hc
+    pub(crate) fn history(&self, hc: &HostChanges) -> HistoryRecord {
+        let files = hc
             .files
             .iter()
-            .map(|f| json!({"path": f.path, "change": f.kind}))
+            .map(|f| HistoryFile {
+                path: f.path.clone(),
+                change: f.kind,
+            })
             .collect();
-        let services: Vec<Value> = hc
+        let services = hc
             .services
             .iter()
-            .map(|s| json!({"service": s.service, "action": s.action}))
+            .map(|s| HistoryService {
+                service: s.service,
+                action: s.action,
+            })
             .collect();
-        json!({
-            "time": chrono_now(), "user": self.user, "tool_version": env!("CARGO_PKG_VERSION"),
-            "run_id": self.run_id, "host": hc.host, "inventory": self.inventory,
-            "inventory_hash": self.inventory_hash, "git_commit": self.git_commit,
-            "files": files, "services": services, "hosts": self.hosts, "boot": hc.boot,
-        })
+        let boot = hc
+            .boot
+            .iter()
+            .map(|b| HistoryBoot {
+                service: b.service,
+                action: b.action,
+            })
+            .collect();
+        HistoryRecord {
+            time: chrono_now(),
+            user: self.user.clone(),
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            run_id: self.run_id.clone(),
+            host: hc.host.clone(),
+            inventory: self.inventory.clone(),
+            inventory_hash: self.inventory_hash.clone(),
+            git_commit: self.git_commit.clone(),
+            files,
+            services,
+            hosts: self.hosts.clone(),
+            boot,
+            result: None,
+        }
     }
 }
 

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Result};
-use serde_json::{json, Value};
 
 use super::parallel::bounded;
 use super::report::host_error;
@@ -12,7 +11,9 @@ use crate::database;
 use crate::diff::desired_hashes;
 use crate::inventory::Role;
 use crate::plan::{HostPlan, Plan};
-use crate::remote::agent::{self, CheckedAnswer, HostState};
+use crate::protocol::run::{self, ReleaseRoot};
+use crate::protocol::{self, Checked};
+use crate::remote::agent::HostState;
 use crate::remote::Remote;
 use crate::secrets::Secrets;
 use crate::witness::{parse_in_sync, Witness};
@@ -44,8 +45,7 @@ pub async fn observe_all(
 
 /// One host's `observe`.
 pub async fn observe_one(hp: &HostPlan, r: &dyn Remote, secrets: &Secrets) -> Result<HostState> {
-    let v = agent::call(r, "observe", observe_request(hp, secrets)?).await?;
-    HostState::from_answer(r.name(), v)
+    protocol::call(r, &observe_request(hp, secrets)?).await
 }
 
 /// How much of a host's state a command needs.
@@ -73,9 +73,9 @@ pub async fn observe_checked(
         return observe_one(hp, r, secrets).await;
     };
     let request = observe_request(hp, secrets)?;
-    match agent::call_checked(r, "observe", request, &w.check()).await? {
-        CheckedAnswer::Answer(v) => HostState::from_answer(r.name(), v),
-        CheckedAnswer::Passed(line) => {
+    match protocol::call_checked(r, &request, &w.check()).await? {
+        Checked::Answer(state) => Ok(state),
+        Checked::Passed(line) => {
             let seen = parse_in_sync(&line).ok_or_else(|| {
                 anyhow!(
                     "{}: unreadable answer of the witness: {}",
@@ -88,24 +88,27 @@ pub async fn observe_checked(
     }
 }
 
-fn observe_request(hp: &HostPlan, secrets: &Secrets) -> Result<Value> {
-    let services: Vec<&str> = hp.services.iter().map(|s| s.unit()).collect();
+fn observe_request(hp: &HostPlan, secrets: &Secrets) -> Result<run::Observe> {
     let db = hp
         .db
         .as_ref()
-        .map(|d| database::spec(d, secrets))
+        .map(|d| database::db_spec(d, secrets))
         .transpose()?;
-    Ok(json!({
-        "op": "observe",
-        "paths": desired_hashes(hp, secrets)?,
-        "services": services,
-        "packages": hp.packages(),
-        "max_content": 1 << 20,
-        "db": db,
-        "release": hp.release.as_ref().map(|r| json!({"root": r.root})),
-        "users": hp.users,
-        "haproxy": hp.host.has(Role::Lb),
-        "certs": hp.files.iter().filter(|f| f.path.ends_with(".pem")).map(|f| &f.path).collect::<Vec<_>>(),
-        "ports": crate::run::preflight::observe_ports(hp),
-    }))
+    Ok(run::Observe {
+        paths: desired_hashes(hp, secrets)?,
+        services: hp.services.iter().map(|s| s.unit().to_string()).collect(),
+        packages: hp.packages().iter().map(|p| p.to_string()).collect(),
+        max_content: 1 << 20,
+        db,
+        release: hp.release.as_ref().map(|r| ReleaseRoot {
+            root: r.root.clone(),
+        }),
+        users: hp.users.clone(),
+        haproxy: hp.host.has(Role::Lb),
+        certs: (hp.files.iter())
+            .filter(|f| f.path.ends_with(".pem"))
+            .map(|f| f.path.clone())
+            .collect(),
+        ports: crate::run::preflight::observe_ports(hp),
+    })
 }

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use serde_json::{json, Value};
 
 use crate::plan::{HostPlan, Listen, Plan, Service};
+use crate::protocol::run::PortWanted;
 use crate::remote::agent::{HostState, Listener};
 
 /// The services whose ports are checked, with the processes that may hold them:
@@ -43,12 +44,16 @@ pub fn process_names_of_unit(unit: &str) -> &'static [&'static str] {
 /// The `ports` of an observe request: each port the host needs, its service and the
 /// process names whose descriptors the agent reads first (so that a host whose ports
 /// are held by their own services costs a few directory listings).
-pub fn observe_ports(hp: &HostPlan) -> Value {
+pub fn observe_ports(hp: &HostPlan) -> Vec<PortWanted> {
     hp.listens
         .iter()
-        .map(|l| {
-            json!({"port": l.port, "service": l.service.unit(),
-                   "names": process_names(l.service)})
+        .map(|l| PortWanted {
+            port: l.port,
+            service: l.service.unit().to_string(),
+            names: process_names(l.service)
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
         })
         .collect()
 }
@@ -235,7 +240,7 @@ mod tests {
         );
         let request = observe_ports(&host("web-02"));
         assert_eq!(
-            request[1],
+            serde_json::to_value(&request[1]).unwrap(),
             json!({"port": 8000, "service": "foobar-app", "names": ["gunicorn", "python3"]})
         );
     }

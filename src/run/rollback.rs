@@ -1,8 +1,6 @@
 //! Undoing a run: dropping the staged files of hosts never committed (abort), and
 //! restoring the previous files of hosts already committed (rollback).
 
-use serde_json::json;
-
 use super::commit::actions;
 use super::info::RunInfo;
 use super::parallel::bounded;
@@ -10,7 +8,8 @@ use super::report::host_error;
 use crate::diff::HostChanges;
 use crate::output::Printer;
 use crate::plan::HostPlan;
-use crate::remote::agent;
+use crate::protocol;
+use crate::protocol::run::{Abort, HistoryRecord, Rollback};
 use crate::remote::Remote;
 
 pub(super) async fn abort(
@@ -20,7 +19,10 @@ pub(super) async fn abort(
     printer: &Printer,
 ) {
     let results = bounded(hosts.to_vec(), parallel, |(_, _, r)| async move {
-        agent::call(r, "abort", json!({"op": "abort", "run_id": run.run_id})).await
+        let req = Abort {
+            run_id: run.run_id.clone(),
+        };
+        protocol::call(r, &req).await
     })
     .await;
     for ((hp, _, _), res) in hosts.iter().zip(results) {
@@ -28,6 +30,26 @@ pub(super) async fn abort(
             Ok(_) => printer.status("Unstaged", hp.name()),
             Err(e) => printer.warn(host_error(hp.name(), "removing staged files", &e)),
         }
+    }
+}
+
+/// The request that undoes a host's commit of this run (`force`: even a file changed
+/// since, as the firewall's guard has restored its own).
+pub(super) fn rollback_request(
+    hp: &HostPlan,
+    hc: &HostChanges,
+    run: &RunInfo,
+    force: bool,
+) -> Rollback {
+    Rollback {
+        run_id: run.run_id.clone(),
+        actions: actions(hp, hc),
+        history: HistoryRecord {
+            result: Some("rolled-back".into()),
+            ..run.history(hc)
+        },
+        force: force.then_some(true),
+        lock: None,
     }
 }
 
@@ -42,14 +64,7 @@ pub(super) async fn rollback(
         return "No other host had been changed.".into();
     }
     let results = bounded(hosts.to_vec(), parallel, |(hp, hc, r)| async move {
-        let mut history = run.history(hc);
-        history["result"] = json!("rolled-back");
-        agent::call(
-            r,
-            "rollback",
-            json!({"op": "rollback", "run_id": run.run_id, "actions": actions(hp, hc), "history": history}),
-        )
-        .await
+        protocol::call(r, &rollback_request(hp, hc, run, false)).await
     })
     .await;
     let mut restored = Vec::new();

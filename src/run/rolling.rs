@@ -4,7 +4,6 @@
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
-use serde_json::json;
 
 use super::balancer::{balancers, set_backend_state};
 use super::commit::commit_host;
@@ -17,7 +16,9 @@ use crate::diff::HostChanges;
 use crate::inventory::Role;
 use crate::output::Printer;
 use crate::plan::{DbRole, HostPlan, Service, ServiceAction};
-use crate::remote::agent;
+use crate::protocol;
+use crate::protocol::database::DbWaitReplica;
+use crate::protocol::release::ServerState;
 use crate::remote::Remote;
 
 /// What a run has changed so far, to undo on failure.
@@ -85,7 +86,7 @@ async fn roll_host<'a>(
     } = *step;
     let web = hp.host.has(Role::Web);
     if web {
-        set_backend_state(lbs, hp.name(), "drain", true, printer).await?;
+        set_backend_state(lbs, hp.name(), ServerState::Drain, true, printer).await?;
     }
     let result = restart_in_turn((hp, hc, r), step, done).await;
     if web {
@@ -93,7 +94,7 @@ async fn roll_host<'a>(
         // (Not waited for after a failure: the run fails anyway, and a host that stopped
         // answering would only hold the error back.)
         let wait = wait_ready && result.is_ok();
-        let back = set_backend_state(lbs, hp.name(), "ready", wait, printer).await;
+        let back = set_backend_state(lbs, hp.name(), ServerState::Ready, wait, printer).await;
         result?;
         return back;
     }
@@ -128,8 +129,7 @@ async fn restart_in_turn<'a>(host: Work<'a>, step: &Step<'_>, done: &mut Done<'a
         // It replicated when observed (otherwise it is seeded after this phase).
         && hc.db.is_none()
     {
-        let req = json!({"op": "db-wait-replica", "timeout_s": 60});
-        agent::call(r, "db-wait-replica", req)
+        protocol::call(r, &DbWaitReplica { timeout_s: 60 })
             .await
             .map_err(|e| anyhow!(host_error(hp.name(), "waiting for replication", &e)))?;
     }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::balancer::{balancers, set_backend_state};
 use super::parallel::bounded;
@@ -15,7 +15,8 @@ use super::{Run, Work};
 use crate::diff::Changes;
 use crate::output::Printer;
 use crate::plan::{HostPlan, Plan, Service};
-use crate::remote::agent;
+use crate::protocol;
+use crate::protocol::release::{HealthCheck, ReleaseSwitch, ReleaseUpload, ServerState, Switched};
 use crate::remote::Remote;
 
 /// Uploads each new release beside the current one (not served yet), before anything
@@ -50,12 +51,12 @@ pub(super) async fn upload_releases(run: &Run<'_>) -> Result<()> {
             format!("{} release {} ({} files)", hp.name(), rel.id, rel.files),
         );
         let b64 = base64::engine::general_purpose::STANDARD.encode(rel.tar.as_slice());
-        agent::call(
-            r,
-            "release-upload",
-            json!({"op": "release-upload", "root": rel.root, "id": rel.id, "tar_b64": b64}),
-        )
-        .await
+        let request = ReleaseUpload {
+            root: rel.root.clone(),
+            id: rel.id.clone(),
+            tar_b64: b64,
+        };
+        protocol::call(r, &request).await
     })
     .await;
     let failures: Vec<String> = uploads
@@ -149,26 +150,30 @@ pub async fn rollout_one(
     lbs: &[(&HostPlan, &dyn Remote)],
     printer: &Printer,
 ) -> Result<()> {
-    set_backend_state(lbs, hp.name(), "drain", true, printer).await?;
+    set_backend_state(lbs, hp.name(), ServerState::Drain, true, printer).await?;
     printer.status("Switching", format!("{} to release {id}", hp.name()));
     let result = switch_release(hp, r, id).await.map(|_| ());
     // Its release and database are in place: it must pass its health check now.
-    let back = set_backend_state(lbs, hp.name(), "ready", true, printer).await;
+    let back = set_backend_state(lbs, hp.name(), ServerState::Ready, true, printer).await;
     result?;
     back
 }
 
-async fn switch_release(hp: &HostPlan, r: &dyn Remote, id: &str) -> Result<Value> {
+async fn switch_release(hp: &HostPlan, r: &dyn Remote, id: &str) -> Result<Switched> {
     let rel = hp.release.as_ref().context("no release planned")?;
-    agent::call(
-        r,
-        "release-switch",
-        json!({"op": "release-switch", "root": rel.root, "id": id, "keep": rel.keep,
-               "service": Service::App.unit(),
-               "check": {"port": 80, "path": "/health", "host": hp.host.name, "timeout_s": 30}}),
-    )
-    .await
-    .map_err(|e| {
+    let request = ReleaseSwitch {
+        root: rel.root.clone(),
+        id: id.to_string(),
+        keep: rel.keep as u64,
+        service: Service::App.unit().to_string(),
+        check: HealthCheck {
+            port: 80,
+            path: "/health".into(),
+            host: hp.host.name.clone(),
+            timeout_s: 30,
+        },
+    };
+    protocol::call(r, &request).await.map_err(|e| {
         anyhow::anyhow!(host_error(
             hp.name(),
             &format!("switching to release {id}"),

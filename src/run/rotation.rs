@@ -2,14 +2,14 @@
 //! password on the primary just before its application restarts with it.
 
 use anyhow::{Context, Result};
-use serde_json::{json, Value};
 
 use super::report::host_error;
 use crate::database;
 use crate::diff::Changes;
 use crate::output::Printer;
 use crate::plan::{HostPlan, Plan};
-use crate::remote::agent;
+use crate::protocol;
+use crate::protocol::database::{DbCatchUp, DbPrimary, DbSpec};
 use crate::remote::Remote;
 use crate::secrets::Secrets;
 
@@ -20,7 +20,7 @@ pub(super) struct Rotation<'a> {
     primary: &'a HostPlan,
     remote: &'a dyn Remote,
     /// The primary's database spec (accounts with password hashes).
-    spec: Value,
+    spec: DbSpec,
     /// user@host of each account whose password changes.
     accounts: Vec<String>,
 }
@@ -52,7 +52,7 @@ pub(super) fn rotation<'a>(
     Ok(Some(Rotation {
         primary,
         remote,
-        spec: database::spec(db, secrets)?,
+        spec: database::db_spec(db, secrets)?,
         accounts: rotate.clone(),
     }))
 }
@@ -67,10 +67,10 @@ pub(super) async fn rotate_accounts_of(
     printer: &Printer,
 ) -> Result<()> {
     let suffix = format!("@{}", hp.host.address);
-    let spec = database::spec_with_accounts(&rot.spec, |a| {
+    let spec = database::accounts_only(&rot.spec, |a| {
         a.ends_with(&suffix) && rot.accounts.iter().any(|x| x == a)
     });
-    if spec["users"].as_array().is_none_or(Vec::is_empty) {
+    if spec.users.is_empty() {
         return Ok(());
     }
     printer.status(
@@ -81,32 +81,25 @@ pub(super) async fn rotate_accounts_of(
             hp.name()
         ),
     );
-    let answer = agent::call(
-        rot.remote,
-        "db-primary",
-        json!({"op": "db-primary", "db": spec}),
-    )
-    .await
-    .map_err(|e| {
-        anyhow::anyhow!(host_error(
-            rot.primary.name(),
-            &format!("changing {}'s database password", hp.name()),
-            &e
-        ))
-    })?;
+    let answer = protocol::call(rot.remote, &DbPrimary { db: spec })
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(host_error(
+                rot.primary.name(),
+                &format!("changing {}'s database password", hp.name()),
+                &e
+            ))
+        })?;
     if hp
         .db
         .as_ref()
         .is_some_and(|d| d.role == crate::plan::DbRole::Replica)
     {
-        let gtid = answer["gtid"].as_str().unwrap_or("");
-        agent::call(
-            r,
-            "db-catch-up",
-            json!({"op": "db-catch-up", "gtid": gtid, "timeout_s": 30}),
-        )
-        .await
-        .map_err(|e| {
+        let request = DbCatchUp {
+            gtid: answer.gtid,
+            timeout_s: 30,
+        };
+        protocol::call(r, &request).await.map_err(|e| {
             anyhow::anyhow!(host_error(
                 hp.name(),
                 "waiting for the password change to replicate",

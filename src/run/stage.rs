@@ -3,7 +3,8 @@
 
 use anyhow::{bail, Result};
 use base64::Engine as _;
-use serde_json::{json, Value};
+use serde_json::json;
+use std::collections::BTreeMap;
 
 use super::info::RunInfo;
 use super::parallel::bounded;
@@ -13,7 +14,8 @@ use super::{Run, Work};
 use crate::diff::HostChanges;
 use crate::output::Printer;
 use crate::plan::{HostPlan, Service};
-use crate::remote::agent;
+use crate::protocol;
+use crate::protocol::run::{ConfigFile, NginxTree, Stage, StagedFile, StaleLock, Validator};
 use crate::render::paths;
 
 /// Stages and validates on every host; if any fails, the others drop what they
@@ -30,7 +32,7 @@ pub(super) async fn stage_all(work: &[Work<'_>], run: &Run<'_>) -> Result<()> {
     }
     let staged = bounded(work.to_vec(), parallel, |(hp, hc, r)| async move {
         printer.host_step(hp.name(), "staging and validating");
-        let res = agent::call(r, "stage", stage_request(hp, hc, info)).await;
+        let res = protocol::call(r, &stage_request(hp, hc, info)).await;
         let step = if res.is_ok() {
             "validated"
         } else {
@@ -61,7 +63,9 @@ pub(super) async fn stage_all(work: &[Work<'_>], run: &Run<'_>) -> Result<()> {
     }
     for ((hp, hc, _), answer) in work.iter().zip(&staged) {
         if let Ok(answer) = answer {
-            warn_stale_lock(hp, &answer["replaced_stale_lock"], printer);
+            if let Some(old) = &answer.replaced_stale_lock {
+                warn_stale_lock(hp, old, printer);
+            }
         }
         printer.status(
             "Validated",
@@ -72,75 +76,69 @@ pub(super) async fn stage_all(work: &[Work<'_>], run: &Run<'_>) -> Result<()> {
 }
 
 /// A lock left by an interrupted run, taken over by this one's stage.
-fn warn_stale_lock(hp: &HostPlan, old: &Value, printer: &Printer) {
-    if old.is_object() {
-        printer.warn(format!(
-            "{}: the lock left by run {} of {} was taken: its holder had ended (the run was interrupted)",
-            hp.name(),
-            old["run_id"].as_str().unwrap_or("?"),
-            old["owner"].as_str().unwrap_or("?")
-        ));
-    }
+fn warn_stale_lock(hp: &HostPlan, old: &StaleLock, printer: &Printer) {
+    printer.warn(format!(
+        "{}: the lock left by run {} of {} was taken: its holder had ended (the run was interrupted)",
+        hp.name(),
+        old.run_id.as_deref().unwrap_or("?"),
+        old.owner.as_deref().unwrap_or("?")
+    ));
 }
 
 /// The validate entry of `svc`'s files: which file (or nginx's tree) the agent checks
 /// with the service's validator from the service table (src/services.rs).
-fn validator(svc: Service, hp: &HostPlan) -> Option<Value> {
+fn validator(svc: Service, hp: &HostPlan) -> Option<Validator> {
     let (kind, _) = crate::services::spec(svc).validator?;
-    let mut v = match svc {
+    let file = match svc {
         Service::Nginx => {
-            let files: Vec<&str> = hp
+            let files: Vec<String> = hp
                 .files
                 .iter()
                 .filter(|f| f.service == Service::Nginx)
-                .map(|f| f.path.as_str())
+                .map(|f| f.path.clone())
                 .collect();
-            (!files.is_empty()).then(
-                || json!({"root": paths::NGINX_ROOT, "conf": paths::NGINX_CONF, "files": files}),
-            )
+            return (!files.is_empty()).then(|| {
+                Validator::Nginx(NginxTree {
+                    root: paths::NGINX_ROOT.to_string(),
+                    conf: paths::NGINX_CONF.to_string(),
+                    files,
+                })
+            });
         }
         Service::Haproxy => hp
             .files
             .iter()
-            .find(|f| f.service == svc && f.path == paths::HAPROXY_CFG)
-            .map(|f| json!({"path": f.path})),
-        Service::Keepalived => hp
-            .file(paths::KEEPALIVED_CONF)
-            .map(|f| json!({"path": f.path})),
-        Service::Mariadb | Service::Mysql => hp
-            .files
-            .iter()
-            .find(|f| f.service == svc)
-            .map(|f| json!({"path": f.path})),
-        Service::Firewall => hp.file(paths::FIREWALL).map(|f| json!({"path": f.path})),
-        Service::Prometheus => hp
-            .file(paths::PROMETHEUS_YML)
-            .map(|f| json!({"path": f.path})),
-        Service::BlackboxExporter => hp
-            .file(paths::BLACKBOX_YML)
-            .map(|f| json!({"path": f.path})),
+            .find(|f| f.service == svc && f.path == paths::HAPROXY_CFG),
+        Service::Keepalived => hp.file(paths::KEEPALIVED_CONF),
+        Service::Mariadb | Service::Mysql => hp.files.iter().find(|f| f.service == svc),
+        Service::Firewall => hp.file(paths::FIREWALL),
+        Service::Prometheus => hp.file(paths::PROMETHEUS_YML),
+        Service::BlackboxExporter => hp.file(paths::BLACKBOX_YML),
         // Checked by their restart and health check, rolled back if they fail.
         Service::App | Service::NodeExporter | Service::NginxExporter | Service::MysqldExporter => {
             None
         }
     }?;
-    v["kind"] = json!(kind);
-    Some(v)
+    Validator::of_file(kind, ConfigFile::of(file))
 }
 
-pub(super) fn stage_request(hp: &HostPlan, hc: &HostChanges, run: &RunInfo) -> Value {
+pub(super) fn stage_request(hp: &HostPlan, hc: &HostChanges, run: &RunInfo) -> Stage {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let mut expect = serde_json::Map::new();
+    let mut expect = BTreeMap::new();
     let mut files = Vec::new();
     let mut deletes = Vec::new();
     let mut validate = Vec::new();
     for f in &hc.files {
-        expect.insert(f.path.clone(), json!(f.observed_sha256));
+        expect.insert(f.path.clone(), f.observed_sha256.clone());
         match &f.new_content {
-            Some(content) => files.push(json!({
-                "path": f.path, "content_b64": b64.encode(content), "mode": f.mode,
-                "owner": f.owner, "group": f.group, "service": f.service,
-            })),
+            Some(content) => files.push(StagedFile {
+                path: f.path.clone(),
+                content_b64: b64.encode(content),
+                mode: f.mode.clone(),
+                owner: f.owner.clone(),
+                group: f.group.clone(),
+                service: f.service,
+            }),
             None => deletes.push(f.path.clone()),
         }
     }
@@ -153,9 +151,16 @@ pub(super) fn stage_request(hp: &HostPlan, hc: &HostChanges, run: &RunInfo) -> V
             }
         }
     }
-    json!({
-        "op": "stage", "run_id": run.run_id, "lock": run.lock(), "lock_wait_s": run.lock_timeout,
-        "expect": expect, "install": hc.install, "users": hc.create_users, "files": files, "deletes": deletes,
-        "validate": validate, "history": run.history(hc),
-    })
+    Stage {
+        run_id: run.run_id.clone(),
+        lock: run.lock(),
+        lock_wait_s: run.lock_timeout,
+        expect,
+        install: hc.install.clone(),
+        users: hc.create_users.clone(),
+        files,
+        deletes,
+        validate,
+        history: run.history(hc),
+    }
 }
