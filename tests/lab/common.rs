@@ -358,6 +358,26 @@ pub fn forget_variants() {
     }
 }
 
+/// A copy of examples/app in the lab's state directory (`app-TAG`, beside the
+/// inventory variants) with robots.txt naming TAG: a new release.
+pub fn example_app_copy(tag: &str) -> PathBuf {
+    let dir = state_dir().join(format!("app-{tag}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(root().join("examples/app"))
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "copying examples/app");
+    std::fs::write(
+        dir.join("public/robots.txt"),
+        format!("User-agent: *\nDisallow:\n# {tag}\n"),
+    )
+    .unwrap();
+    dir
+}
+
 /// The kind of lab the fixture makes: `LAB_OS` (what `lab/up` reads), default debian13.
 pub fn lab_os() -> String {
     std::env::var("LAB_OS")

@@ -24,6 +24,7 @@ mod common;
 mod overrides;
 
 mod apply;
+mod canary;
 mod day2;
 mod failover;
 mod firewall;
@@ -44,6 +45,7 @@ use libtest_mimic::{Arguments, Trial};
 fn trials() -> Vec<Trial> {
     let modules: &[(&str, &[LabTest])] = &[
         ("apply", apply::TESTS),
+        ("canary", canary::TESTS),
         ("day2", day2::TESTS),
         ("failover", failover::TESTS),
         ("firewall", firewall::TESTS),

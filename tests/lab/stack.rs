@@ -242,21 +242,7 @@ fn a_wiped_replica_is_seeded_from_the_primary_without_secrets_in_argv() {
 
 /// A copy of the example app with one file changed: a new release.
 fn app_variant(tag: &str) -> String {
-    let dir = state_dir().join(format!("app-{tag}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    let src = root().join("examples/app");
-    let status = std::process::Command::new("cp")
-        .arg("-r")
-        .arg(&src)
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    std::fs::write(
-        dir.join("public/robots.txt"),
-        format!("User-agent: *\nDisallow:\n# {tag}\n"),
-    )
-    .unwrap();
+    example_app_copy(tag);
     let variant = lab_variant(&format!("inventory-{tag}"), |t| {
         t.replace(
             "source: ../examples/app",

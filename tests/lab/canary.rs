@@ -1,0 +1,279 @@
+//! End-to-end tests of canary rollouts (issue 22) on the lab, under a bounded request
+//! loop at the load balancer (20 requests/s, bounded in count and time, lab addresses
+//! only): a release that fails 1 request in 5 stops at the canary and is restored, a
+//! good one passes, `--limit web-01` drains it at the load balancer, and a window
+//! without traffic halts as configured. They need Docker (see tests/lab/main.rs).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+lab_tests!(
+    a_release_failing_one_request_in_five_stops_at_the_canary_and_is_restored,
+    a_good_release_passes_the_canary_and_fails_no_request,
+    apply_limit_web_01_drains_it_at_the_load_balancer_and_fails_no_request,
+    no_traffic_with_on_no_traffic_halt_stops_and_changes_nothing,
+);
+
+static FIRST_APPLY: OnceLock<std::process::Output> = OnceLock::new();
+
+fn setup() {
+    lab();
+    let first = FIRST_APPLY.get_or_init(|| cli(&["apply", &inv()]));
+    assert_eq!(first.status.code(), Some(0), "first apply: {}", text(first));
+}
+
+fn inv() -> String {
+    lab_inventory().display().to_string()
+}
+
+/// The lab's inventory with a copy of the example app (`edit` applied to the copy's
+/// directory) and `rollout` appended; returns its path.
+fn variant(tag: &str, edit: impl Fn(&std::path::Path), rollout: &str) -> String {
+    let dir = example_app_copy(&format!("canary-{tag}"));
+    edit(&dir);
+    let path = lab_variant(&format!("inventory-canary-{tag}"), |t| {
+        format!(
+            "{}{rollout}",
+            t.replace(
+                "source: ../examples/app",
+                &format!("source: app-canary-{tag}")
+            )
+        )
+    });
+    path.display().to_string()
+}
+
+/// A release whose `/` answers 500 for 1 request in 5 (per worker) while /health
+/// stays 200.
+fn one_in_five_fails(dir: &std::path::Path) {
+    let app = dir.join("app/foobar_app.py");
+    let src = std::fs::read_to_string(&app).unwrap();
+    let bad = src.replacen(
+        "def index(cfg, environ):\n",
+        "_SEEN = [0]\n\n\ndef index(cfg, environ):\n    _SEEN[0] += 1\n    if _SEEN[0] % 5 == 0:\n        raise RuntimeError(\"canary test: 1 request in 5 fails\")\n",
+        1,
+    );
+    assert_ne!(src, bad, "the app's index() was found");
+    std::fs::write(app, bad).unwrap();
+}
+
+fn unchanged(_: &std::path::Path) {}
+
+fn served_release(addr: &str) -> String {
+    http_get(addr, "/health")
+        .map(|r| r.header("X-Release").unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+/// One request of the loop: when it started, and its status and server (or error).
+#[derive(Debug, Clone)]
+struct Hit {
+    at: Duration,
+    status: u16,
+    server: String,
+    release: String,
+    error: Option<String>,
+}
+
+impl Hit {
+    fn failed(&self) -> bool {
+        self.error.is_some() || self.status != 200
+    }
+}
+
+/// GET / at the load balancer at 20 requests/s on new connections until `stop` is set,
+/// at most `limit` long and 20 * limit requests.
+fn spawn_loop(limit: Duration) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<Hit>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let max = (limit.as_secs() * 20) as usize;
+        let mut hits = Vec::new();
+        while !flag.load(Ordering::SeqCst) && t0.elapsed() < limit && hits.len() < max {
+            let at = t0.elapsed();
+            hits.push(match http_get(lb(), "/") {
+                Ok(r) => Hit {
+                    at,
+                    status: r.status,
+                    server: r.header("X-Served-By").unwrap_or("").to_string(),
+                    release: r.header("X-Release").unwrap_or("").to_string(),
+                    error: None,
+                },
+                Err(e) => Hit {
+                    at,
+                    status: 0,
+                    server: String::new(),
+                    release: String::new(),
+                    error: Some(e.to_string()),
+                },
+            });
+            let next = Duration::from_millis(50) * hits.len() as u32;
+            if let Some(wait) = next.checked_sub(t0.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        hits
+    });
+    (stop, handle)
+}
+
+/// Runs the CLI under the loop (started 2 s before, stopped 2 s after); returns its
+/// output and every request of the loop.
+fn under_load(args: &[&str]) -> (std::process::Output, Vec<Hit>) {
+    let (stop, handle) = spawn_loop(Duration::from_secs(150));
+    std::thread::sleep(Duration::from_secs(2));
+    let out = cli(args);
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    let hits = handle.join().unwrap();
+    assert!(hits.len() > 60, "the loop ran ({} requests)", hits.len());
+    (out, hits)
+}
+
+fn events(out: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn every_request_succeeds() -> bool {
+    (0..20).all(|_| http_get(lb(), "/").is_ok_and(|r| r.status == 200))
+}
+
+/// Acceptance 1: the run stops after the canary with exit 1 naming the server and the
+/// error rate; web-02 never ran that release; afterwards every request succeeds; the
+/// failed requests are the canary's, inside the window, as many as reported.
+fn a_release_failing_one_request_in_five_stops_at_the_canary_and_is_restored() {
+    setup();
+    cli(&["apply", &inv()]);
+    let v1 = served_release(web1());
+    assert_eq!(v1, served_release(web2()));
+    let bad = variant(
+        "bad",
+        one_in_five_fails,
+        "rollout:\n  canary: 1\n  watch: 20s\n  max_error_rate: 1%\n",
+    );
+    let (out, hits) = under_load(&["apply", "--json", &bad]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("canary failed: error rate"), "{stderr}");
+    assert!(stderr.contains("web-01: "), "names the canary: {stderr}");
+    assert!(stderr.contains("web-02 never switched"), "{stderr}");
+    let evs = events(&out);
+    let verdict = evs
+        .iter()
+        .find(|e| e["event"] == "canary-verdict")
+        .unwrap_or_else(|| panic!("a verdict event: {}", text(&out)));
+    assert_eq!(verdict["report"]["verdict"], "fail", "{verdict:#}");
+    let samples = evs.iter().filter(|e| e["event"] == "canary-sample").count();
+    assert!(samples >= 1, "one event per sample: {}", text(&out));
+    let reported = verdict["report"]["canary"]["http_5xx"].as_u64().unwrap() as usize;
+    let bad_id = verdict["release"].as_str().unwrap().to_string();
+    assert!(
+        !evs.iter()
+            .any(|e| e["event"] == "release" && e["host"] == "web-02"),
+        "web-02 never switched: {}",
+        text(&out)
+    );
+    // web-02 never ran it (the release is uploaded beside, never current); web-01 is back.
+    assert_eq!(served_release(web2()), v1);
+    assert_eq!(served_release(web1()), v1);
+    assert!(every_request_succeeds(), "every request succeeds again");
+    let failed: Vec<&Hit> = hits.iter().filter(|h| h.failed()).collect();
+    assert!(!failed.is_empty(), "the canary failed some requests");
+    for h in &failed {
+        assert!(
+            h.status == 500 && h.server == "web-01" && h.release == bad_id,
+            "only the canary's 500s fail: {h:?}"
+        );
+    }
+    // Those the load balancer counted in the window, give or take the few it answered
+    // between its return to the pool and the first sample, or after the last one.
+    assert!(
+        failed.len() <= reported + 3 && reported <= failed.len(),
+        "{} failed requests, {reported} reported",
+        failed.len()
+    );
+    eprintln!(
+        "acceptance 1: {} requests, {} failed ({:?} .. {:?} into the loop), {reported} counted in the window",
+        hits.len(),
+        failed.len(),
+        failed[0].at,
+        failed[failed.len() - 1].at
+    );
+    apply_ok(&inv(), &[]);
+}
+
+/// Acceptance 2: the canary passes, the rollout completes, no request fails, and the
+/// time the watch added is printed.
+fn a_good_release_passes_the_canary_and_fails_no_request() {
+    setup();
+    apply_ok(&inv(), &[]);
+    let good = variant(
+        "good",
+        unchanged,
+        "rollout:\n  canary: 1\n  watch: 10s\n  max_error_rate: 1%\n",
+    );
+    let (out, hits) = under_load(&["apply", &good]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("canary passed: web-01: "), "{stderr}");
+    assert!(stderr.contains("the watch added 1"), "{stderr}");
+    let failed: Vec<&Hit> = hits.iter().filter(|h| h.failed()).collect();
+    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    let v2 = served_release(web1());
+    assert_eq!(served_release(web2()), v2, "the rollout completed");
+    assert!(hits.iter().any(|h| h.release == v2 && h.server == "web-02"));
+    apply_ok(&inv(), &[]);
+}
+
+/// Acceptance 3: `apply --limit web-01` with an application change, under the loop:
+/// web-01 is drained at the load balancer (outside the limit) first, no request fails.
+fn apply_limit_web_01_drains_it_at_the_load_balancer_and_fails_no_request() {
+    setup();
+    apply_ok(&inv(), &[]);
+    let v1 = served_release(web2());
+    let v3 = variant("limit", unchanged, "");
+    let (out, hits) = under_load(&["apply", "-v", "--limit", "web-01", &v3]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lb-01: web-01 -> drain"), "{stderr}");
+    let failed: Vec<&Hit> = hits.iter().filter(|h| h.failed()).collect();
+    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    assert_ne!(served_release(web1()), v1, "web-01 switched");
+    assert_eq!(served_release(web2()), v1, "web-02 untouched");
+    apply_ok(&inv(), &[]);
+}
+
+/// Acceptance 4: no traffic at all and `on_no_traffic: halt`: the run stops with a clear
+/// message and nothing changes beyond the canary's restore.
+fn no_traffic_with_on_no_traffic_halt_stops_and_changes_nothing() {
+    setup();
+    apply_ok(&inv(), &[]);
+    let v1 = served_release(web1());
+    let files = managed_hashes();
+    let quiet = variant(
+        "quiet",
+        unchanged,
+        "rollout:\n  canary: 1\n  watch: 4s\n  on_no_traffic: halt\n",
+    );
+    let out = cli(&["apply", &quiet]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("canary not judged: no request reached web-01 in the window"),
+        "{stderr}"
+    );
+    assert_eq!(served_release(web1()), v1, "the canary is restored");
+    assert_eq!(served_release(web2()), v1);
+    assert_eq!(managed_hashes(), files, "no managed file changed");
+    let status = cli(&["status", "--json", &quiet]);
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(doc["canary"]["report"]["verdict"], "no-traffic", "{doc:#}");
+    apply_ok(&inv(), &[]);
+}
