@@ -10,9 +10,13 @@ use sha2::{Digest, Sha256};
 
 use crate::boot::BootChange;
 use crate::database::DbChange;
-use crate::plan::{HostPlan, Init, Plan, Service, ServiceAction};
+use crate::plan::{HostPlan, Init, ManagedFile, Plan, Service, ServiceAction};
 use crate::remote::agent::{FileState, HostState, ManifestEntry};
 use crate::secrets::Secrets;
+use topology::topology;
+pub use topology::Topology;
+
+mod topology;
 
 /// What happens to one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,85 +114,6 @@ pub struct ReleaseChange {
     pub upload: bool,
 }
 
-/// The shape of the stack changing: said first in a diff, and ordering the apply.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Topology {
-    /// Hosts the tool has never applied to.
-    pub new_hosts: Vec<String>,
-    /// Web servers the load balancers do not have yet: added once they are ready.
-    pub backends_added: Vec<String>,
-    /// Web servers leaving the load balancers: drained first.
-    pub backends_removed: Vec<String>,
-    /// (host, service) pairs whose role left the host.
-    pub services_stopped: Vec<(String, String)>,
-    /// Replicas to seed from the primary.
-    pub replicas_seeded: Vec<String>,
-    /// Replicas whose database server was not running when observed (a replica role
-    /// just added, or a server down): seeded once it runs, unless it replicates.
-    #[serde(default)]
-    pub replicas_checked: Vec<String>,
-    /// Hosts that stop being replicas.
-    #[serde(default)]
-    pub replicas_removed: Vec<String>,
-    /// Hosts removed from the inventory and named by --prune-host.
-    #[serde(default)]
-    pub pruned_hosts: Vec<String>,
-}
-
-impl Topology {
-    pub fn is_empty(&self) -> bool {
-        *self == Topology::default()
-    }
-
-    /// The order the steps run in, in words.
-    pub fn order(&self) -> Vec<String> {
-        let mut steps = Vec::new();
-        if !self.backends_removed.is_empty() {
-            steps.push(format!(
-                "drain {} on every load balancer and wait for their sessions to end",
-                self.backends_removed.join(", ")
-            ));
-        }
-        if !self.replicas_removed.is_empty() {
-            steps.push(format!(
-                "stop and reset replication on {}",
-                self.replicas_removed.join(", ")
-            ));
-        }
-        steps.push("stage and validate every changed file on every host".into());
-        let mut commit = "swap files and reload; restarts one host at a time".to_string();
-        if !self.services_stopped.is_empty() {
-            let s: Vec<String> = self
-                .services_stopped
-                .iter()
-                .map(|(h, s)| format!("{s} on {h}"))
-                .collect();
-            commit.push_str(&format!("; stop {}", s.join(", ")));
-        }
-        steps.push(commit);
-        if !self.replicas_seeded.is_empty() {
-            steps.push(format!(
-                "seed {} from the primary (streamed dump), replicate by GTID",
-                self.replicas_seeded.join(", ")
-            ));
-        }
-        if !self.replicas_checked.is_empty() {
-            steps.push(format!(
-                "once the database server of {} runs: seed it from the primary unless it already replicates",
-                self.replicas_checked.join(", ")
-            ));
-        }
-        steps.push("switch web servers to the new release, one at a time".into());
-        if !self.backends_added.is_empty() {
-            steps.push(format!(
-                "only then reload the load balancers with {} in the pool",
-                self.backends_added.join(", ")
-            ));
-        }
-        steps
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Changes {
     #[serde(default)]
@@ -248,174 +173,28 @@ const NO_FILE: &str = "/dev/null";
 
 /// Compares one host's plan with its observed state.
 pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<HostChanges> {
-    let mut files = Vec::new();
-    let mut stopped: Vec<Service> = Vec::new();
-    let mut manifest = Vec::new();
-    let mut touched: Vec<Service> = Vec::new();
+    let mut d = FileDiff::default();
     let init = if state.init == "systemd" {
         Init::Systemd
     } else {
         Init::Sysv
     };
     for f in hp.files.iter().filter(|f| f.init.is_none_or(|i| i == init)) {
-        let resolved = secrets.resolve(&f.content)?;
-        let new_sha = sha256_hex(resolved.as_bytes());
-        manifest.push(ManifestEntry {
-            path: f.path.clone(),
-            sha256: Some(new_sha.clone()),
-            mode: f.mode_string(),
-            owner: f.owner.clone(),
-            group: f.group.clone(),
-            service: f.service.unit().to_string(),
-        });
-        let seen = state.files.get(&f.path).cloned().unwrap_or_default();
-        let mode = f.mode_string();
-        let kind = if !seen.exists {
-            Some(FileChangeKind::Create)
-        } else if seen.sha256.as_deref() != Some(new_sha.as_str()) || seen.link.is_some() {
-            Some(FileChangeKind::Modify)
-        } else if seen.mode.as_deref() != Some(mode.as_str())
-            || seen.owner.as_deref() != Some(f.owner.as_str())
-            || seen.group.as_deref() != Some(f.group.as_str())
-        {
-            Some(FileChangeKind::Metadata)
-        } else {
-            None
-        };
-        let Some(kind) = kind else { continue };
-        let diff = match kind {
-            FileChangeKind::Create => unified("", &f.content, &f.path, NO_FILE, "b"),
-            FileChangeKind::Modify => {
-                let old = seen
-                    .content()
-                    .map(|c| secrets.mask_like(&c, &f.content))
-                    .unwrap_or_else(|| {
-                        format!("(content not shown: {} bytes)\n", seen.size.unwrap_or(0))
-                    });
-                unified(&old, &f.content, &f.path, "a", "b")
-            }
-            FileChangeKind::Metadata => format!(
-                "{}: mode {} owner {}:{} -> mode {} owner {}:{}\n",
-                f.path,
-                seen.mode.as_deref().unwrap_or("?"),
-                seen.owner.as_deref().unwrap_or("?"),
-                seen.group.as_deref().unwrap_or("?"),
-                mode,
-                f.owner,
-                f.group
-            ),
-            FileChangeKind::Delete => unreachable!(),
-        };
-        if !touched.contains(&f.service) {
-            touched.push(f.service);
-        }
-        files.push(FileChange {
-            path: f.path.clone(),
-            kind,
-            service: f.service,
-            diff,
-            observed_sha256: observed_sha(&seen),
-            new_sha256: Some(new_sha),
-            new_content: Some(resolved),
-            mode,
-            owner: f.owner.clone(),
-            group: f.group.clone(),
-            carries_secret: !crate::secrets::placeholders_in(&f.content).is_empty(),
-        });
+        d.planned(f, state, secrets)?;
     }
-
     // Files this tool wrote earlier that are no longer in the plan.
     for entry in &state.manifest {
-        if hp.file(&entry.path).is_some() {
-            continue;
-        }
-        let seen = state.files.get(&entry.path).cloned().unwrap_or_default();
-        if !seen.exists {
-            continue;
-        }
-        let service: Option<Service> =
-            serde_json::from_value(serde_json::Value::String(entry.service.clone())).ok();
-        let Some(service) = service else { continue };
-        let old = seen
-            .content()
-            .map(|c| secrets.mask_like(&c, ""))
-            .unwrap_or_else(|| format!("(content not shown: {} bytes)\n", seen.size.unwrap_or(0)));
-        if hp.services.contains(&service) {
-            if !touched.contains(&service) {
-                touched.push(service);
-            }
-        } else if !stopped.contains(&service) {
-            stopped.push(service);
-        }
-        files.push(FileChange {
-            path: entry.path.clone(),
-            kind: FileChangeKind::Delete,
-            service,
-            diff: if state.originals.contains(&entry.path) {
-                format!(
-                    "# put back: the file {} had here before its first apply (kept then)\n",
-                    hp.name()
-                )
-            } else {
-                unified(&old, "", &entry.path, "a", NO_FILE)
-            },
-            observed_sha256: observed_sha(&seen),
-            new_sha256: None,
-            new_content: None,
-            mode: entry.mode.clone(),
-            owner: entry.owner.clone(),
-            group: entry.group.clone(),
-            carries_secret: true,
-        });
-    }
-
-    let mut install = Vec::new();
-    let mut services = Vec::new();
-    for &svc in &hp.services {
-        let mut installed = true;
-        for pkg in svc.packages() {
-            if !state.packages.get(*pkg).copied().unwrap_or(true) {
-                installed = false;
-                install.push(pkg.to_string());
-            }
-        }
-        let running = installed && state.services.get(svc.unit()).is_some_and(|s| s.running);
-        let changed = touched.contains(&svc);
-        let change = if !running {
-            Some(ServiceChange {
-                service: svc,
-                action: ServiceAction::Start,
-                reason: if installed {
-                    "not running".into()
-                } else {
-                    "not installed".into()
-                },
-            })
-        } else if changed {
-            let only_metadata = files
-                .iter()
-                .filter(|f| f.service == svc)
-                .all(|f| f.kind == FileChangeKind::Metadata);
-            (!only_metadata).then(|| ServiceChange {
-                service: svc,
-                action: svc.on_change(),
-                reason: "config changed".into(),
-            })
-        } else {
-            None
-        };
-        services.extend(change);
-    }
-    // A service whose role left the host stops, once its files are gone.
-    for &svc in &stopped {
-        if state.services.get(svc.unit()).is_some_and(|s| s.running) {
-            services.push(ServiceChange {
-                service: svc,
-                action: ServiceAction::Stop,
-                reason: "no longer planned on this host".into(),
-            });
+        if hp.file(&entry.path).is_none() {
+            d.removed(hp, entry, state, secrets);
         }
     }
+    let (install, services) = service_changes(hp, state, &d);
+    let FileDiff {
+        files,
+        manifest,
+        stopped,
+        ..
+    } = d;
     let boot = crate::boot::changes(hp, state, &services, &stopped);
     Ok(HostChanges {
         host: hp.name().to_string(),
@@ -446,6 +225,208 @@ pub fn diff_host(hp: &HostPlan, state: &HostState, secrets: &Secrets) -> Result<
         record_manifest: !same_entries(&manifest, &state.manifest),
         manifest,
     })
+}
+
+/// One host's files diffed, as [`diff_host`] goes through them.
+#[derive(Default)]
+struct FileDiff {
+    files: Vec<FileChange>,
+    /// What the host's manifest records once the change is applied.
+    manifest: Vec<ManifestEntry>,
+    /// The planned services with a changed file, in the order first met.
+    touched: Vec<Service>,
+    /// The services whose files all left the plan (their role left the host).
+    stopped: Vec<Service>,
+}
+
+impl FileDiff {
+    /// A planned file: its manifest entry, and its change unless the host has it as
+    /// planned.
+    fn planned(&mut self, f: &ManagedFile, state: &HostState, secrets: &Secrets) -> Result<()> {
+        let resolved = secrets.resolve(&f.content)?;
+        let new_sha = sha256_hex(resolved.as_bytes());
+        self.manifest.push(ManifestEntry {
+            path: f.path.clone(),
+            sha256: Some(new_sha.clone()),
+            mode: f.mode_string(),
+            owner: f.owner.clone(),
+            group: f.group.clone(),
+            service: f.service.unit().to_string(),
+        });
+        let seen = state.files.get(&f.path).cloned().unwrap_or_default();
+        let mode = f.mode_string();
+        let Some(kind) = planned_kind(f, &seen, &new_sha, &mode) else {
+            return Ok(());
+        };
+        let diff = match kind {
+            FileChangeKind::Create => unified("", &f.content, &f.path, NO_FILE, "b"),
+            FileChangeKind::Modify => {
+                let old = seen
+                    .content()
+                    .map(|c| secrets.mask_like(&c, &f.content))
+                    .unwrap_or_else(|| {
+                        format!("(content not shown: {} bytes)\n", seen.size.unwrap_or(0))
+                    });
+                unified(&old, &f.content, &f.path, "a", "b")
+            }
+            FileChangeKind::Metadata => format!(
+                "{}: mode {} owner {}:{} -> mode {} owner {}:{}\n",
+                f.path,
+                seen.mode.as_deref().unwrap_or("?"),
+                seen.owner.as_deref().unwrap_or("?"),
+                seen.group.as_deref().unwrap_or("?"),
+                mode,
+                f.owner,
+                f.group
+            ),
+            FileChangeKind::Delete => unreachable!(),
+        };
+        if !self.touched.contains(&f.service) {
+            self.touched.push(f.service);
+        }
+        self.files.push(FileChange {
+            path: f.path.clone(),
+            kind,
+            service: f.service,
+            diff,
+            observed_sha256: observed_sha(&seen),
+            new_sha256: Some(new_sha),
+            new_content: Some(resolved),
+            mode,
+            owner: f.owner.clone(),
+            group: f.group.clone(),
+            carries_secret: !crate::secrets::placeholders_in(&f.content).is_empty(),
+        });
+        Ok(())
+    }
+
+    /// A file this tool wrote earlier that is no longer planned: deleted (or put back as
+    /// it was before the first apply) if the host still has it.
+    fn removed(
+        &mut self,
+        hp: &HostPlan,
+        entry: &ManifestEntry,
+        state: &HostState,
+        secrets: &Secrets,
+    ) {
+        let seen = state.files.get(&entry.path).cloned().unwrap_or_default();
+        if !seen.exists {
+            return;
+        }
+        let service: Option<Service> =
+            serde_json::from_value(serde_json::Value::String(entry.service.clone())).ok();
+        let Some(service) = service else { return };
+        let old = seen
+            .content()
+            .map(|c| secrets.mask_like(&c, ""))
+            .unwrap_or_else(|| format!("(content not shown: {} bytes)\n", seen.size.unwrap_or(0)));
+        if hp.services.contains(&service) {
+            if !self.touched.contains(&service) {
+                self.touched.push(service);
+            }
+        } else if !self.stopped.contains(&service) {
+            self.stopped.push(service);
+        }
+        self.files.push(FileChange {
+            path: entry.path.clone(),
+            kind: FileChangeKind::Delete,
+            service,
+            diff: if state.originals.contains(&entry.path) {
+                format!(
+                    "# put back: the file {} had here before its first apply (kept then)\n",
+                    hp.name()
+                )
+            } else {
+                unified(&old, "", &entry.path, "a", NO_FILE)
+            },
+            observed_sha256: observed_sha(&seen),
+            new_sha256: None,
+            new_content: None,
+            mode: entry.mode.clone(),
+            owner: entry.owner.clone(),
+            group: entry.group.clone(),
+            carries_secret: true,
+        });
+    }
+}
+
+/// What happens to a planned file the host has as `seen`: None when nothing differs.
+fn planned_kind(
+    f: &ManagedFile,
+    seen: &FileState,
+    new_sha: &str,
+    mode: &str,
+) -> Option<FileChangeKind> {
+    if !seen.exists {
+        Some(FileChangeKind::Create)
+    } else if seen.sha256.as_deref() != Some(new_sha) || seen.link.is_some() {
+        Some(FileChangeKind::Modify)
+    } else if seen.mode.as_deref() != Some(mode)
+        || seen.owner.as_deref() != Some(f.owner.as_str())
+        || seen.group.as_deref() != Some(f.group.as_str())
+    {
+        Some(FileChangeKind::Metadata)
+    } else {
+        None
+    }
+}
+
+/// The packages to install and what happens to each service: the planned ones start
+/// when not running, reload or restart when a file of theirs changed (not only its
+/// mode or owner); a service whose role left the host stops, once its files are gone.
+fn service_changes(
+    hp: &HostPlan,
+    state: &HostState,
+    d: &FileDiff,
+) -> (Vec<String>, Vec<ServiceChange>) {
+    let mut install = Vec::new();
+    let mut services = Vec::new();
+    for &svc in &hp.services {
+        let mut installed = true;
+        for pkg in svc.packages() {
+            if !state.packages.get(*pkg).copied().unwrap_or(true) {
+                installed = false;
+                install.push(pkg.to_string());
+            }
+        }
+        let running = installed && state.services.get(svc.unit()).is_some_and(|s| s.running);
+        let changed = d.touched.contains(&svc);
+        let change = if !running {
+            Some(ServiceChange {
+                service: svc,
+                action: ServiceAction::Start,
+                reason: if installed {
+                    "not running".into()
+                } else {
+                    "not installed".into()
+                },
+            })
+        } else if changed {
+            let only_metadata = d
+                .files
+                .iter()
+                .filter(|f| f.service == svc)
+                .all(|f| f.kind == FileChangeKind::Metadata);
+            (!only_metadata).then(|| ServiceChange {
+                service: svc,
+                action: svc.on_change(),
+                reason: "config changed".into(),
+            })
+        } else {
+            None
+        };
+        services.extend(change);
+    }
+    for &svc in &d.stopped {
+        if state.services.get(svc.unit()).is_some_and(|s| s.running) {
+            services.push(ServiceChange {
+                service: svc,
+                action: ServiceAction::Stop,
+                reason: "no longer planned on this host".into(),
+            });
+        }
+    }
+    (install, services)
 }
 
 /// The same manifest entries, in any order.
@@ -504,154 +485,5 @@ pub(crate) fn in_service(plan: &Plan, observed: &BTreeMap<String, HostState>) ->
     up
 }
 
-/// What changes in the stack's shape, from the plan and what the hosts report.
-fn topology(
-    plan: &Plan,
-    observed: &BTreeMap<String, HostState>,
-    hosts: &[HostChanges],
-) -> Topology {
-    use crate::inventory::Role;
-    // The inventory's web servers, not only those of this run: `--limit lb` must not
-    // read as every backend leaving.
-    let planned: Vec<&str> = plan.backends.iter().map(String::as_str).collect();
-    let mut t = Topology::default();
-    for hp in &plan.hosts {
-        let Some(st) = observed.get(hp.name()) else {
-            continue;
-        };
-        if st.manifest.is_empty() && st.last_history.is_none() {
-            t.new_hosts.push(hp.name().to_string());
-        }
-        if !hp.host.has(Role::Lb) {
-            continue;
-        }
-        let Some(servers) = st.haproxy.as_ref().and_then(|v| v.as_array()) else {
-            continue;
-        };
-        let serving: Vec<&str> = servers
-            .iter()
-            .filter(|s| s["backend"] == "web")
-            .filter_map(|s| s["server"].as_str())
-            .collect();
-        if serving.is_empty() {
-            continue; // not configured by the tool yet
-        }
-        for w in &planned {
-            if !serving.contains(w) && !t.backends_added.iter().any(|x| x == w) {
-                t.backends_added.push(w.to_string());
-            }
-        }
-        for s in serving {
-            if !planned.contains(&s) && !t.backends_removed.iter().any(|x| x == s) {
-                t.backends_removed.push(s.to_string());
-            }
-        }
-    }
-    for hc in hosts {
-        for s in hc
-            .services
-            .iter()
-            .filter(|s| s.action == ServiceAction::Stop)
-        {
-            t.services_stopped
-                .push((hc.host.clone(), s.service.unit().to_string()));
-        }
-        if matches!(hc.db, Some(DbChange::SeedReplica { .. })) {
-            t.replicas_seeded.push(hc.host.clone());
-        }
-        if matches!(hc.db, Some(DbChange::CheckReplica { .. })) {
-            t.replicas_checked.push(hc.host.clone());
-        }
-        if matches!(hc.db, Some(DbChange::RemoveReplica { .. })) {
-            t.replicas_removed.push(hc.host.clone());
-        }
-    }
-    t
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::remote::agent::HostState;
-
-    #[test]
-    fn a_created_or_deleted_file_is_diffed_against_dev_null_alone() {
-        let created = unified("", "x\n", "/etc/nginx/nginx.conf", NO_FILE, "b");
-        assert!(
-            created.starts_with("--- /dev/null\n+++ b/etc/nginx/nginx.conf\n"),
-            "{created}"
-        );
-        let deleted = unified("x\n", "", "/etc/nginx/nginx.conf", "a", NO_FILE);
-        assert!(
-            deleted.starts_with("--- a/etc/nginx/nginx.conf\n+++ /dev/null\n"),
-            "{deleted}"
-        );
-    }
-
-    /// A load balancer that has applied before, HAProxy serving these web servers.
-    fn balancer_serving(servers: &[&str]) -> HostState {
-        serde_json::from_value(serde_json::json!({
-            "init": "sysv",
-            "hostname": "lb-01",
-            "files": {},
-            "last_history": {"id": "earlier"},
-            "haproxy": servers
-                .iter()
-                .map(|s| serde_json::json!({"backend": "web", "server": s}))
-                .collect::<Vec<_>>(),
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn backends_leave_and_join_by_the_inventory_not_by_the_hosts_of_the_run() {
-        let mut plan = crate::render::lab_plan();
-        plan.hosts.retain(|h| h.name() == "lb-01"); // --limit lb
-        let observed =
-            BTreeMap::from([("lb-01".to_string(), balancer_serving(&["web-01", "web-02"]))]);
-        assert_eq!(topology(&plan, &observed, &[]), Topology::default());
-
-        // A server HAProxy has that the inventory dropped leaves; one it lacks joins.
-        let observed =
-            BTreeMap::from([("lb-01".to_string(), balancer_serving(&["web-01", "web-03"]))]);
-        let t = topology(&plan, &observed, &[]);
-        assert_eq!(t.backends_removed, ["web-03"]);
-        assert_eq!(t.backends_added, ["web-02"]);
-    }
-
-    #[test]
-    fn a_replica_whose_server_was_down_is_part_of_the_topology() {
-        let plan = crate::render::lab_plan();
-        let hc: HostChanges = serde_json::from_value(serde_json::json!({
-            "host": "web-02", "files": [], "services": [], "install": [],
-            "db": {"action": "check-replica", "from": "web-01"},
-            "create_users": [], "release": null, "record_manifest": false, "boot": [],
-        }))
-        .unwrap();
-        let t = topology(&plan, &BTreeMap::new(), &[hc]);
-        assert_eq!(t.replicas_checked, ["web-02"]);
-        assert!(!t.is_empty(), "the diff prints a topology section");
-        assert!(t
-            .order()
-            .iter()
-            .any(|s| s.contains("once the database server of web-02 runs")));
-    }
-
-    #[test]
-    fn only_servers_up_at_a_balancer_count_as_in_service() {
-        let plan = crate::render::lab_plan();
-        let mut lb = balancer_serving(&["web-01", "web-02"]);
-        lb.haproxy = Some(serde_json::json!([
-            {"backend": "web", "server": "web-01", "status": "UP"},
-            {"backend": "web", "server": "web-02", "status": "DOWN"},
-            {"backend": "stats", "server": "web-03", "status": "UP"},
-        ]));
-        let observed = BTreeMap::from([("lb-01".to_string(), lb)]);
-        assert_eq!(in_service(&plan, &observed), ["web-01"]);
-        // A fresh balancer (the distribution's HAProxy, no `web` backend): nobody.
-        let mut fresh = balancer_serving(&[]);
-        fresh.haproxy = Some(serde_json::json!([]));
-        let observed = BTreeMap::from([("lb-01".to_string(), fresh)]);
-        assert!(in_service(&plan, &observed).is_empty());
-    }
-}
+mod tests;
