@@ -25,7 +25,7 @@ answer! {
 answer! {
     /// One server's counters at one load balancer, as HAProxy counts them since its
     /// process started.
-    #[derive(Default, PartialEq, Eq)]
+    #[derive(PartialEq, Eq)]
     pub struct Counters {
         pub server: String,
         /// HAProxy's status of it (`UP`, `DRAIN`, ...).
