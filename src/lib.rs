@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod database;
 pub mod diff;
+pub mod error;
 pub mod inventory;
 pub mod keyed_hash;
 pub mod manpage;
@@ -60,6 +61,6 @@ pub fn exit_code(r: &Result<Outcome>) -> i32 {
     match r {
         Ok(Outcome::Success) => 0,
         Ok(Outcome::ChangesPending) => 2,
-        Err(_) => 1,
+        Err(e) => error::kind_of(e).0.exit_code(),
     }
 }

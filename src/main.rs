@@ -27,6 +27,7 @@ fn main() {
     printer.finish_all();
     if let Err(e) = &result {
         printer.error(format!("{e:#}"));
+        printer.json_error(e);
     }
     std::process::exit(exit_code(&result));
 }

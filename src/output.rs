@@ -55,6 +55,8 @@ pub struct Printer {
     multi: MultiProgress,
     bars: Mutex<std::collections::HashMap<String, ProgressBar>>,
     lock: Mutex<()>,
+    /// A JSON document or line went to stdout (an error then adds none of its own).
+    json_out: std::sync::atomic::AtomicBool,
 }
 
 const GREEN: &str = "\x1b[1;32m";
@@ -86,6 +88,7 @@ impl Printer {
             multi,
             bars: Mutex::new(std::collections::HashMap::new()),
             lock: Mutex::new(()),
+            json_out: Default::default(),
         }
     }
 
@@ -161,10 +164,21 @@ impl Printer {
 
     /// A JSON document (or one JSON Lines record) on stdout.
     pub fn json_line(&self, value: &serde_json::Value) {
+        self.json_out
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let _g = self.lock.lock();
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "{}", escape_json_text(&value.to_string()));
         let _ = stdout.flush();
+    }
+
+    /// The error that ended the command, with --json: `{"schema": 1, "error": {"kind",
+    /// "host", "message"}}` on stdout, unless the command printed its own document (it
+    /// carries the error) or events (the summary carries it).
+    pub fn json_error(&self, e: &anyhow::Error) {
+        if self.json && !self.json_out.load(std::sync::atomic::Ordering::Relaxed) {
+            self.json_line(&serde_json::json!({"schema": 1, "error": crate::error::to_json(e)}));
+        }
     }
 
     /// One JSON Lines event of a running apply (only with --json).

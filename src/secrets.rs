@@ -74,6 +74,11 @@ pub struct Secrets {
 impl Secrets {
     /// Reads the secrets named in `names` from their sources.
     pub fn load(inv: &Inventory, names: &[String]) -> Result<Secrets> {
+        use crate::error::{ErrorKind, Kind};
+        Secrets::read(inv, names).kind(ErrorKind::Secret, None)
+    }
+
+    fn read(inv: &Inventory, names: &[String]) -> Result<Secrets> {
         let mut values = BTreeMap::new();
         for name in names {
             let Some(source) = inv.secrets.get(name) else {
@@ -207,7 +212,9 @@ impl Secrets {
         if masked == text {
             e
         } else {
-            anyhow::anyhow!(masked)
+            // The text changes; the kind and host stay (src/error.rs).
+            let (kind, host) = crate::error::kind_of(&e);
+            crate::error::tag(anyhow::anyhow!(masked), kind, host.as_deref())
         }
     }
 }

@@ -197,3 +197,116 @@ fn a_missing_secret_names_the_secret_and_where_it_was_looked_for() {
         "{err}"
     );
 }
+
+/// The first JSON document on stdout.
+fn json_doc(out: &std::process::Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().next().unwrap_or("")).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {text}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Issue 21: with --json, a failure is `{"error": {"kind", "host", "message"}}` on stdout,
+/// its kind mapped to the exit code in one place (src/error.rs).
+#[test]
+fn json_errors_carry_their_kind_host_and_exit_code() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = cli();
+        c.current_dir(root)
+            .args(args)
+            .env_remove("FOOBAR_DB_APP_PASSWORD");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (out.status.code(), json_doc(&out)["error"].clone())
+    };
+    let secrets = [
+        ("FOOBAR_DB_APP_PASSWORD", "x"),
+        ("FOOBAR_DB_REPLICATION_PASSWORD", "y"),
+    ];
+
+    let (code, e) = run(
+        &[
+            "diff",
+            "--json",
+            "tests/fixtures/invalid/invalid-address.yaml",
+        ],
+        &[],
+    );
+    assert_eq!(
+        (code, e["kind"].as_str()),
+        (Some(1), Some("inventory")),
+        "{e}"
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid-address.yaml:"),
+        "{e}"
+    );
+
+    let (code, e) = run(&["diff", "--json", "inventory/inventory.yaml"], &[]);
+    assert_eq!((code, e["kind"].as_str()), (Some(1), Some("secret")), "{e}");
+
+    let (code, e) = run(
+        &[
+            "diff",
+            "--json",
+            "inventory/inventory.yaml",
+            "--inventory",
+            "inventory/inventory.yaml",
+        ],
+        &secrets,
+    );
+    assert_eq!((code, e["kind"].as_str()), (Some(64), Some("usage")), "{e}");
+
+    // Hosts on loopback addresses, at a port nothing listens on.
+    let (port, dir) = refused_port();
+    let text = std::fs::read_to_string(format!("{root}/inventory/inventory.yaml"))
+        .unwrap()
+        .replace("port: 22", &format!("port: {port}"))
+        .replace("address: 10.0.0.10", "address: 127.0.0.1")
+        .replace("address: 10.0.0.11", "address: 127.0.0.2")
+        .replace("address: 10.0.0.12", "address: 127.0.0.3")
+        .replace(
+            "source: ../examples/app",
+            &format!("source: {root}/examples/app"),
+        );
+    let inv = dir.path().join("loopback.yaml");
+    std::fs::write(&inv, text).unwrap();
+    let (code, e) = run(&["diff", "--json", inv.to_str().unwrap()], &secrets);
+    assert_eq!(
+        (code, e["kind"].as_str()),
+        (Some(1), Some("connect")),
+        "{e}"
+    );
+    // Three hosts failed: no one host is named; each has its line.
+    assert!(e["host"].is_null(), "{e}");
+    for h in ["lb-01", "web-01", "web-02"] {
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("{h}: cannot connect")),
+            "{e}"
+        );
+    }
+    let one = dir.path().join("one.yaml");
+    let only_lb = std::fs::read_to_string(&inv).unwrap();
+    std::fs::write(&one, only_lb).unwrap();
+    let (code, e) = run(
+        &["diff", "--json", one.to_str().unwrap(), "--limit", "lb-01"],
+        &secrets,
+    );
+    assert_eq!(
+        (code, e["kind"].as_str(), e["host"].as_str()),
+        (Some(1), Some("connect"), Some("lb-01")),
+        "{e}"
+    );
+}

@@ -148,7 +148,7 @@ async fn execute(
 /// The last `--json` event of a run that failed.
 fn summary_failed(p: &Printer, e: &anyhow::Error, t0: Instant) {
     p.event(
-        json!({"event": "summary", "ok": false, "error": format!("{e:#}"),
+        json!({"event": "summary", "ok": false, "error": crate::error::to_json(e),
                    "seconds": t0.elapsed().as_secs_f64()}),
     );
 }

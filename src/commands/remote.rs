@@ -12,6 +12,7 @@ pub use crate::address_book::Confirm;
 use crate::cli::RemoteArgs;
 use crate::database::replica::{self, DivergedReplica};
 use crate::diff::{desired_hashes, diff, Changes};
+use crate::error::ErrorKind;
 use crate::inventory::{Host, Inventory, Role};
 use crate::output::Printer;
 use crate::plan::{HostPlan, Plan};
@@ -152,10 +153,10 @@ pub async fn open(
     let inventory_path = match &saved {
         Some(p) => p.inventory_for(&args.inventory, args.plan_inventory.as_deref())?,
         None if args.plan_inventory.is_some() => {
-            bail!(
+            return Err(crate::error::usage(format!(
                 "--inventory is for applying a saved plan; {} is an inventory",
                 args.inventory.display()
-            )
+            )))
         }
         None => args.inventory.clone(),
     };
@@ -396,7 +397,16 @@ pub fn refuse_blocked(session: &Session, p: &Printer, command: &str) -> Result<(
     if command == "apply" {
         lines.push("nothing was changed on any host".into());
     }
-    bail!("{}", lines.join("\n"))
+    let (kind, host) = match (conflicts.first(), diverged.first()) {
+        (Some(c), _) => (ErrorKind::PortHeld, c.host.as_str()),
+        (None, Some(d)) => (ErrorKind::Database, d.host.as_str()),
+        (None, None) => unreachable!("returned above"),
+    };
+    Err(crate::error::tag(
+        anyhow::anyhow!("{}", lines.join("\n")),
+        kind,
+        Some(host),
+    ))
 }
 
 /// The JSON document of `diff`, `plan` and `apply --dry-run`.

@@ -224,8 +224,11 @@ impl Inventory {
 
     /// Reads, parses and validates an inventory file.
     pub fn load(path: &Path) -> Result<Inventory> {
-        let text = limits::read(path)?;
-        Ok(Inventory::parse(path, &text)?)
+        use crate::error::{ErrorKind, Kind};
+        let text = limits::read(path).kind(ErrorKind::Inventory, None)?;
+        Inventory::parse(path, &text)
+            .map_err(anyhow::Error::from)
+            .kind(ErrorKind::Inventory, None)
     }
 
     /// Parses and validates inventory text; `path` is used for messages and relative paths.

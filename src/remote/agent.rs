@@ -184,6 +184,9 @@ pub struct AgentError {
     pub service: Option<String>,
     #[serde(default)]
     pub output: Option<String>,
+    /// The host that answered (set by the tool, not the agent).
+    #[serde(default, skip_serializing)]
+    pub host: Option<String>,
 }
 
 impl AgentError {
@@ -276,11 +279,15 @@ fn answer(host: &str, op: &str, out: ExecOutput) -> Result<Value> {
                 } else {
                     ""
                 };
-                bail!(
-                    "{host}: the connection was lost during {op} (no answer to SSH keepalives for {} s, or the agent died){undo}: {}",
-                    super::ssh::LOST_AFTER_S,
-                    stderr.trim()
-                );
+                return Err(crate::error::tag(
+                    anyhow!(
+                        "{host}: the connection was lost during {op} (no answer to SSH keepalives for {} s, or the agent died){undo}: {}",
+                        super::ssh::LOST_AFTER_S,
+                        stderr.trim()
+                    ),
+                    crate::error::ErrorKind::Connect,
+                    Some(host),
+                ));
             }
             let hint = if stderr.contains("sudo") && stderr.contains("password") {
                 " (the SSH user needs passwordless sudo: sudo -n failed)"
@@ -299,14 +306,18 @@ fn answer(host: &str, op: &str, out: ExecOutput) -> Result<Value> {
     if answer.get("ok") == Some(&Value::Bool(true)) {
         return Ok(answer);
     }
-    let err: AgentError = serde_json::from_value(answer.get("error").cloned().unwrap_or_default())
-        .unwrap_or_else(|_| AgentError {
-            kind: "unknown".into(),
-            message: answer.to_string(),
-            path: None,
-            service: None,
-            output: None,
-        });
+    let mut err: AgentError = serde_json::from_value(
+        answer.get("error").cloned().unwrap_or_default(),
+    )
+    .unwrap_or_else(|_| AgentError {
+        kind: "unknown".into(),
+        message: answer.to_string(),
+        path: None,
+        service: None,
+        output: None,
+        host: None,
+    });
+    err.host = Some(host.to_string());
     Err(anyhow!(err))
 }
 

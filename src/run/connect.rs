@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use tokio::sync::Semaphore;
 
 use super::observe::{observe_checked, Observe};
 use super::parallel::bounded;
 use super::report::host_error;
+use crate::error::{self, HostFailure};
 use crate::inventory::Host;
 use crate::output::Printer;
 use crate::plan::{HostPlan, Plan};
@@ -33,15 +34,15 @@ pub async fn connect_all(
     .await;
     let mut ok = Vec::new();
     let mut errors = Vec::new();
-    for r in results {
+    for (hp, r) in plan.hosts.iter().zip(results) {
         match r {
             Ok(s) => ok.push(s),
-            Err(e) => errors.push(format!("{e:#}")),
+            Err(e) => errors.push(HostFailure::new(hp.name(), format!("{e:#}"), &e)),
         }
     }
     if !errors.is_empty() {
         close_all(ok).await;
-        bail!("{}", errors.join("\n"));
+        return Err(error::of_hosts(None, &errors));
     }
     Ok(ok)
 }
@@ -99,23 +100,24 @@ pub async fn connect_and_observe(
                     Ok(st) => {
                         observed.insert(hp.name().to_string(), st);
                     }
-                    Err(e) => failed.push(host_error(hp.name(), "observing", &e)),
+                    Err(e) => failed.push(HostFailure::new(
+                        hp.name(),
+                        host_error(hp.name(), "observing", &e),
+                        &e,
+                    )),
                 }
             }
-            Err(e) => unreachable.push(format!("{e:#}")),
+            Err(e) => unreachable.push(HostFailure::new(hp.name(), format!("{e:#}"), &e)),
         }
     }
     if !unreachable.is_empty() || !failed.is_empty() {
         close_all(remotes).await;
-        bail!(
-            "{}",
-            if unreachable.is_empty() {
-                failed
-            } else {
-                unreachable
-            }
-            .join("\n")
-        );
+        let shown = if unreachable.is_empty() {
+            failed
+        } else {
+            unreachable
+        };
+        return Err(error::of_hosts(None, &shown));
     }
     Ok((remotes, observed))
 }

@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 
 use super::parallel::bounded;
 use super::report::host_error;
 use crate::database;
 use crate::diff::desired_hashes;
+use crate::error::HostFailure;
 use crate::inventory::Role;
 use crate::plan::{HostPlan, Plan};
 use crate::protocol::run::{self, ReleaseRoot};
@@ -34,11 +35,15 @@ pub async fn observe_all(
             Ok(st) => {
                 observed.insert(hp.name().to_string(), st);
             }
-            Err(e) => errors.push(host_error(hp.name(), "observing", &e)),
+            Err(e) => errors.push(HostFailure::new(
+                hp.name(),
+                host_error(hp.name(), "observing", &e),
+                &e,
+            )),
         }
     }
     if !errors.is_empty() {
-        bail!("{}", errors.join("\n"));
+        return Err(crate::error::of_hosts(None, &errors));
     }
     Ok(observed)
 }

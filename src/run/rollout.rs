@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use base64::Engine as _;
 use serde_json::json;
 
@@ -13,6 +13,7 @@ use super::parallel::bounded;
 use super::report::host_error;
 use super::{Run, Work};
 use crate::diff::Changes;
+use crate::error::HostFailure;
 use crate::output::Printer;
 use crate::plan::{HostPlan, Plan, Service};
 use crate::protocol;
@@ -59,17 +60,20 @@ pub(super) async fn upload_releases(run: &Run<'_>) -> Result<()> {
         protocol::call(r, &request).await
     })
     .await;
-    let failures: Vec<String> = uploads
+    let failures: Vec<HostFailure> = uploads
         .iter()
         .zip(&uploaded)
         .filter_map(|((hp, _, _), res)| {
-            res.as_ref()
-                .err()
-                .map(|e| host_error(hp.name(), "uploading the release", e))
+            let e = res.as_ref().err()?;
+            let line = host_error(hp.name(), "uploading the release", e);
+            Some(HostFailure::new(hp.name(), line, e))
         })
         .collect();
     if !failures.is_empty() {
-        bail!("nothing was changed on any host:\n{}", failures.join("\n"));
+        return Err(crate::error::of_hosts(
+            Some("nothing was changed on any host:"),
+            &failures,
+        ));
     }
     Ok(())
 }

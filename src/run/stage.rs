@@ -1,7 +1,7 @@
 //! The stage phase: every host's new files uploaded beside the live ones and checked
 //! by the validators that must accept them, on every host before any commits.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use base64::Engine as _;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -12,6 +12,7 @@ use super::report::host_error;
 use super::rollback::abort;
 use super::{Run, Work};
 use crate::diff::HostChanges;
+use crate::error::HostFailure;
 use crate::output::Printer;
 use crate::plan::{HostPlan, Service};
 use crate::protocol;
@@ -42,10 +43,17 @@ pub(super) async fn stage_all(work: &[Work<'_>], run: &Run<'_>) -> Result<()> {
         res
     })
     .await;
-    let failures: Vec<String> = work
+    let failures: Vec<HostFailure> = work
         .iter()
         .zip(&staged)
-        .filter_map(|((hp, _, _), s)| Some(host_error(hp.name(), "staging", s.as_ref().err()?)))
+        .filter_map(|((hp, _, _), s)| {
+            let e = s.as_ref().err()?;
+            Some(HostFailure::new(
+                hp.name(),
+                host_error(hp.name(), "staging", e),
+                e,
+            ))
+        })
         .collect();
     if !failures.is_empty() {
         // The failed hosts cleaned up after themselves; undo the others.
@@ -57,9 +65,12 @@ pub(super) async fn stage_all(work: &[Work<'_>], run: &Run<'_>) -> Result<()> {
             .collect();
         abort(&ok, info, parallel, printer).await;
         for f in &failures {
-            printer.event(json!({"event": "error", "message": f}));
+            printer.event(json!({"event": "error", "message": f.line}));
         }
-        bail!("nothing was changed on any host:\n{}", failures.join("\n"));
+        return Err(crate::error::of_hosts(
+            Some("nothing was changed on any host:"),
+            &failures,
+        ));
     }
     for ((hp, hc, _), answer) in work.iter().zip(&staged) {
         if let Ok(answer) = answer {

@@ -185,7 +185,15 @@ pub async fn connect_with(
                 ),
             }
         })
-        .with_context(|| format!("{}: cannot connect to {target}", host.name))?;
+        .with_context(|| format!("{}: cannot connect to {target}", host.name))
+        .map_err(|e| {
+            let kind = if format!("{e:#}").contains("host key verification failed") {
+                crate::error::ErrorKind::HostKey
+            } else {
+                crate::error::ErrorKind::Connect
+            };
+            crate::error::tag(e, kind, Some(&host.name))
+        })?;
     drop(connector);
     if persist.is_some() {
         let record = persist_dir().join(persist_key(host));
