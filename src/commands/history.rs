@@ -61,50 +61,7 @@ pub fn run(args: &HistoryArgs, p: &Arc<Printer>) -> Result<Outcome> {
         match r {
             Ok(recs) if !p.json => {
                 for rec in recs {
-                    let files = rec["files"].as_array().map(|f| f.len()).unwrap_or(0);
-                    let services: Vec<String> = rec["services"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|s| {
-                            format!(
-                                "{} {}",
-                                s["service"].as_str().unwrap_or("?"),
-                                s["action"].as_str().unwrap_or("?")
-                            )
-                        })
-                        .chain(rec["boot"].as_array().into_iter().flatten().map(|b| {
-                            format!(
-                                "{} {} at boot",
-                                b["service"].as_str().unwrap_or("?"),
-                                b["action"].as_str().unwrap_or("?")
-                            )
-                        }))
-                        .collect();
-                    let mut changes = format!("{files} files");
-                    if !services.is_empty() {
-                        changes.push_str(&format!(", {}", services.join(", ")));
-                    }
-                    if let Some(was) = rec["earlier"].as_array().filter(|e| !e.is_empty()) {
-                        let was: Vec<&str> = was.iter().filter_map(|w| w.as_str()).collect();
-                        changes.push_str(&format!(" (was {})", was.join(", then ")));
-                    }
-                    if let Some(err) = rec["error"].as_str() {
-                        changes.push_str(&format!(" - {}", err.lines().next().unwrap_or("")));
-                    }
-                    p.out(format!(
-                        "{:<10} {:<21} {:<12} {:<16} {:<8} {:<9} {}",
-                        host,
-                        rec["time"].as_str().unwrap_or("?"),
-                        rec["result"].as_str().unwrap_or("?"),
-                        rec["user"].as_str().unwrap_or("?"),
-                        rec["tool_version"].as_str().unwrap_or("?"),
-                        rec["inventory_hash"]
-                            .as_str()
-                            .map(|h| &h[..h.len().min(8)])
-                            .unwrap_or("-"),
-                        changes
-                    ));
+                    p.out(history_line(host, rec));
                 }
             }
             Ok(_) => {}
@@ -115,4 +72,53 @@ pub fn run(args: &HistoryArgs, p: &Arc<Printer>) -> Result<Outcome> {
         anyhow::bail!("{}", failed.join("\n"));
     }
     Ok(Outcome::Success)
+}
+
+/// One run of a host's history as a line of the table: time, result, user, version,
+/// inventory hash and what changed (files, services, boot, earlier results, error).
+fn history_line(host: &str, rec: &Value) -> String {
+    let files = rec["files"].as_array().map(|f| f.len()).unwrap_or(0);
+    let services: Vec<String> = rec["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s["service"].as_str().unwrap_or("?"),
+                s["action"].as_str().unwrap_or("?")
+            )
+        })
+        .chain(rec["boot"].as_array().into_iter().flatten().map(|b| {
+            format!(
+                "{} {} at boot",
+                b["service"].as_str().unwrap_or("?"),
+                b["action"].as_str().unwrap_or("?")
+            )
+        }))
+        .collect();
+    let mut changes = format!("{files} files");
+    if !services.is_empty() {
+        changes.push_str(&format!(", {}", services.join(", ")));
+    }
+    if let Some(was) = rec["earlier"].as_array().filter(|e| !e.is_empty()) {
+        let was: Vec<&str> = was.iter().filter_map(|w| w.as_str()).collect();
+        changes.push_str(&format!(" (was {})", was.join(", then ")));
+    }
+    if let Some(err) = rec["error"].as_str() {
+        changes.push_str(&format!(" - {}", err.lines().next().unwrap_or("")));
+    }
+    format!(
+        "{:<10} {:<21} {:<12} {:<16} {:<8} {:<9} {}",
+        host,
+        rec["time"].as_str().unwrap_or("?"),
+        rec["result"].as_str().unwrap_or("?"),
+        rec["user"].as_str().unwrap_or("?"),
+        rec["tool_version"].as_str().unwrap_or("?"),
+        rec["inventory_hash"]
+            .as_str()
+            .map(|h| &h[..h.len().min(8)])
+            .unwrap_or("-"),
+        changes
+    )
 }

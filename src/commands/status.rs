@@ -14,7 +14,7 @@ use crate::database::replica;
 use crate::diff::diff_host;
 use crate::output::Printer;
 use crate::plan::{DbRole, HostPlan};
-use crate::remote::agent::HostState;
+use crate::remote::agent::{DbState, HostState};
 use crate::remote::ssh;
 use crate::render::paths;
 use crate::run::observe::observe_one;
@@ -125,7 +125,6 @@ fn host_status(
     backends: &[String],
     inventory: &std::path::Path,
 ) -> HostStatus {
-    let reseed = |host: &str| replica::reseed_command(inventory, host);
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     let services: Vec<Value> = hp
@@ -139,87 +138,12 @@ fn host_status(
             json!({"service": s.unit(), "running": running})
         })
         .collect();
-    let (in_sync, drift) = match diff_host(hp, st, secrets) {
-        Ok(hc) => {
-            let mut d: Vec<String> = hc
-                .files
-                .iter()
-                .map(|f| format!("{:?} {}", f.kind, f.path).to_lowercase())
-                .collect();
-            if let Some(r) = &hc.release {
-                d.push(format!(
-                    "release {} (want {})",
-                    r.from.as_deref().unwrap_or("none"),
-                    r.to
-                ));
-            }
-            if let Some(db) = &hc.db {
-                d.push(db.describe());
-            }
-            (d.is_empty(), d)
-        }
-        Err(e) => (false, vec![format!("cannot compare: {e:#}")]),
-    };
-    let database = st.db.as_ref().map(|db| {
-        let role = hp.db.as_ref().map(|d| d.role);
-        if !db.running {
-            problems.push("the database server is not running".into());
-        }
-        let replica = db.replica.as_ref();
-        if role == Some(DbRole::Replica) && db.running {
-            match (replica, replica::replicating(hp, Some(st))) {
-                (None, _) => problems.push("replica is not replicating (not configured)".into()),
-                (Some(_), Some((db, r, primary))) => {
-                    problems.extend(replica::problem(db, r, primary, &reseed(hp.name())))
-                }
-                (Some(r), None) if r.reconnecting() => problems.push(format!(
-                    "replication reconnecting to {} (IO thread Connecting, SQL thread running{}): \
-                     usual for a few seconds after its primary restarted; run status again",
-                    r.master_host.as_deref().unwrap_or("its primary"),
-                    if r.last_io_error.is_empty() { String::new() } else { format!("; last: {}", r.last_io_error) },
-                )),
-                (Some(r), None) if !r.running() => problems.push(format!(
-                    "replication stopped: IO thread {}, SQL thread {}{}{}",
-                    r.io_running.as_deref().unwrap_or("?"),
-                    r.sql_running.as_deref().unwrap_or("?"),
-                    if r.last_io_error.is_empty() { String::new() } else { format!(": {}", r.last_io_error) },
-                    if r.last_sql_error.is_empty() { String::new() } else { format!(": {}", r.last_sql_error) },
-                )),
-                (Some(_), None) => {}
-            }
-        }
-        if role == Some(DbRole::Primary) && db.read_only == Some(true) {
-            problems.push("the primary is read-only".into());
-        }
-        json!({
-            "role": role, "running": db.running, "read_only": db.read_only,
-            "gtid_current_pos": db.gtid_current_pos,
-            "replication": replica.map(|r| json!({
-                "master_host": r.master_host, "io_running": r.io_running, "sql_running": r.sql_running,
-                "seconds_behind": r.seconds_behind, "last_io_error": r.last_io_error,
-                "last_sql_error": r.last_sql_error, "gtid_io_pos": r.gtid_io_pos,
-            })),
-        })
-    });
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
-    let mut certificates = Vec::new();
-    for (path, not_after) in &st.certs {
-        match not_after {
-            Some(t) => {
-                let days = (t - now) / 86_400.0;
-                if days < 7.0 {
-                    problems.push(format!("certificate {path} expires in {days:.1} days"));
-                } else if days < 30.0 {
-                    warnings.push(format!("certificate {path} expires in {days:.0} days"));
-                }
-                certificates.push(json!({"path": path, "not_after": t, "days_left": (days * 10.0).round() / 10.0}));
-            }
-            None => warnings.push(format!("certificate {path} is missing or unreadable")),
-        }
-    }
+    let (in_sync, drift) = drift(hp, st, secrets);
+    let database = st
+        .db
+        .as_ref()
+        .map(|db| database_status(hp, st, db, inventory, &mut problems));
+    let certificates = certificate_status(st, &mut problems, &mut warnings);
     let haproxy_runs = st.services.get("haproxy").is_some_and(|x| x.running);
     if let (Some(cfg), true) = (hp.file(paths::HAPROXY_CFG), haproxy_runs) {
         let frontends = config_frontends(&cfg.content);
@@ -421,6 +345,122 @@ fn print_table(statuses: &[HostStatus], p: &Printer) {
             p.out(format!("{}: PROBLEM: {prob}", s.host));
         }
     }
+}
+
+/// Whether the host is as planned, and what differs (files, release, database).
+fn drift(hp: &HostPlan, st: &HostState, secrets: &Secrets) -> (bool, Vec<String>) {
+    match diff_host(hp, st, secrets) {
+        Ok(hc) => {
+            let mut d: Vec<String> = hc
+                .files
+                .iter()
+                .map(|f| format!("{:?} {}", f.kind, f.path).to_lowercase())
+                .collect();
+            if let Some(r) = &hc.release {
+                d.push(format!(
+                    "release {} (want {})",
+                    r.from.as_deref().unwrap_or("none"),
+                    r.to
+                ));
+            }
+            if let Some(db) = &hc.db {
+                d.push(db.describe());
+            }
+            (d.is_empty(), d)
+        }
+        Err(e) => (false, vec![format!("cannot compare: {e:#}")]),
+    }
+}
+/// The database server's state as status reports it; its problems (not running, not
+/// replicating, a read-only primary) are added to `problems`.
+fn database_status(
+    hp: &HostPlan,
+    st: &HostState,
+    db: &DbState,
+    inventory: &std::path::Path,
+    problems: &mut Vec<String>,
+) -> Value {
+    let reseed = |host: &str| replica::reseed_command(inventory, host);
+
+    let role = hp.db.as_ref().map(|d| d.role);
+    if !db.running {
+        problems.push("the database server is not running".into());
+    }
+    let replica = db.replica.as_ref();
+    if role == Some(DbRole::Replica) && db.running {
+        match (replica, replica::replicating(hp, Some(st))) {
+            (None, _) => problems.push("replica is not replicating (not configured)".into()),
+            (Some(_), Some((db, r, primary))) => {
+                problems.extend(replica::problem(db, r, primary, &reseed(hp.name())))
+            }
+            (Some(r), None) if r.reconnecting() => problems.push(format!(
+                "replication reconnecting to {} (IO thread Connecting, SQL thread running{}): \
+                 usual for a few seconds after its primary restarted; run status again",
+                r.master_host.as_deref().unwrap_or("its primary"),
+                if r.last_io_error.is_empty() {
+                    String::new()
+                } else {
+                    format!("; last: {}", r.last_io_error)
+                },
+            )),
+            (Some(r), None) if !r.running() => problems.push(format!(
+                "replication stopped: IO thread {}, SQL thread {}{}{}",
+                r.io_running.as_deref().unwrap_or("?"),
+                r.sql_running.as_deref().unwrap_or("?"),
+                if r.last_io_error.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", r.last_io_error)
+                },
+                if r.last_sql_error.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", r.last_sql_error)
+                },
+            )),
+            (Some(_), None) => {}
+        }
+    }
+    if role == Some(DbRole::Primary) && db.read_only == Some(true) {
+        problems.push("the primary is read-only".into());
+    }
+    json!({
+        "role": role, "running": db.running, "read_only": db.read_only,
+        "gtid_current_pos": db.gtid_current_pos,
+        "replication": replica.map(|r| json!({
+            "master_host": r.master_host, "io_running": r.io_running, "sql_running": r.sql_running,
+            "seconds_behind": r.seconds_behind, "last_io_error": r.last_io_error,
+            "last_sql_error": r.last_sql_error, "gtid_io_pos": r.gtid_io_pos,
+        })),
+    })
+}
+/// The host's certificates and the days each has left: one expiring within 7 days is
+/// a problem, within 30 a warning, one missing or unreadable a warning.
+fn certificate_status(
+    st: &HostState,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Vec<Value> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let mut certificates = Vec::new();
+    for (path, not_after) in &st.certs {
+        match not_after {
+            Some(t) => {
+                let days = (t - now) / 86_400.0;
+                if days < 7.0 {
+                    problems.push(format!("certificate {path} expires in {days:.1} days"));
+                } else if days < 30.0 {
+                    warnings.push(format!("certificate {path} expires in {days:.0} days"));
+                }
+                certificates.push(json!({"path": path, "not_after": t, "days_left": (days * 10.0).round() / 10.0}));
+            }
+            None => warnings.push(format!("certificate {path} is missing or unreadable")),
+        }
+    }
+    certificates
 }
 
 #[cfg(test)]
