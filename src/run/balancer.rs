@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use super::report::host_error;
+use super::report::host_failure;
 use super::Run;
 use crate::inventory::Role;
 use crate::output::Printer;
@@ -60,11 +60,11 @@ pub(crate) async fn set_backend_state(
             timeout_s,
         };
         let answer = protocol::call(*r, &request).await.map_err(|e| {
-            anyhow::anyhow!(host_error(
+            host_failure(
                 lb.name(),
                 &format!("setting {server} to {}", state.as_str()),
-                &e
-            ))
+                &e,
+            )
         })?;
         if answer.absent == Some(true) {
             continue;

@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::json;
 
-use super::report::host_error;
+use super::report::host_failure;
 use crate::diff::Changes;
 use crate::inventory::rollout::{NoTraffic, Rollout};
 use crate::output::Printer;
@@ -186,7 +186,7 @@ async fn sample(lbs: &[(&HostPlan, &dyn Remote)]) -> Result<Sample> {
         };
         let answer = protocol::call(*r, &request)
             .await
-            .map_err(|e| anyhow!(host_error(lb.name(), "reading HAProxy's counters", &e)))?;
+            .map_err(|e| host_failure(lb.name(), "reading HAProxy's counters", &e))?;
         out.insert(lb.name().to_string(), answer.servers);
     }
     Ok(out)

@@ -25,6 +25,13 @@ pub fn host_error(host: &str, what: &str, e: &anyhow::Error) -> String {
     }
 }
 
+/// [`host_error`] as an error that keeps the cause's kind (src/error.rs) and names the
+/// host.
+pub fn host_failure(host: &str, what: &str, e: &anyhow::Error) -> anyhow::Error {
+    let (kind, _) = crate::error::kind_of(e);
+    crate::error::tag(anyhow::anyhow!(host_error(host, what, e)), kind, Some(host))
+}
+
 /// What happened on one host.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HostReport {

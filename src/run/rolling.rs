@@ -3,13 +3,13 @@
 
 use std::time::Instant;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 
 use super::balancer::{balancers, set_backend_state};
 use super::commit::commit_host;
 use super::database::comes_later;
 use super::info::RunInfo;
-use super::report::{host_error, report, HostReport};
+use super::report::{host_failure, report, HostReport};
 use super::rotation::{rotate_accounts_of, Rotation};
 use super::{Run, Work};
 use crate::diff::HostChanges;
@@ -121,7 +121,7 @@ async fn restart_in_turn<'a>(host: Work<'a>, step: &Step<'_>, done: &mut Done<'a
     if !hc.files_unchanged() {
         printer.status("Restarting", format!("{} (one host at a time)", hp.name()));
         let (res, _) = commit_host(hp, hc, r, run, hc.release.is_some()).await;
-        res.map_err(|e| anyhow!(host_error(hp.name(), "applying", &e)))?;
+        res.map_err(|e| host_failure(hp.name(), "applying", &e))?;
         done.committed.push((hp, hc, r));
     }
     if hp.db.as_ref().is_some_and(|d| d.role == DbRole::Replica)
@@ -131,7 +131,7 @@ async fn restart_in_turn<'a>(host: Work<'a>, step: &Step<'_>, done: &mut Done<'a
     {
         protocol::call(r, &DbWaitReplica { timeout_s: 60 })
             .await
-            .map_err(|e| anyhow!(host_error(hp.name(), "waiting for replication", &e)))?;
+            .map_err(|e| host_failure(hp.name(), "waiting for replication", &e))?;
     }
     Ok(())
 }

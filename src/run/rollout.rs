@@ -177,11 +177,11 @@ async fn switch_release(hp: &HostPlan, r: &dyn Remote, id: &str) -> Result<Switc
             timeout_s: 30,
         },
     };
+    // A release that does not pass its health check is switched back by the agent: a
+    // health failure, whatever the agent calls it.
     protocol::call(r, &request).await.map_err(|e| {
-        anyhow::anyhow!(host_error(
-            hp.name(),
-            &format!("switching to release {id}"),
-            &e
-        ))
+        let what = format!("switching to release {id}");
+        let e = anyhow::anyhow!(host_error(hp.name(), &what, &e));
+        crate::error::tag(e, crate::error::ErrorKind::Health, Some(hp.name()))
     })
 }

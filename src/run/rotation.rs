@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 
-use super::report::host_error;
+use super::report::host_failure;
 use crate::database;
 use crate::diff::Changes;
 use crate::output::Printer;
@@ -84,11 +84,11 @@ pub(super) async fn rotate_accounts_of(
     let answer = protocol::call(rot.remote, &DbPrimary { db: spec })
         .await
         .map_err(|e| {
-            anyhow::anyhow!(host_error(
+            host_failure(
                 rot.primary.name(),
                 &format!("changing {}'s database password", hp.name()),
-                &e
-            ))
+                &e,
+            )
         })?;
     if hp
         .db
@@ -100,11 +100,11 @@ pub(super) async fn rotate_accounts_of(
             timeout_s: 30,
         };
         protocol::call(r, &request).await.map_err(|e| {
-            anyhow::anyhow!(host_error(
+            host_failure(
                 hp.name(),
                 "waiting for the password change to replicate",
-                &e
-            ))
+                &e,
+            )
         })?;
     }
     Ok(())
