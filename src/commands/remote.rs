@@ -11,7 +11,7 @@ use super::render_plan;
 pub use crate::address_book::Confirm;
 use crate::cli::RemoteArgs;
 use crate::database::replica::{self, DivergedReplica};
-use crate::diff::{desired_hashes, diff, Changes};
+use crate::diff::{desired_hashes, diff, Changes, Topology};
 use crate::error::ErrorKind;
 use crate::inventory::{Host, Inventory, Role};
 use crate::output::Printer;
@@ -426,43 +426,7 @@ pub fn print_changes(changes: &Changes, p: &Printer, command: &str) -> bool {
     }
     let t = &changes.topology;
     if !t.is_empty() {
-        p.out(p.bold("== topology"));
-        for h in &t.new_hosts {
-            p.out(format!("  + host {h} joins (never applied to before)"));
-        }
-        for h in &t.pruned_hosts {
-            p.out(format!(
-                "  - host {h} leaves (--prune-host): its managed files removed, its services stopped"
-            ));
-        }
-        for b in &t.backends_added {
-            p.out(format!(
-                "  + backend {b} (added to the load balancers once it is ready)"
-            ));
-        }
-        for b in &t.backends_removed {
-            p.out(format!("  - backend {b} (drained first, then removed)"));
-        }
-        for (h, svc) in &t.services_stopped {
-            p.out(format!("  - {svc} stops on {h} (its role left the host)"));
-        }
-        for r in &t.replicas_seeded {
-            p.out(format!("  + replica {r} seeded from the primary"));
-        }
-        for r in &t.replicas_checked {
-            p.out(format!(
-                "  + replica {r}: its database server starts, then it is seeded from the primary unless it already replicates"
-            ));
-        }
-        for r in &t.replicas_removed {
-            p.out(format!(
-                "  - replica {r} leaves (replication stopped and reset first)"
-            ));
-        }
-        p.out("  order:");
-        for (i, step) in t.order().iter().enumerate() {
-            p.out(format!("    {}. {step}", i + 1));
-        }
+        print_topology(t, p);
     }
     let mut files = 0;
     let mut actions = 0;
@@ -524,4 +488,46 @@ pub fn print_changes(changes: &Changes, p: &Printer, command: &str) -> bool {
         p.status("In sync", format!("{} hosts", changes.hosts.len()));
     }
     pending
+}
+
+/// The `== topology` section of a diff: hosts, backends, services and replicas that
+/// join or leave, and the order the apply takes.
+fn print_topology(t: &Topology, p: &Printer) {
+    p.out(p.bold("== topology"));
+    for h in &t.new_hosts {
+        p.out(format!("  + host {h} joins (never applied to before)"));
+    }
+    for h in &t.pruned_hosts {
+        p.out(format!(
+            "  - host {h} leaves (--prune-host): its managed files removed, its services stopped"
+        ));
+    }
+    for b in &t.backends_added {
+        p.out(format!(
+            "  + backend {b} (added to the load balancers once it is ready)"
+        ));
+    }
+    for b in &t.backends_removed {
+        p.out(format!("  - backend {b} (drained first, then removed)"));
+    }
+    for (h, svc) in &t.services_stopped {
+        p.out(format!("  - {svc} stops on {h} (its role left the host)"));
+    }
+    for r in &t.replicas_seeded {
+        p.out(format!("  + replica {r} seeded from the primary"));
+    }
+    for r in &t.replicas_checked {
+        p.out(format!(
+            "  + replica {r}: its database server starts, then it is seeded from the primary unless it already replicates"
+        ));
+    }
+    for r in &t.replicas_removed {
+        p.out(format!(
+            "  - replica {r} leaves (replication stopped and reset first)"
+        ));
+    }
+    p.out("  order:");
+    for (i, step) in t.order().iter().enumerate() {
+        p.out(format!("    {}. {step}", i + 1));
+    }
 }

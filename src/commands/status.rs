@@ -254,56 +254,7 @@ fn print_table(statuses: &[HostStatus], p: &Printer) {
         "HOST", "REACHABLE", "SERVICES", "DRIFT", "RELEASE", "DATABASE", "LAST APPLY"
     ));
     for s in statuses {
-        let services = s
-            .services
-            .iter()
-            .map(|v| {
-                format!(
-                    "{}{}",
-                    v["service"].as_str().unwrap_or(""),
-                    if v["running"] == true { "" } else { "(down)" }
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(",");
-        let db = s.database.as_ref().map(|d| {
-            let role = d["role"].as_str().unwrap_or("");
-            match d["replication"].as_object() {
-                Some(r) if role == "replica" => format!(
-                    "replica io={} sql={} lag={}",
-                    r["io_running"].as_str().unwrap_or("?"),
-                    r["sql_running"].as_str().unwrap_or("?"),
-                    r["seconds_behind"]
-                        .as_i64()
-                        .map(|x| format!("{x}s"))
-                        .unwrap_or("-".into())
-                ),
-                _ => role.to_string(),
-            }
-        });
-        let last = s.last_apply.as_ref().map(|h| {
-            format!(
-                "{} {}",
-                h["time"].as_str().unwrap_or("?"),
-                h["result"].as_str().unwrap_or("?")
-            )
-        });
-        p.out(format!(
-            "{:<10} {:<9} {:<34} {:<8} {:<13} {:<30} {}",
-            s.host,
-            if s.reachable { "yes" } else { "NO" },
-            if s.reachable { services } else { "-".into() },
-            if !s.reachable {
-                "-"
-            } else if s.in_sync {
-                "in sync"
-            } else {
-                "DRIFT"
-            },
-            s.release.as_deref().unwrap_or("-"),
-            db.unwrap_or_else(|| "-".into()),
-            last.unwrap_or_else(|| "-".into()),
-        ));
+        p.out(table_row(s));
     }
     for s in statuses {
         if let Some(servers) = s.backends.as_ref().and_then(|v| v.as_array()) {
@@ -345,6 +296,61 @@ fn print_table(statuses: &[HostStatus], p: &Printer) {
             p.out(format!("{}: PROBLEM: {prob}", s.host));
         }
     }
+}
+
+/// One host's line of the status table: reachable, services, drift, release, database
+/// and last apply.
+fn table_row(s: &HostStatus) -> String {
+    let services = s
+        .services
+        .iter()
+        .map(|v| {
+            format!(
+                "{}{}",
+                v["service"].as_str().unwrap_or(""),
+                if v["running"] == true { "" } else { "(down)" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let db = s.database.as_ref().map(|d| {
+        let role = d["role"].as_str().unwrap_or("");
+        match d["replication"].as_object() {
+            Some(r) if role == "replica" => format!(
+                "replica io={} sql={} lag={}",
+                r["io_running"].as_str().unwrap_or("?"),
+                r["sql_running"].as_str().unwrap_or("?"),
+                r["seconds_behind"]
+                    .as_i64()
+                    .map(|x| format!("{x}s"))
+                    .unwrap_or("-".into())
+            ),
+            _ => role.to_string(),
+        }
+    });
+    let last = s.last_apply.as_ref().map(|h| {
+        format!(
+            "{} {}",
+            h["time"].as_str().unwrap_or("?"),
+            h["result"].as_str().unwrap_or("?")
+        )
+    });
+    format!(
+        "{:<10} {:<9} {:<34} {:<8} {:<13} {:<30} {}",
+        s.host,
+        if s.reachable { "yes" } else { "NO" },
+        if s.reachable { services } else { "-".into() },
+        if !s.reachable {
+            "-"
+        } else if s.in_sync {
+            "in sync"
+        } else {
+            "DRIFT"
+        },
+        s.release.as_deref().unwrap_or("-"),
+        db.unwrap_or_else(|| "-".into()),
+        last.unwrap_or_else(|| "-".into()),
+    )
 }
 
 /// Whether the host is as planned, and what differs (files, release, database).
