@@ -135,16 +135,9 @@ impl Session {
     }
 }
 
-/// Connects, observes and diffs: `how` says whether the witness may stand in for a
-/// full observe (apply, diff, plan) or not (rollback needs every release); `confirm`,
-/// how an address `--prune-host` takes from this controller's records is confirmed.
-pub async fn open(
-    args: &RemoteArgs,
-    printer: &Arc<Printer>,
-    how: Observe,
-    confirm: Confirm,
-) -> Result<Session> {
-    // A saved plan pins the reviewed files; it never chooses its inventory (finding 4).
+/// The saved plan when the argument is one, and the inventory to read: a saved plan
+/// pins the reviewed files; it never chooses its inventory (finding 4).
+fn saved_plan(args: &RemoteArgs) -> Result<(Option<planfile::PlanFile>, std::path::PathBuf)> {
     let saved = if planfile::is_plan(&args.inventory) {
         Some(planfile::read(&args.inventory)?)
     } else {
@@ -160,6 +153,74 @@ pub async fn open(
         }
         None => args.inventory.clone(),
     };
+    Ok((saved, inventory_path))
+}
+
+/// The hashes each host's files should have, per host (what a saved plan compares).
+fn desired_by_host(
+    plan: &Plan,
+    secrets: &Secrets,
+) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+    plan.hosts
+        .iter()
+        .map(|hp| Ok((hp.name().to_string(), desired_hashes(hp, secrets)?)))
+        .collect()
+}
+
+/// The inventory's hosts that `--limit` selects, to connect to before the plan is
+/// rendered.
+fn selected_hosts(inventory: &Inventory, limit: &[String], printer: &Printer) -> Vec<Host> {
+    let mut early: Vec<Host> = Vec::new();
+    early.extend(
+        (inventory.hosts.iter())
+            .filter(|h| selected(h, limit))
+            .cloned(),
+    );
+    printer.status("Connecting", format!("{} hosts", early.len()));
+    early
+}
+
+/// Each host's line once diffed: in sync or changes pending.
+fn report_hosts(changes: &Changes, printer: &Printer) {
+    for hc in &changes.hosts {
+        printer.host_done(
+            &hc.host,
+            if hc.is_empty() {
+                "in sync"
+            } else {
+                "changes pending"
+            },
+        );
+    }
+}
+
+/// The plan of the selected hosts (pinned to a saved plan's files), its secrets, and
+/// the hosts a `--limit` leaves out whose balancers the run still drains at.
+fn prepare(
+    inventory: &Inventory,
+    args: &RemoteArgs,
+    saved: Option<&planfile::PlanFile>,
+) -> Result<(Plan, Secrets, Vec<HostPlan>)> {
+    let full = render_plan(inventory, args.templates.templates.as_deref())?;
+    let mut plan = limit(full.clone(), &args.limit)?;
+    let outside = crate::run::outside::left_out(&full, &plan);
+    if let Some(saved) = saved {
+        saved.pin(&mut plan, &args.inventory)?;
+    }
+    let secrets = Secrets::load(inventory, &secret_names(&plan))?;
+    Ok((plan, secrets, outside))
+}
+
+/// Connects, observes and diffs: `how` says whether the witness may stand in for a
+/// full observe (apply, diff, plan) or not (rollback needs every release); `confirm`,
+/// how an address `--prune-host` takes from this controller's records is confirmed.
+pub async fn open(
+    args: &RemoteArgs,
+    printer: &Arc<Printer>,
+    how: Observe,
+    confirm: Confirm,
+) -> Result<Session> {
+    let (saved, inventory_path) = saved_plan(args)?;
     // The connections start as soon as the inventory is read: rendering the plan (the
     // templates, the release archive) and reading the secrets overlap their key exchanges.
     let inventory = Inventory::load(&inventory_path)?;
@@ -179,27 +240,13 @@ pub async fn open(
     let prune = crate::address_book::pruned_addresses(&prune, &inventory.path, confirm)?;
     check_limit(&inventory.hosts.iter().collect::<Vec<_>>(), &args.limit)?;
     // (With --prune-host the connections wait for the plan: connect_with_pruned.)
-    let mut early: Vec<Host> = Vec::new();
-    if prune.is_empty() {
-        early.extend(
-            (inventory.hosts.iter())
-                .filter(|h| selected(h, &args.limit))
-                .cloned(),
-        );
-        printer.status("Connecting", format!("{} hosts", early.len()));
-    }
+    let early = if prune.is_empty() {
+        selected_hosts(&inventory, &args.limit, printer)
+    } else {
+        Vec::new()
+    };
     let connecting = connect::Connecting::start(&early, args.parallel, args.persist, printer);
-    let prepared = (|| {
-        let full = render_plan(&inventory, args.templates.templates.as_deref())?;
-        let mut plan = limit(full.clone(), &args.limit)?;
-        let outside = crate::run::outside::left_out(&full, &plan);
-        if let Some(saved) = &saved {
-            saved.pin(&mut plan, &args.inventory)?;
-        }
-        let secrets = Secrets::load(&inventory, &secret_names(&plan))?;
-        Ok::<_, anyhow::Error>((plan, secrets, outside))
-    })();
-    let (mut plan, secrets, outside) = match prepared {
+    let (mut plan, secrets, outside) = match prepare(&inventory, args, saved.as_ref()) {
         Ok(p) => p,
         Err(e) => {
             connecting.abandon().await;
@@ -218,11 +265,7 @@ pub async fn open(
         return Err(e);
     }
     if let Some(saved) = &saved {
-        let desired = plan
-            .hosts
-            .iter()
-            .map(|hp| Ok((hp.name().to_string(), desired_hashes(hp, &secrets)?)))
-            .collect::<Result<_>>()?;
+        let desired = desired_by_host(&plan, &secrets)?;
         if let Err(e) = saved.check_hosts(&observed, &desired) {
             connect::close_all(remotes).await;
             return Err(e);
@@ -230,16 +273,7 @@ pub async fn open(
     }
     let mut changes = diff(&plan, &observed, &secrets)?;
     changes.topology.pruned_hosts = prune.iter().map(|(n, _)| n.clone()).collect();
-    for hc in &changes.hosts {
-        printer.host_done(
-            &hc.host,
-            if hc.is_empty() {
-                "in sync"
-            } else {
-                "changes pending"
-            },
-        );
-    }
+    report_hosts(&changes, printer);
     let conflicts = preflight::conflicts(&plan, &observed);
     let diverged = replica::diverged_replicas(&plan, &observed, &inventory.path);
     Ok(Session {
