@@ -140,90 +140,96 @@ pub fn diff(hp: &HostPlan, state: Option<&DbState>) -> Option<DbChange> {
     let db = hp.db.as_ref()?;
     let st = state.cloned().unwrap_or_default();
     match db.role {
-        DbRole::Primary => {
-            if !st.running {
-                return Some(DbChange::ConvergePrimary {
-                    steps: vec!["the database server is not running: start it, then create what is missing of the database, tables and accounts".into()],
-                    rotate: Vec::new(),
-                });
-            }
-            let mut steps = Vec::new();
-            let mut rotate = Vec::new();
-            if st.database_exists != Some(true) {
-                steps.push(format!("create database {}", db.database));
-            }
-            for u in &db.users {
-                let seen = st
-                    .users
-                    .iter()
-                    .find(|s| s.user == u.user && s.host == u.host);
-                match seen {
-                    None => steps.push(format!("create user {}@{}", u.user, u.host)),
-                    Some(s) if !s.exists => {
-                        steps.push(format!("create user {}@{}", u.user, u.host))
-                    }
-                    Some(s) => {
-                        if !s.password_ok {
-                            rotate.push(format!("{}@{}", u.user, u.host));
-                            steps.push(format!(
-                                "set the password of {}@{} (from secret {})",
-                                u.user, u.host, u.secret
-                            ));
-                        }
-                        if !s.grants_ok {
-                            steps.push(format!(
-                                "grant {} to {}@{}",
-                                u.grants.join(", "),
-                                u.user,
-                                u.host
-                            ));
-                        }
-                    }
+        DbRole::Primary => primary_change(db, &st),
+        DbRole::Replica => replica_change(db, &st),
+    }
+}
+
+/// What converging a primary does: start it, create the database, accounts and
+/// tables that are missing, set passwords and grants that differ.
+fn primary_change(db: &DbPlan, st: &DbState) -> Option<DbChange> {
+    if !st.running {
+        return Some(DbChange::ConvergePrimary {
+            steps: vec!["the database server is not running: start it, then create what is missing of the database, tables and accounts".into()],
+            rotate: Vec::new(),
+        });
+    }
+    let mut steps = Vec::new();
+    let mut rotate = Vec::new();
+    if st.database_exists != Some(true) {
+        steps.push(format!("create database {}", db.database));
+    }
+    for u in &db.users {
+        let seen = st
+            .users
+            .iter()
+            .find(|s| s.user == u.user && s.host == u.host);
+        match seen {
+            None => steps.push(format!("create user {}@{}", u.user, u.host)),
+            Some(s) if !s.exists => steps.push(format!("create user {}@{}", u.user, u.host)),
+            Some(s) => {
+                if !s.password_ok {
+                    rotate.push(format!("{}@{}", u.user, u.host));
+                    steps.push(format!(
+                        "set the password of {}@{} (from secret {})",
+                        u.user, u.host, u.secret
+                    ));
+                }
+                if !s.grants_ok {
+                    steps.push(format!(
+                        "grant {} to {}@{}",
+                        u.grants.join(", "),
+                        u.user,
+                        u.host
+                    ));
                 }
             }
-            if db.schema.is_some() && !st.missing_tables.is_empty() {
-                steps.push(format!("create tables {}", st.missing_tables.join(", ")));
-            }
-            (!steps.is_empty()).then_some(DbChange::ConvergePrimary { steps, rotate })
         }
-        DbRole::Replica => {
-            let primary = db.primary.as_ref()?;
-            if !st.running {
-                return Some(DbChange::CheckReplica {
-                    from: primary.name.clone(),
-                });
-            }
-            match &st.replica {
-                None => Some(DbChange::SeedReplica {
-                    from: primary.name.clone(),
-                    reason: "not replicating".into(),
-                }),
-                Some(r) if r.master_host.as_deref() != Some(primary.address.as_str()) => {
-                    Some(DbChange::SeedReplica {
-                        from: primary.name.clone(),
-                        reason: format!(
-                            "replicates from {} instead",
-                            r.master_host.as_deref().unwrap_or("nowhere")
-                        ),
-                    })
-                }
-                Some(r) => match replica::assess(&st, r, primary, None) {
-                    // Not a change but an error that stops diff and apply
-                    // (replica::diverged_replicas, with the primary's state).
-                    replica::Verdict::Diverged(_) => None,
-                    // Restarts replication (both threads) with the new password; the
-                    // rest, if any, in the next run.
-                    _ if st.replica_password_ok == Some(false) => Some(DbChange::ReplicaPassword {
-                        from: primary.name.clone(),
-                    }),
-                    replica::Verdict::Repair(repairs) => Some(DbChange::RepairReplica {
-                        from: primary.name.clone(),
-                        repairs,
-                    }),
-                    replica::Verdict::Healthy | replica::Verdict::Reconnecting { .. } => None,
-                },
-            }
+    }
+    if db.schema.is_some() && !st.missing_tables.is_empty() {
+        steps.push(format!("create tables {}", st.missing_tables.join(", ")));
+    }
+    (!steps.is_empty()).then_some(DbChange::ConvergePrimary { steps, rotate })
+}
+
+/// What a replica needs: a check once its server starts, a seed when it does not
+/// replicate from the primary, a new password, or repairs.
+fn replica_change(db: &DbPlan, st: &DbState) -> Option<DbChange> {
+    let primary = db.primary.as_ref()?;
+    if !st.running {
+        return Some(DbChange::CheckReplica {
+            from: primary.name.clone(),
+        });
+    }
+    match &st.replica {
+        None => Some(DbChange::SeedReplica {
+            from: primary.name.clone(),
+            reason: "not replicating".into(),
+        }),
+        Some(r) if r.master_host.as_deref() != Some(primary.address.as_str()) => {
+            Some(DbChange::SeedReplica {
+                from: primary.name.clone(),
+                reason: format!(
+                    "replicates from {} instead",
+                    r.master_host.as_deref().unwrap_or("nowhere")
+                ),
+            })
         }
+        Some(r) => match replica::assess(st, r, primary, None) {
+            // Not a change but an error that stops diff and apply
+            // (replica::diverged_replicas, with the primary's state).
+            replica::Verdict::Diverged(_) => None,
+            // Restarts replication (both threads) with the new password; the
+            // rest, if any, in the next run.
+            _ if st.replica_password_ok == Some(false) => Some(DbChange::ReplicaPassword {
+                from: primary.name.clone(),
+            }),
+            replica::Verdict::Repair(repairs) => Some(DbChange::RepairReplica {
+                from: primary.name.clone(),
+                repairs,
+            }),
+            replica::Verdict::Healthy | replica::Verdict::Reconnecting { .. } => None,
+        },
     }
 }
 
