@@ -247,6 +247,29 @@ pub fn remote_of<'a>(
 }
 
 /// Carries out the database changes: the primary first, then each replica in turn.
+/// A replica whose server was not running when observed, observed again now that it
+/// runs: what it needs then (an error if it has diverged from its primary).
+async fn recheck_replica(
+    hp: &HostPlan,
+    db: &DbPlan,
+    replica: &dyn Remote,
+    secrets: &Secrets,
+) -> Result<Option<DbChange>> {
+    let host = hp.name();
+    let request = Observe {
+        db: Some(db_spec(db, secrets)?),
+        ..Observe::default()
+    };
+    let st: Option<DbState> = protocol::call(replica, &request).await?.db;
+    if let Some(d) = st.as_ref().and_then(|s| replica::divergence(db, s)) {
+        anyhow::bail!(
+            "{host}: the replica has diverged from its primary: {}; re-seed it with `foobar-infra db reseed INVENTORY {host}`",
+            d.error
+        );
+    }
+    Ok(diff(hp, st.as_ref()))
+}
+
 pub async fn converge(
     plan: &Plan,
     changes: &[(String, DbChange)],
@@ -294,21 +317,7 @@ pub async fn converge(
             continue;
         };
         let todo = match change {
-            DbChange::CheckReplica { .. } => {
-                // Observe again now that the server runs.
-                let request = Observe {
-                    db: Some(db_spec(db, secrets)?),
-                    ..Observe::default()
-                };
-                let st: Option<DbState> = protocol::call(replica, &request).await?.db;
-                if let Some(d) = st.as_ref().and_then(|s| replica::divergence(db, s)) {
-                    anyhow::bail!(
-                        "{host}: the replica has diverged from its primary: {}; re-seed it with `foobar-infra db reseed INVENTORY {host}`",
-                        d.error
-                    );
-                }
-                diff(hp, st.as_ref())
-            }
+            DbChange::CheckReplica { .. } => recheck_replica(hp, db, replica, secrets).await?,
             other => Some(other.clone()),
         };
         let pref = db.primary.as_ref().context("replica without primary")?;
