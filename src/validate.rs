@@ -62,6 +62,36 @@ pub fn validate_plan(plan: &Plan) -> Result<Vec<FileResult>> {
     Ok(all)
 }
 
+/// A shell script's syntax (`sh -n`).
+fn validate_sh(f: &ManagedFile) -> Result<(String, Verdict)> {
+    let (_, v) = run_file_validator(f, "sh", |prog, file| {
+        let mut c = Command::new(prog);
+        c.arg("-n").arg(file);
+        c
+    })?;
+    Ok(("sh -n".into(), v))
+}
+
+/// The firewall's ruleset, with the validator the service table names (`nft -c`).
+fn validate_nft(f: &ManagedFile) -> Result<(String, Verdict)> {
+    let (program, args) = services::file_last_validator(Service::Firewall)
+        .context("the service table names nft's validator")?;
+    let (_, v) = run_file_validator(f, program, |prog, file| {
+        let mut c = Command::new(prog);
+        c.args(args).arg(file);
+        c
+    })?;
+    // nft needs CAP_NET_ADMIN even to check: without it, say so rather
+    // than call the file invalid.
+    let v = match v {
+        Verdict::Invalid(t) if t.contains("Operation not permitted") => {
+            Verdict::NotValidated("nft -c needs CAP_NET_ADMIN (run as root)".into())
+        }
+        v => v,
+    };
+    Ok(("nft -c".into(), v))
+}
+
 fn validate_host(h: &HostPlan) -> Result<Vec<FileResult>> {
     let mut results = Vec::new();
     let nginx: Vec<&ManagedFile> = h
@@ -79,33 +109,9 @@ fn validate_host(h: &HostPlan) -> Result<Vec<FileResult>> {
             Service::Haproxy => table_validator(f, &h.files, Service::Haproxy)?,
             Service::Mariadb => validate_mariadb_cnf(f)?,
             Service::Mysql => validate_mysql8_cnf(f)?,
-            Service::Keepalived if f.path.ends_with("haproxy-alive") => {
-                let (_, v) = run_file_validator(f, "sh", |prog, file| {
-                    let mut c = Command::new(prog);
-                    c.arg("-n").arg(file);
-                    c
-                })?;
-                ("sh -n".into(), v)
-            }
+            Service::Keepalived if f.path.ends_with("haproxy-alive") => validate_sh(f)?,
             Service::Keepalived => table_validator(f, &h.files, Service::Keepalived)?,
-            Service::Firewall if f.path.ends_with(".nft") => {
-                let (program, args) = services::file_last_validator(Service::Firewall)
-                    .context("the service table names nft's validator")?;
-                let (_, v) = run_file_validator(f, program, |prog, file| {
-                    let mut c = Command::new(prog);
-                    c.args(args).arg(file);
-                    c
-                })?;
-                // nft needs CAP_NET_ADMIN even to check: without it, say so rather
-                // than call the file invalid.
-                let v = match v {
-                    Verdict::Invalid(t) if t.contains("Operation not permitted") => {
-                        Verdict::NotValidated("nft -c needs CAP_NET_ADMIN (run as root)".into())
-                    }
-                    v => v,
-                };
-                ("nft -c".into(), v)
-            }
+            Service::Firewall if f.path.ends_with(".nft") => validate_nft(f)?,
             Service::Prometheus if f.path == paths::PROMETHEUS_YML => {
                 table_validator(f, &h.files, Service::Prometheus)?
             }
@@ -146,14 +152,7 @@ fn validate_host(h: &HostPlan) -> Result<Vec<FileResult>> {
             | Service::NodeExporter
             | Service::NginxExporter
             | Service::MysqldExporter
-            | Service::BlackboxExporter => {
-                let (_, v) = run_file_validator(f, "sh", |prog, file| {
-                    let mut c = Command::new(prog);
-                    c.arg("-n").arg(file);
-                    c
-                })?;
-                ("sh -n".into(), v)
-            }
+            | Service::BlackboxExporter => validate_sh(f)?,
         };
         results.push(FileResult {
             host: h.name().to_string(),
