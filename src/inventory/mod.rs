@@ -219,7 +219,8 @@ impl Inventory {
         if self.untested.is_empty() {
             return Ok(());
         }
-        anyhow::bail!("{}", self.untested.join("\n"))
+        let e = anyhow::anyhow!("{}", self.untested.join("\n"));
+        Err(crate::error::tag(e, crate::error::ErrorKind::Inventory, None))
     }
 
     /// Reads, parses and validates an inventory file.
