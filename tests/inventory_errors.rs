@@ -106,7 +106,10 @@ fn a_flavor_no_lab_can_test_is_refused_but_still_rendered() {
             // The one JSON document is the error, of kind inventory (src/error.rs).
             let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(doc["error"]["kind"], "inventory", "{doc}");
-            assert!(doc["error"]["message"].as_str().unwrap().contains("mysql8 is refused"));
+            assert!(doc["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("mysql8 is refused"));
         } else {
             assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
         }

@@ -220,7 +220,11 @@ impl Inventory {
             return Ok(());
         }
         let e = anyhow::anyhow!("{}", self.untested.join("\n"));
-        Err(crate::error::tag(e, crate::error::ErrorKind::Inventory, None))
+        Err(crate::error::tag(
+            e,
+            crate::error::ErrorKind::Inventory,
+            None,
+        ))
     }
 
     /// Reads, parses and validates an inventory file.
