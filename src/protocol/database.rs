@@ -1,4 +1,4 @@
-//! The database operations (src/agent/db.py): converging the primary, seeding,
+//! The database operations (src/agent/foobar_agent/db.py, db_restore.py): converging the primary, seeding,
 //! starting, repairing and removing replicas, a promotion's fence, catch-up and
 //! promote, and the four steps of `db restore`. Every SQL statement runs on the host,
 //! from these fields; passwords travel here (on the agent's stdin), never in argv.

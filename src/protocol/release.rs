@@ -1,4 +1,4 @@
-//! The application's operations (src/agent/release.py): uploading and switching
+//! The application's operations (src/agent/foobar_agent/release.py): uploading and switching
 //! releases, a backend server's state on a load balancer, and the host's history.
 
 use serde_json::Value;

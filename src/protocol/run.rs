@@ -1,7 +1,7 @@
-//! The operations of an apply (src/agent/agent.py, firewall.py): observe, stage,
-//! commit, abort and rollback of a run, the firewall's anti-lockout guard, and the
-//! pieces their requests share (a service action and its check, a validator, the lock
-//! owner, the history record).
+//! The operations of an apply (src/agent/foobar_agent/: observe.py, stage.py,
+//! commit.py, firewall.py): observe, stage, commit, abort and rollback of a run, the
+//! firewall's anti-lockout guard, and the pieces their requests share (a service action
+//! and its check, a validator, the lock owner, the history record).
 
 use std::collections::BTreeMap;
 
@@ -134,7 +134,7 @@ wire! {
     }
 }
 
-/// A validator the agent runs on staged files (src/agent/agent.py, `validate_one`).
+/// A validator the agent runs on staged files (src/agent/foobar_agent/validate.py, `validate_one`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Validator {
@@ -368,7 +368,7 @@ wire! {
 }
 
 wire! {
-    /// The proof an action took (src/services.rs, src/agent/live.py). One of `live`
+    /// The proof an action took (src/services.rs, src/agent/foobar_agent/live.py). One of `live`
     /// (with `config` or `tcp`), `tcp`, `command` or `running`.
     #[derive(PartialEq, Default)]
     pub struct ServiceCheck {

@@ -20,7 +20,7 @@ use kept::{persist_dir, persist_key, resume, Kept};
 
 /// Seconds between SSH keepalives on every connection; ssh gives up on a host after three
 /// unanswered ones (ServerAliveCountMax), so a host that stops answering fails its step
-/// within [`LOST_AFTER_S`] (README: "A host lost mid-run").
+/// within [`LOST_AFTER_S`] (docs/DESIGN.md: "A host lost mid-run").
 pub const KEEPALIVE_S: u64 = 5;
 pub const LOST_AFTER_S: u64 = 3 * KEEPALIVE_S;
 
