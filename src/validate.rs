@@ -124,13 +124,10 @@ fn validate_host(h: &HostPlan) -> Result<Vec<FileResult>> {
                 ("promtool check rules".into(), v)
             }
             Service::BlackboxExporter if f.path == paths::BLACKBOX_YML => {
-                let (_, v) =
-                    run_file_validator(f, "prometheus-blackbox-exporter", |prog, file| {
-                        let mut c = Command::new(prog);
-                        c.arg("--config.check")
-                            .arg(format!("--config.file={}", file.display()));
-                        c
-                    })?;
+                let svc = Service::BlackboxExporter;
+                let (_, v) = run_file_validator(f, &table_program(svc), |prog, file| {
+                    table_command(svc, prog, file)
+                })?;
                 ("prometheus-blackbox-exporter --config.check".into(), v)
             }
             Service::App | Service::Firewall | Service::MysqldExporter
@@ -166,6 +163,21 @@ fn validate_host(h: &HostPlan) -> Result<Vec<FileResult>> {
 }
 
 /// Writes `f` to a temporary file and runs `make(program, file)`; exit 0 means valid.
+/// `svc`'s validator program, as the service table names it (src/services.rs).
+fn table_program(svc: Service) -> String {
+    services::validator_argv(svc, "")
+        .and_then(|argv| argv.into_iter().next())
+        .unwrap_or_default()
+}
+
+/// `svc`'s validator from the service table, run as `prog` on `file`.
+fn table_command(svc: Service, prog: &Path, file: &Path) -> Command {
+    let argv = services::validator_argv(svc, &file.display().to_string()).unwrap_or_default();
+    let mut c = Command::new(prog);
+    c.args(argv.iter().skip(1));
+    c
+}
+
 fn run_file_validator(
     f: &ManagedFile,
     program: &str,
@@ -262,16 +274,14 @@ fn validate_nginx(host: &str, files: &[&ManagedFile]) -> Result<Vec<FileResult>>
 /// warnings count too.
 fn validate_mariadb_cnf(f: &ManagedFile) -> Result<(String, Verdict)> {
     let name = "mariadbd --help --verbose".to_string();
-    let Some(prog) = find_program("mariadbd") else {
-        return Ok((name, Verdict::NotValidated("mariadbd not found".into())));
+    let program = table_program(Service::Mariadb);
+    let Some(prog) = find_program(&program) else {
+        return Ok((name, Verdict::NotValidated(format!("{program} not found"))));
     };
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let file = dir.path().join("60-foobar.cnf");
     std::fs::write(&file, &f.content).with_context(|| format!("writing {}", file.display()))?;
-    let out = Command::new(&prog)
-        .arg(format!("--defaults-file={}", file.display()))
-        .arg("--help")
-        .arg("--verbose")
+    let out = table_command(Service::Mariadb, &prog, &file)
         .output()
         .with_context(|| format!("running {}", prog.display()))?;
     let stderr = String::from_utf8_lossy(&out.stderr).replace(&file.display().to_string(), &f.path);
@@ -309,11 +319,8 @@ fn validate_mysql8_cnf(f: &ManagedFile) -> Result<(String, Verdict)> {
             Verdict::NotValidated("MySQL 8 server (mysqld) not found".into()),
         ));
     }
-    run_file_validator(f, "mysqld", |prog, file| {
-        let mut c = Command::new(prog);
-        c.arg(format!("--defaults-file={}", file.display()))
-            .arg("--validate-config");
-        c
+    run_file_validator(f, &table_program(Service::Mysql), |prog, file| {
+        table_command(Service::Mysql, prog, file)
     })
 }
 
