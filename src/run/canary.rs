@@ -12,10 +12,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::report::host_failure;
-use crate::diff::Changes;
 use crate::inventory::rollout::{NoTraffic, Rollout};
 use crate::output::Printer;
-use crate::plan::{HostPlan, Plan};
+use crate::plan::HostPlan;
 pub use crate::protocol::counters::Counters;
 use crate::protocol::{self, counters::HaproxyCounters};
 use crate::remote::Remote;
@@ -279,6 +278,9 @@ pub struct Canary {
     pub limits: Rollout,
     /// This controller's record of the last verdict for the inventory (for `status`).
     pub record: Option<PathBuf>,
+    /// Asked for with `--canary N` (refused when N covers every web server that
+    /// changes), not only the inventory's `rollout:` (skipped then, saying so).
+    pub explicit: bool,
 }
 
 impl Canary {
@@ -304,35 +306,28 @@ impl Canary {
         (limits.canary > 0).then(|| Canary {
             limits,
             record: record_path(inventory),
+            explicit: canary.is_some(),
         })
     }
 
-    /// The servers to watch, given the web servers that switch release in this run
-    /// (in order): the first N, when at least one other is left to protect.
-    pub fn canaries(&self, switching: &[String]) -> Vec<String> {
-        if switching.len() <= self.limits.canary {
-            return Vec::new();
-        }
-        switching[..self.limits.canary].to_vec()
-    }
-
-    /// Watches the canaries (all switched now) and says whether the rollout goes on:
-    /// Err with the report when it stops. Keeps the verdict for `status`.
+    /// Watches the canaries (all changed now: `release`, if it switched, and `change`
+    /// says what, e.g. "release 3f2a9c1d and files") and says whether the rollout goes
+    /// on: Err with the report when it stops. Keeps the verdict for `status`.
     pub async fn judge(
         &self,
         canaries: &[String],
-        release: &str,
+        (release, change): (Option<&str>, &str),
         lbs: &[(&HostPlan, &dyn Remote)],
         printer: &Printer,
     ) -> Result<()> {
         let report = watch(canaries, lbs, &self.limits, printer).await?;
         let goes_on = goes_on(&report, &self.limits);
-        printer.event(json!({"event": "canary-verdict", "release": release,
+        printer.event(json!({"event": "canary-verdict", "release": release, "change": change,
                              "goes_on": goes_on, "report": report}));
         if let Some(path) = &self.record {
             let kept = json!({"schema": 1, "at": super::info::chrono_now(),
-                              "release": release, "goes_on": goes_on, "report": report,
-                              "summary": report.summary()});
+                              "release": release, "change": change, "goes_on": goes_on,
+                              "report": report, "summary": report.summary()});
             if let Err(e) = save_record(path, &kept) {
                 printer.warn(format!("the canary's verdict was not kept: {e:#}"));
             }
@@ -353,22 +348,6 @@ impl Canary {
             _ => anyhow::bail!("{text}"),
         }
     }
-}
-
-/// The plan's canary stage and its servers, when this run switches release on more
-/// web servers than the canary count.
-pub fn stage<'a>(plan: &'a Plan, changes: &Changes) -> Option<(&'a Canary, Vec<String>)> {
-    let canary = plan.canary.as_ref()?;
-    let switching: Vec<String> = (plan.hosts.iter())
-        .filter(|hp| {
-            changes
-                .host(hp.name())
-                .is_some_and(|hc| hc.release.is_some())
-        })
-        .map(|hp| hp.name().to_string())
-        .collect();
-    let names = canary.canaries(&switching);
-    (!names.is_empty()).then_some((canary, names))
 }
 
 /// `$XDG_STATE_HOME/foobar-infra/canary/HASH.json` (HASH of the inventory's path).
@@ -401,10 +380,12 @@ pub fn last_verdict(inventory: &Path) -> Option<serde_json::Value> {
 /// `status`'s line for a kept verdict.
 pub fn verdict_line(doc: &serde_json::Value) -> String {
     let summary = doc["summary"].as_str().unwrap_or("");
+    // A verdict kept before config canaries names only its release.
+    let change = (doc["change"].as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("release {}", doc["release"].as_str().unwrap_or("?")));
     format!(
-        "Last canary ({}, release {}): {}{}",
+        "Last canary ({}, {change}): {}{}",
         doc["at"].as_str().unwrap_or("?"),
-        doc["release"].as_str().unwrap_or("?"),
         summary.replace('\n', "; "),
         if doc["goes_on"] == true {
             ""

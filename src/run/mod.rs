@@ -5,6 +5,7 @@
 
 pub mod balancer;
 pub mod canary;
+mod canary_stage;
 pub mod commit;
 pub mod connect;
 pub mod database;
@@ -79,10 +80,15 @@ pub async fn apply(
         parallel,
         printer,
     };
+    let rotation = rotation::rotation(plan, changes, remotes, secrets)?;
+    // Before any change: a `--canary N` this run cannot do is refused.
+    let canary = canary_stage::choose(&run, rotation.is_some())?;
     // Replicas that leave stop replicating, and new replication logins: before any file.
     database::before_files(&run).await?;
-    let rotation = rotation::rotation(plan, changes, remotes, secrets)?;
     let work = hosts_with_files(&run);
+    // The canary's other web servers: staged with the rest, committed after its verdict.
+    let held_back = |hp: &HostPlan| canary.as_ref().is_some_and(|c| c.held.contains(&hp.host.name));
+    let (held, first): (Vec<Work>, Vec<Work>) = work.iter().partition(|(hp, _, _)| held_back(hp));
     // New releases go beside the current ones, not served yet.
     rollout::upload_releases(&run).await?;
     let (mut reports, deferred) = if work.is_empty() {
@@ -90,13 +96,31 @@ pub async fn apply(
     } else {
         // All or nothing: staged and validated everywhere, then committed in order.
         stage::stage_all(&work, &run).await?;
-        let order = order::commit_order(changes, &work);
-        commit::commit_all(&run, &work, order, rotation.as_ref()).await?
+        let order = order::commit_order(changes, &first);
+        let committed = commit::commit_all(&run, &first, order, rotation.as_ref()).await;
+        if committed.is_err() {
+            rollback::abort(&held, info, parallel, printer).await;
+        }
+        committed?
     };
     // The databases, then the releases: the application needs its accounts.
-    database::converge(&run, &mut reports).await?;
-    for (host, secs) in rollout::rollout_releases(plan, changes, remotes, printer).await? {
-        report::note(&mut reports, &host, "release", secs);
+    if let Err(e) = database::converge(&run, &mut reports).await {
+        rollback::abort(&held, info, parallel, printer).await;
+        return Err(e);
+    }
+    let mut releases = rollout::Releases::new(&run);
+    if let Some(stage) = &canary {
+        let before = canary_stage::Before {
+            committed: &first,
+            held: &held,
+        };
+        let rot = rotation.as_ref();
+        canary_stage::watch_then_the_rest(&run, stage, before, &mut releases, rot, &mut reports)
+            .await?;
+    }
+    rollout::rollout_releases(&mut releases, |_| true).await?;
+    for (host, secs) in &releases.done {
+        report::note(&mut reports, host, "release", *secs);
     }
     // Last, the load balancers that take in the web servers made ready above.
     if !deferred.is_empty() {

@@ -78,71 +78,129 @@ pub(super) async fn upload_releases(run: &Run<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Switches web servers to their new release one at a time, each drained from the load
-/// balancers while its application restarts; on failure every host switched in this
-/// run goes back to its previous release. Returns (host, seconds) per switched host.
-pub(super) async fn rollout_releases(
-    plan: &Plan,
-    changes: &Changes,
-    remotes: &[&dyn Remote],
-    printer: &Printer,
-) -> Result<Vec<(String, f64)>> {
-    let lbs = balancers(plan, remotes);
-    let stage = super::canary::stage(plan, changes);
-    let mut switched: Vec<(&HostPlan, &dyn Remote, Option<String>)> = Vec::new();
-    let mut done = Vec::new();
-    for (hp, r) in plan.hosts.iter().zip(remotes.iter().copied()) {
-        let Some(rc) = changes.host(hp.name()).and_then(|hc| hc.release.as_ref()) else {
-            continue;
-        };
-        let t0 = Instant::now();
-        let mut result = rollout_one(hp, r, &rc.to, &lbs, printer).await;
-        if result.is_ok() {
-            printer.event(
-                json!({"event": "release", "host": hp.name(), "from": rc.from, "to": rc.to}),
-            );
-            switched.push((hp, r, rc.from.clone()));
-            done.push((hp.name().to_string(), t0.elapsed().as_secs_f64()));
-            // The canaries all switched: judged by live traffic before any other.
-            if let Some((canary, names)) = stage.as_ref().filter(|(_, n)| n.len() == switched.len())
-            {
-                result = canary.judge(names, &rc.to, &lbs, printer).await;
-            }
-        }
-        if let Err(e) = result {
-            let mut notes = Vec::new();
-            for (hp, r, prev) in switched.iter().rev() {
-                let Some(prev) = prev else { continue };
-                match rollout_one(hp, *r, prev, &lbs, printer).await {
-                    Ok(()) => notes.push(format!("{} is back on release {prev}", hp.name())),
-                    Err(e) => notes.push(format!(
-                        "{}: could NOT switch back to {prev}: {e:#}",
-                        hp.name()
-                    )),
-                }
-            }
-            let never: Vec<&str> = (plan.hosts.iter())
-                .skip_while(|h| h.name() != hp.name())
-                .skip(1)
-                .filter(|h| {
-                    changes
-                        .host(h.name())
-                        .is_some_and(|hc| hc.release.is_some())
-                })
-                .map(|h| h.name())
-                .collect();
-            if !never.is_empty() {
-                notes.push(format!("{} never switched", never.join(", ")));
-            }
-            let notes = if notes.is_empty() {
-                String::new()
-            } else {
-                format!("\n{}.", notes.join("; "))
-            };
-            return Err(e).context(format!("deploying release {}{notes}", rc.to));
+/// A run's release switches: web servers switch one at a time, each drained from the
+/// load balancers while its application restarts, and are remembered so that a failure
+/// (or a failed canary) switches them back.
+pub(super) struct Releases<'a> {
+    plan: &'a Plan,
+    changes: &'a Changes,
+    remotes: &'a [&'a dyn Remote],
+    printer: &'a Printer,
+    pub lbs: Vec<(&'a HostPlan, &'a dyn Remote)>,
+    /// Switched in this run, in order, with the release each had before.
+    switched: Vec<(&'a HostPlan, &'a dyn Remote, Option<String>)>,
+    /// (host, seconds) per host switched.
+    pub done: Vec<(String, f64)>,
+}
+
+impl<'a> Releases<'a> {
+    pub(super) fn new(run: &Run<'a>) -> Releases<'a> {
+        Releases {
+            plan: run.plan,
+            changes: run.changes,
+            remotes: run.remotes,
+            printer: run.printer,
+            lbs: balancers(run.plan, run.remotes),
+            switched: Vec::new(),
+            done: Vec::new(),
         }
     }
-    Ok(done)
+
+    /// The release `host` switches to in this run.
+    pub(super) fn to(&self, host: &str) -> Option<&'a str> {
+        let hc = self.changes.host(host)?;
+        hc.release.as_ref().map(|rc| rc.to.as_str())
+    }
+
+    /// Switches the hosts `pick` selects that have a new release, in the plan's order.
+    /// On failure those switched stay switched until [`Releases::switch_back`].
+    pub(super) async fn switch(&mut self, pick: impl Fn(&str) -> bool) -> Result<(), SwitchFailed> {
+        let hosts = self.plan.hosts.iter().zip(self.remotes.iter().copied());
+        let done = |name: &str| self.switched.iter().any(|(hp, _, _)| hp.name() == name);
+        let todo: Vec<_> = hosts.filter(|(hp, _)| pick(hp.name()) && !done(hp.name())).collect();
+        for (hp, r) in todo {
+            let Some(rc) = self.changes.host(hp.name()).and_then(|hc| hc.release.as_ref()) else {
+                continue;
+            };
+            let t0 = Instant::now();
+            let printer = self.printer;
+            if let Err(cause) = rollout_one(hp, r, &rc.to, &self.lbs, printer).await {
+                let never = self.never_switched(hp.name());
+                let to = rc.to.clone();
+                return Err(SwitchFailed { cause, to, never });
+            }
+            printer
+                .event(json!({"event": "release", "host": hp.name(), "from": rc.from, "to": rc.to}));
+            self.switched.push((hp, r, rc.from.clone()));
+            (self.done).push((hp.name().to_string(), t0.elapsed().as_secs_f64()));
+        }
+        Ok(())
+    }
+
+    /// The hosts with a new release after `host` in the plan's order.
+    fn never_switched(&self, host: &str) -> Vec<String> {
+        (self.plan.hosts.iter())
+            .skip_while(|h| h.name() != host)
+            .skip(1)
+            .filter(|h| (self.changes.host(h.name())).is_some_and(|hc| hc.release.is_some()))
+            .map(|h| h.name().to_string())
+            .collect()
+    }
+
+    /// Switches back the hosts `pick` selects among those switched in this run (the
+    /// last first); one note per host, for the run's error.
+    pub(super) async fn switch_back(&mut self, pick: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut notes = Vec::new();
+        let (back, kept): (Vec<_>, Vec<_>) =
+            (self.switched.drain(..)).partition(|(hp, _, _)| pick(hp.name()));
+        self.switched = kept;
+        for (hp, r, prev) in back.into_iter().rev() {
+            let Some(prev) = prev else { continue };
+            match rollout_one(hp, r, &prev, &self.lbs, self.printer).await {
+                Ok(()) => notes.push(format!("{} is back on release {prev}", hp.name())),
+                Err(e) => notes.push(format!(
+                    "{}: could NOT switch back to {prev}: {e:#}",
+                    hp.name()
+                )),
+            }
+        }
+        notes
+    }
+}
+
+/// A release switch that failed: the cause, the release, the hosts never switched.
+pub(super) struct SwitchFailed {
+    cause: anyhow::Error,
+    to: String,
+    never: Vec<String>,
+}
+
+impl SwitchFailed {
+    /// The run's error: the cause, with what was undone (`notes`) and never done.
+    pub(super) fn error(self, mut notes: Vec<String>) -> anyhow::Error {
+        if !self.never.is_empty() {
+            notes.push(format!("{} never switched", self.never.join(", ")));
+        }
+        let notes = if notes.is_empty() {
+            String::new()
+        } else {
+            format!("\n{}.", notes.join("; "))
+        };
+        (self.cause).context(format!("deploying release {}{notes}", self.to))
+    }
+}
+
+/// Switches every web server with a new release (`pick` selects which), switching back
+/// every host switched in the run on failure: the error then says which.
+pub(super) async fn rollout_releases(
+    releases: &mut Releases<'_>,
+    pick: impl Fn(&str) -> bool,
+) -> Result<()> {
+    let Err(failed) = releases.switch(pick).await else {
+        return Ok(());
+    };
+    let notes = releases.switch_back(|_| true).await;
+    Err(failed.error(notes))
 }
 
 /// Drain, switch the release (the agent restarts the app and checks it, switching back
