@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use crate::diff::sha256_hex;
 use crate::inventory::Role;
 use crate::plan::{HostPlan, Init, Plan};
+use crate::protocol::counters::{BackendCounters, Counters, HaproxyCounters};
 use crate::protocol::database::Replicating;
 use crate::protocol::database::{DbCatchUp, DbPrimary, DbWaitReplica, Done, PrimaryConverged};
 use crate::protocol::release::{HaproxyServer, ReleaseSwitch, ReleaseUpload, ServerState};
@@ -87,6 +88,8 @@ struct Host {
     db: Option<DbState>,
     release: Option<ReleaseState>,
     users: BTreeMap<String, bool>,
+    /// On a load balancer: HAProxy's counters of each web server.
+    counters: BTreeMap<String, Counters>,
 }
 
 /// The fake hosts, shared by their [`FakeRemote`]s.
@@ -95,6 +98,8 @@ pub struct Fleet {
     hosts: Mutex<BTreeMap<String, Host>>,
     log: Mutex<Vec<Event>>,
     fail: Mutex<Option<(String, Phase)>>,
+    /// A web server whose live files hold this text fails 1 request in 5.
+    bad_config: Mutex<Option<String>>,
 }
 
 /// An agent error: (kind, message).
@@ -135,6 +140,40 @@ impl Fleet {
     /// Makes `phase` fail on `host` (each time it is reached).
     pub fn fail_at(&self, host: &str, phase: Phase) {
         *self.fail.lock().unwrap() = Some((host.to_string(), phase));
+    }
+
+    /// From now on a web server whose live files contain `text` fails 1 request in 5
+    /// (seen in the load balancers' counters; each read of them counts 10 requests to
+    /// every server UP).
+    pub fn fail_requests_with(&self, text: &str) {
+        *self.bad_config.lock().unwrap() = Some(text.to_string());
+    }
+
+    /// Each host's current release.
+    pub fn releases(&self) -> BTreeMap<String, Option<String>> {
+        let hosts = self.hosts.lock().unwrap();
+        let current = |h: &Host| h.release.as_ref().and_then(|r| r.current.clone());
+        hosts.iter().map(|(n, h)| (n.clone(), current(h))).collect()
+    }
+
+    /// `haproxy-counters` on `lb`: its servers' counters, grown since the last read.
+    fn counters(&self, hosts: &mut BTreeMap<String, Host>, lb: &str) -> BackendCounters {
+        let bad = self.bad_config.lock().unwrap().clone();
+        let fails = |h: &Host| bad.as_ref().is_some_and(|b| h.files.values().any(|f| f.content.contains(b)));
+        let failing: Vec<String> = hosts.iter().filter(|(_, h)| fails(h)).map(|(n, _)| n.clone()).collect();
+        let h = hosts.get_mut(lb).expect("a load balancer");
+        for (server, state) in &h.backends {
+            let c = h.counters.entry(server.clone()).or_default();
+            c.server = server.clone();
+            c.status = status(*state).into();
+            if *state == ServerState::Ready {
+                c.req_tot += 10;
+                c.hrsp_5xx += if failing.contains(server) { 2 } else { 0 };
+            }
+        }
+        BackendCounters {
+            servers: h.counters.values().cloned().collect(),
+        }
     }
 
     /// Every host's live files.
@@ -180,6 +219,11 @@ impl Fleet {
             detail,
         });
         let mut hosts = self.hosts.lock().unwrap();
+        if op == HaproxyCounters::OP {
+            let mut v = serde_json::to_value(self.counters(&mut hosts, host)).expect("JSON");
+            v["ok"] = json!(true);
+            return v;
+        }
         let h = hosts.get_mut(host).expect("a host of the fleet");
         match self.serve(host, h, &op, req) {
             Ok(mut v) => {

@@ -26,6 +26,8 @@ pub mod stage;
 #[cfg(test)]
 mod fake;
 #[cfg(test)]
+mod canary_tests;
+#[cfg(test)]
 mod tests;
 
 use anyhow::Result;

@@ -19,7 +19,7 @@ use crate::remote::Remote;
 use crate::secrets::Secrets;
 
 /// The lab's plan and a value for every secret it names.
-fn lab() -> (Plan, Secrets) {
+pub(super) fn lab() -> (Plan, Secrets) {
     let plan = crate::render::lab_plan();
     let mut names: Vec<String> = plan
         .hosts
@@ -36,7 +36,7 @@ fn lab() -> (Plan, Secrets) {
 }
 
 /// Edits the first planned file of `service` on `host` (a comment line added).
-fn edit(plan: &mut Plan, host: &str, service: Service) {
+pub(super) fn edit(plan: &mut Plan, host: &str, service: Service) {
     let hp = plan.hosts.iter_mut().find(|h| h.name() == host).unwrap();
     let f = hp.files.iter_mut().find(|f| f.service == service);
     let f = f.unwrap_or_else(|| panic!("{host} has no {service} file"));
@@ -58,7 +58,7 @@ fn fleet_and_changed_plan() -> (Arc<Fleet>, Plan, Secrets) {
 }
 
 /// Observe, diff and apply `plan` on the fleet, as `foobar-infra apply` does.
-async fn apply(plan: &Plan, fleet: &Arc<Fleet>, secrets: &Secrets) -> Result<Vec<HostReport>> {
+pub(super) async fn apply(plan: &Plan, fleet: &Arc<Fleet>, secrets: &Secrets) -> Result<Vec<HostReport>> {
     let remotes = fleet.remotes(plan);
     let remotes: Vec<&dyn Remote> = remotes.iter().map(|r| r as &dyn Remote).collect();
     let observed = observe_all(plan, &remotes, secrets, 4).await?;
@@ -85,7 +85,7 @@ async fn fails_leaving_every_host_as_before(host: &str, phase: Phase) -> Vec<Eve
     fleet.log()
 }
 
-fn assert_files_equal(
+pub(super) fn assert_files_equal(
     before: &BTreeMap<String, BTreeMap<String, super::fake::File>>,
     after: &BTreeMap<String, BTreeMap<String, super::fake::File>>,
     what: &str,
@@ -99,7 +99,7 @@ fn assert_files_equal(
 }
 
 /// The hosts that received `op`, in order.
-fn hosts_with(log: &[Event], op: &str) -> Vec<String> {
+pub(super) fn hosts_with(log: &[Event], op: &str) -> Vec<String> {
     let hosts = log.iter().filter(|e| e.op == op);
     hosts.map(|e| e.host.clone()).collect()
 }
