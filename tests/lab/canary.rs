@@ -2,7 +2,9 @@
 //! loop at the load balancer (20 requests/s, bounded in count and time, lab addresses
 //! only): a release that fails 1 request in 5 stops at the canary and is restored, a
 //! good one passes, `--limit web-01` drains it at the load balancer, and a window
-//! without traffic halts as configured. They need Docker (see tests/lab/main.rs).
+//! without traffic halts as configured; the same for web-server config changes (an
+//! nginx site template that fails 1 request in 5 is restored on the canary alone, a good
+//! config change reaches both). They need Docker (see tests/lab/main.rs).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -15,6 +17,8 @@ lab_tests!(
     a_good_release_passes_the_canary_and_fails_no_request,
     apply_limit_web_01_drains_it_at_the_load_balancer_and_fails_no_request,
     no_traffic_with_on_no_traffic_halt_stops_and_changes_nothing,
+    a_config_change_failing_one_request_in_five_stops_at_the_canary_and_is_restored,
+    a_good_config_change_passes_the_canary_and_fails_no_request,
 );
 
 static FIRST_APPLY: OnceLock<std::process::Output> = OnceLock::new();
@@ -275,5 +279,149 @@ fn no_traffic_with_on_no_traffic_halt_stops_and_changes_nothing() {
     let status = cli(&["status", "--json", &quiet]);
     let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(doc["canary"]["report"]["verdict"], "no-traffic", "{doc:#}");
+    apply_ok(&inv(), &[]);
+}
+
+/// The nginx site config of the lab's web servers.
+const SITE: &str = "/etc/nginx/sites-foobar/www.foobar.com.conf";
+
+/// A `--templates` directory whose nginx site template answers `/` with a 500 for 1
+/// request in 5 (nginx's own random split) while /health stays 200, and marks every
+/// response it serves with `X-Canary-Test: bad-config` (to tell which config runs).
+fn bad_site_templates() -> String {
+    let dir = state_dir().join("templates-canary-bad");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = std::fs::read_to_string(root().join("templates/nginx-site.conf")).unwrap();
+    let split = "split_clients \"${request_id}\" $canary_test_fails {\n    20%     1;\n    *       0;\n}\n\nupstream foobar_app {\n";
+    let bad = src
+        .replacen("upstream foobar_app {\n", split, 1)
+        .replacen(
+            "    add_header X-Served-By \"{{ host.name }}\" always;\n",
+            "    add_header X-Served-By \"{{ host.name }}\" always;\n    add_header X-Canary-Test \"bad-config\" always;\n",
+            1,
+        )
+        .replacen(
+            "    location / {\n",
+            "    location / {\n        if ($canary_test_fails) {\n            return 500;\n        }\n",
+            1,
+        );
+    assert_eq!(bad.matches("canary_test_fails").count(), 2, "{bad}");
+    assert!(bad.contains("X-Canary-Test"));
+    std::fs::write(dir.join("nginx-site.conf"), bad).unwrap();
+    dir.display().to_string()
+}
+
+/// Issue 22 for config changes, acceptance 1: an nginx config change that fails 1
+/// request in 5 on `/` (health stays 200) stops at the canary with exit 1, naming the
+/// server and the rate; web-02's config is never touched; web-01's is the old one again
+/// and nginx runs it; every request succeeds afterwards.
+fn a_config_change_failing_one_request_in_five_stops_at_the_canary_and_is_restored() {
+    setup();
+    apply_ok(&inv(), &[]);
+    let (site1, site2) = (remote_sha("web-01", SITE), remote_sha("web-02", SITE));
+    let release = served_release(web1());
+    let templates = bad_site_templates();
+    let bad = lab_variant("inventory-canary-config-bad", |t| {
+        format!("{t}rollout:\n  canary: 1\n  watch: 20s\n  max_error_rate: 1%\n")
+    });
+    let bad = bad.display().to_string();
+    let args = ["apply", "--json", "--templates", &templates, &bad];
+    let (out, hits) = under_load(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("canary failed: error rate"), "{stderr}");
+    assert!(stderr.contains("web-01: "), "names the canary: {stderr}");
+    assert!(stderr.contains("deploying files (nginx)"), "{stderr}");
+    assert!(stderr.contains("web-02 never changed"), "{stderr}");
+    let evs = events(&out);
+    let verdict = evs
+        .iter()
+        .find(|e| e["event"] == "canary-verdict")
+        .unwrap_or_else(|| panic!("a verdict event: {}", text(&out)));
+    assert_eq!(verdict["report"]["verdict"], "fail", "{verdict:#}");
+    assert_eq!(verdict["change"], "files (nginx)", "{verdict:#}");
+    let reported = verdict["report"]["canary"]["http_5xx"].as_u64().unwrap() as usize;
+    let requests = verdict["report"]["canary"]["requests"].as_u64().unwrap() as usize;
+    assert!(reported * 20 > requests, "more than 5% failed: {verdict:#}");
+    let rate = format!("{:.1}%", reported as f64 * 100.0 / requests as f64);
+    assert!(stderr.contains(&format!("error rate {rate}")), "{rate}: {stderr}");
+    assert!(
+        !evs.iter()
+            .any(|e| e["event"] == "file-changed" && e["host"] == "web-02"),
+        "web-02 never changed: {}",
+        text(&out)
+    );
+    // web-02 never had the config; web-01 has the old one again, and nginx runs it:
+    // no response carries the bad config's header, none fails.
+    assert_eq!(remote_sha("web-02", SITE), site2, "web-02's config untouched");
+    assert_eq!(remote_sha("web-01", SITE), site1, "web-01's config restored");
+    for _ in 0..20 {
+        let r = http_get(web1(), "/").expect("web-01 answers");
+        assert_eq!(r.status, 200, "web-01 serves the old config");
+        assert_eq!(r.header("X-Canary-Test"), None, "nginx runs the restored config");
+    }
+    assert_eq!(served_release(web1()), release, "the release never changed");
+    assert!(every_request_succeeds(), "every request succeeds again");
+    let failed: Vec<&Hit> = hits.iter().filter(|h| h.failed()).collect();
+    assert!(!failed.is_empty(), "the canary failed some requests");
+    for h in &failed {
+        assert!(
+            h.status == 500 && h.server == "web-01",
+            "only the canary's 500s fail: {h:?}"
+        );
+    }
+    assert!(
+        failed.len() <= reported + 3 && reported <= failed.len(),
+        "{} failed requests, {reported} reported",
+        failed.len()
+    );
+    eprintln!(
+        "config canary, bad: {} requests, {} failed ({:?} .. {:?} into the loop), {reported} counted in the window",
+        hits.len(),
+        failed.len(),
+        failed[0].at,
+        failed[failed.len() - 1].at
+    );
+    let status = cli(&["status", "--json", &bad]);
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(doc["canary"]["report"]["verdict"], "fail", "{doc:#}");
+    apply_ok(&inv(), &[]);
+}
+
+/// Issue 22 for config changes, acceptance 2: a good config change (the inventory's
+/// `nginx.client_max_body_size`, an nginx reload) passes the canary, then reaches the
+/// other server; no request fails.
+fn a_good_config_change_passes_the_canary_and_fails_no_request() {
+    setup();
+    apply_ok(&inv(), &[]);
+    let good = lab_variant("inventory-canary-config-good", |t| {
+        format!("{t}nginx:\n  client_max_body_size: 11m\nrollout:\n  canary: 1\n  watch: 10s\n")
+    });
+    let good = good.display().to_string();
+    let (out, hits) = under_load(&["apply", "--json", &good]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let evs = events(&out);
+    let at = |f: &dyn Fn(&serde_json::Value) -> bool| {
+        evs.iter()
+            .position(|e| f(e))
+            .unwrap_or_else(|| panic!("an event: {}", text(&out)))
+    };
+    let verdict = at(&|e| e["event"] == "canary-verdict");
+    assert_eq!(evs[verdict]["report"]["verdict"], "pass", "{:#}", evs[verdict]);
+    let web01 = at(&|e| e["event"] == "file-changed" && e["host"] == "web-01");
+    let web02 = at(&|e| e["event"] == "file-changed" && e["host"] == "web-02");
+    assert!(web01 < verdict && verdict < web02, "canary first: {}", text(&out));
+    for web in ["web-01", "web-02"] {
+        let conf = exec(web, &["cat", SITE]);
+        assert!(conf.contains("client_max_body_size 11m;"), "{web}: {conf}");
+    }
+    let failed: Vec<&Hit> = hits.iter().filter(|h| h.failed()).collect();
+    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    eprintln!(
+        "config canary, good: {} requests, none failed; the watch: {:.1} s",
+        hits.len(),
+        evs[verdict]["report"]["window_s"].as_f64().unwrap_or(0.0)
+    );
     apply_ok(&inv(), &[]);
 }
