@@ -242,10 +242,26 @@ fn apply_limit_web_01_drains_it_at_the_load_balancer_and_fails_no_request() {
     setup();
     apply_ok(&inv(), &[]);
     let v1 = served_release(web2());
-    let v3 = variant("limit", unchanged, "");
+    // A canary covering every web server that changes: refused on the command line
+    // (exit 64, before any change), skipped from the inventory saying why.
+    let v3 = variant("limit", unchanged, "rollout:\n  canary: 1\n  watch: 4s\n");
+    let refused = cli(&["apply", "--canary", "1", "--limit", "web-01", &v3]);
+    assert_eq!(refused.status.code(), Some(64), "{}", text(&refused));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("--canary 1 covers every web server that changes in this run (1 of them: web-01)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pass --no-canary"), "{stderr}");
+    assert_eq!(served_release(web1()), v1, "refused before any change");
     let (out, hits) = under_load(&["apply", "-v", "--limit", "web-01", &v3]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("the canary stage is skipped: rollout.canary 1 covers every web server that changes in this run (1 of them: web-01)").count(),
+        1,
+        "one line says why: {stderr}"
+    );
     assert!(stderr.contains("lb-01: web-01 -> drain"), "{stderr}");
     let failed: Vec<&Hit> = hits.iter().filter(|h| h.failed()).collect();
     assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
