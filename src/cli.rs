@@ -393,9 +393,10 @@ pub struct ApplyArgs {
     /// prompt (needed where there is no terminal, unless given as NAME=ADDRESS)
     #[arg(long)]
     pub yes: bool,
-    /// Switch N web servers to a new release first and judge them by live traffic at
-    /// every load balancer before the others (the inventory's `rollout:` gives the
-    /// window and limits; without it: 30s, 1% above the old release, halt on no traffic)
+    /// Change N web servers first (their files and new release) and judge them by live
+    /// traffic at every load balancer before the others (the inventory's `rollout:` gives
+    /// the window and limits; without it: 30s, 1% above the old release, halt on no
+    /// traffic). Refused (exit 64) when N covers every web server the run changes
     #[arg(long, value_name = "N", conflicts_with = "no_canary")]
     pub canary: Option<usize>,
     /// No canary stage, whatever the inventory's `rollout:` says

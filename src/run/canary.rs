@@ -322,8 +322,10 @@ impl Canary {
     ) -> Result<()> {
         let report = watch(canaries, lbs, &self.limits, printer).await?;
         let goes_on = goes_on(&report, &self.limits);
-        printer.event(json!({"event": "canary-verdict", "release": release, "change": change,
-                             "goes_on": goes_on, "report": report}));
+        printer.event(
+            json!({"event": "canary-verdict", "release": release, "change": change,
+                             "goes_on": goes_on, "report": report}),
+        );
         if let Some(path) = &self.record {
             let kept = json!({"schema": 1, "at": super::info::chrono_now(),
                               "release": release, "change": change, "goes_on": goes_on,

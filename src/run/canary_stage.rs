@@ -49,7 +49,7 @@ fn changing_web_servers<'p>(plan: &'p Plan, changes: &Changes) -> Vec<&'p str> {
     let changes_of = |name| changes.host(name).filter(|hc| !hc.is_empty());
     (plan.hosts.iter())
         .filter(|hp| hp.host.has(Role::Web))
-        .filter(|hp| changes_of(hp.name()).is_some_and(|hc| touches_web(hc)))
+        .filter(|hp| changes_of(hp.name()).is_some_and(touches_web))
         .map(|hp| hp.name())
         .collect()
 }
@@ -63,7 +63,9 @@ fn touches_web(hc: &HostChanges) -> bool {
 fn files_must_go_everywhere(changes: &Changes, web: &[&str], rotation: bool) -> Option<String> {
     let hc = |name: &str| changes.host(name);
     let database = web.iter().find(|w| {
-        hc(w).is_some_and(|hc| hc.db.is_some() || hc.services.iter().any(|s| s.service.is_database()))
+        hc(w).is_some_and(|hc| {
+            hc.db.is_some() || hc.services.iter().any(|s| s.service.is_database())
+        })
     });
     if let Some(w) = database {
         return Some(format!(
@@ -74,7 +76,10 @@ fn files_must_go_everywhere(changes: &Changes, web: &[&str], rotation: bool) -> 
     if !t.backends_added.is_empty() || !t.backends_removed.is_empty() {
         return Some("the load balancers' pool of web servers changes in this run".into());
     }
-    if let Some(w) = web.iter().find(|w| !changes.in_service.iter().any(|s| s == *w)) {
+    if let Some(w) = web
+        .iter()
+        .find(|w| !changes.in_service.iter().any(|s| s == *w))
+    {
         return Some(format!("{w} is not in service at the load balancers yet"));
     }
     rotation.then(|| "database passwords rotate in this run".into())
@@ -183,6 +188,8 @@ pub(super) struct Before<'w, 'a> {
     pub committed: &'w [Work<'a>],
     /// The held web servers, staged.
     pub held: &'w [Work<'a>],
+    /// The load balancers that commit last (staged; dropped on a stop).
+    pub deferred: &'w [Work<'a>],
 }
 
 /// The stage's second half: the canaries switch release (their files are in), the
@@ -204,7 +211,9 @@ pub(super) async fn watch_then_the_rest<'a>(
     let release = (stage.names.iter()).find_map(|n| releases.to(n));
     let verdict = match releases.switch(is_canary).await {
         Err(failed) => Err(failed.error(Vec::new())),
-        Ok(()) => (canary.judge(&stage.names, (release, &change), &releases.lbs, run.printer)).await,
+        Ok(()) => {
+            (canary.judge(&stage.names, (release, &change), &releases.lbs, run.printer)).await
+        }
     };
     if let Err(e) = verdict {
         let notes = undo(run, stage, &before, releases).await;
@@ -221,7 +230,10 @@ pub(super) async fn watch_then_the_rest<'a>(
         }
         Err(e) => {
             // The held servers' own commits are undone already: the rest of the run too.
-            let nothing_held = Before { held: &[], ..before };
+            let nothing_held = Before {
+                held: &[],
+                ..before
+            };
             let notes = undo(run, stage, &nothing_held, releases).await;
             Err(e.context(notes))
         }
@@ -257,19 +269,24 @@ async fn undo<'a>(
     releases: &mut Releases<'a>,
 ) -> String {
     let (info, parallel, printer) = (run.info, run.parallel, run.printer);
-    abort(before.held, info, parallel, printer).await;
+    let staged: Vec<Work> = before.held.iter().chain(before.deferred).copied().collect();
+    abort(&staged, info, parallel, printer).await;
     let is_canary = |h: &str| stage.names.iter().any(|n| n == h);
     let mut notes = releases.switch_back(|_| true).await;
     // The canaries' files are restored drained (an application restart must not fail
     // requests); the other hosts' (load balancers, reloads) as any failed run's.
-    let (canaries, rest): (Vec<Work>, Vec<Work>) = (before.committed.iter().copied())
-        .partition(|(hp, _, _)| is_canary(hp.name()));
+    let (canaries, rest): (Vec<Work>, Vec<Work>) =
+        (before.committed.iter().copied()).partition(|(hp, _, _)| is_canary(hp.name()));
     for &(hp, hc, r) in &canaries {
-        let _ = set_backend_state(&releases.lbs, hp.name(), ServerState::Drain, true, printer).await;
+        let _ =
+            set_backend_state(&releases.lbs, hp.name(), ServerState::Drain, true, printer).await;
         notes.push(rollback(&[(hp, hc, r)], info, parallel, printer).await);
         let back = set_backend_state(&releases.lbs, hp.name(), ServerState::Ready, true, printer);
         if let Err(e) = back.await {
-            notes.push(format!("{}: could NOT put it back into the pool: {e:#}", hp.name()));
+            notes.push(format!(
+                "{}: could NOT put it back into the pool: {e:#}",
+                hp.name()
+            ));
         }
     }
     if !rest.is_empty() {
@@ -280,7 +297,10 @@ async fn undo<'a>(
         .collect();
     let held = |w: &&str| before.held.iter().any(|(hp, _, _)| hp.name() == *w);
     if !never.is_empty() && never.iter().all(held) {
-        notes.push(format!("{} never changed (files dropped unapplied)", never.join(", ")));
+        notes.push(format!(
+            "{} never changed (files dropped unapplied)",
+            never.join(", ")
+        ));
     }
     let switching = |w: &&&str| releases.to(w).is_some();
     let never_switched: Vec<&str> = never.iter().filter(switching).copied().collect();

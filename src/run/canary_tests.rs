@@ -31,7 +31,11 @@ fn with_canary(plan: &mut Plan, n: usize, explicit: bool) {
 
 /// A new release for both web servers (a new id: uploaded, then switched).
 fn new_release(plan: &mut Plan) {
-    for hp in plan.hosts.iter_mut().filter(|h| h.name().starts_with("web-")) {
+    for hp in plan
+        .hosts
+        .iter_mut()
+        .filter(|h| h.name().starts_with("web-"))
+    {
         hp.release.as_mut().expect("a web server's release").id = "c0ffee42".into();
     }
 }
@@ -77,12 +81,19 @@ async fn a_failed_config_canary_restores_its_files_and_never_touches_the_others(
     let msg = format!("{err:#}");
     assert!(msg.contains("canary failed: error rate 20.0%"), "{msg}");
     assert!(msg.contains("web-01: 10 requests, 2 failed"), "{msg}");
-    assert!(msg.contains("Restored the previous files on web-01"), "{msg}");
+    assert!(
+        msg.contains("Restored the previous files on web-01"),
+        "{msg}"
+    );
     assert!(msg.contains("web-02 never changed"), "{msg}");
     assert_files_equal(&before, &fleet.files(), "after the failed canary");
     assert_eq!(fleet.staged(), Vec::<String>::new());
     let log = fleet.log();
-    assert_eq!(hosts_with(&log, "commit"), ["web-01"], "web-02 never committed");
+    assert_eq!(
+        hosts_with(&log, "commit"),
+        ["web-01"],
+        "web-02 never committed"
+    );
     assert_eq!(hosts_with(&log, "rollback"), ["web-01"]);
     assert_eq!(hosts_with(&log, "abort"), ["web-02"]);
     // Restored drained, then back into the pool.
@@ -107,12 +118,17 @@ async fn a_failed_canary_restores_both_its_release_and_its_files() {
     let before = fleet.files();
     let err = apply(&plan, &fleet, &secrets).await.unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.contains("deploying release c0ffee42 and files (nginx)"), "{msg}");
+    assert!(
+        msg.contains("deploying release c0ffee42 and files (nginx)"),
+        "{msg}"
+    );
     assert!(msg.contains("web-02 never switched"), "{msg}");
     let log = fleet.log();
     // The canary had both before the watch.
     let watched = at(&log, "lb-01", "haproxy-counters");
-    assert!(at(&log, "web-01", "commit") < watched && at(&log, "web-01", "release-switch") < watched);
+    assert!(
+        at(&log, "web-01", "commit") < watched && at(&log, "web-01", "release-switch") < watched
+    );
     let switches: Vec<(String, String)> = (log.iter())
         .filter(|e| e.op == "release-switch")
         .map(|e| (e.host.clone(), e.detail.clone()))
@@ -120,7 +136,10 @@ async fn a_failed_canary_restores_both_its_release_and_its_files() {
     let back = old["web-01"].clone().unwrap();
     assert_eq!(
         switches,
-        [("web-01".into(), "c0ffee42".into()), ("web-01".into(), back)],
+        [
+            ("web-01".into(), "c0ffee42".into()),
+            ("web-01".into(), back)
+        ],
         "web-02 never switched"
     );
     assert_eq!(fleet.releases(), old);
@@ -141,8 +160,14 @@ async fn a_canary_covering_every_changing_server_is_refused_from_the_command_lin
         msg.starts_with("--canary 2 covers every web server that changes in this run (2 of them: web-01, web-02)"),
         "{msg}"
     );
-    assert!(msg.ends_with("pass --canary 1 or fewer, or --no-canary"), "{msg}");
-    assert_eq!(crate::error::kind_of(&err).0, crate::error::ErrorKind::Usage);
+    assert!(
+        msg.ends_with("pass --canary 1 or fewer, or --no-canary"),
+        "{msg}"
+    );
+    assert_eq!(
+        crate::error::kind_of(&err).0,
+        crate::error::ErrorKind::Usage
+    );
     // Before any change: nothing staged, let alone committed.
     let log = fleet.log();
     assert!(log.iter().all(|e| e.op == "observe"), "{log:?}");
@@ -157,9 +182,13 @@ async fn the_inventorys_canary_covering_every_changing_server_is_skipped_saying_
     with_canary(&mut plan, 1, false);
     let observed = {
         let remotes = fleet.remotes(&plan);
-        let remotes: Vec<&dyn crate::remote::Remote> =
-            remotes.iter().map(|r| r as &dyn crate::remote::Remote).collect();
-        super::observe::observe_all(&plan, &remotes, &secrets, 4).await.unwrap()
+        let remotes: Vec<&dyn crate::remote::Remote> = remotes
+            .iter()
+            .map(|r| r as &dyn crate::remote::Remote)
+            .collect();
+        super::observe::observe_all(&plan, &remotes, &secrets, 4)
+            .await
+            .unwrap()
     };
     let changes = crate::diff::diff(&plan, &observed, &secrets).unwrap();
     match decide(&plan, &changes, false) {

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::diff::sha256_hex;
 use crate::inventory::Role;
 use crate::plan::{HostPlan, Init, Plan};
-use crate::protocol::counters::{BackendCounters, Counters, HaproxyCounters};
+use crate::protocol::counters::{Counters, HaproxyCounters};
 use crate::protocol::database::Replicating;
 use crate::protocol::database::{DbCatchUp, DbPrimary, DbWaitReplica, Done, PrimaryConverged};
 use crate::protocol::release::{HaproxyServer, ReleaseSwitch, ReleaseUpload, ServerState};
@@ -29,6 +29,8 @@ use crate::remote::agent::{DbState, DbUserState, FileState, HostState, ManifestE
 use crate::remote::agent::{ReleaseState, ReplicaState, ServiceState};
 use crate::remote::{ExecOutput, Input, Remote, Sink};
 use crate::secrets::Secrets;
+
+mod counters;
 
 /// Where a run can fail on a host (what the agent would report).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,40 +142,6 @@ impl Fleet {
     /// Makes `phase` fail on `host` (each time it is reached).
     pub fn fail_at(&self, host: &str, phase: Phase) {
         *self.fail.lock().unwrap() = Some((host.to_string(), phase));
-    }
-
-    /// From now on a web server whose live files contain `text` fails 1 request in 5
-    /// (seen in the load balancers' counters; each read of them counts 10 requests to
-    /// every server UP).
-    pub fn fail_requests_with(&self, text: &str) {
-        *self.bad_config.lock().unwrap() = Some(text.to_string());
-    }
-
-    /// Each host's current release.
-    pub fn releases(&self) -> BTreeMap<String, Option<String>> {
-        let hosts = self.hosts.lock().unwrap();
-        let current = |h: &Host| h.release.as_ref().and_then(|r| r.current.clone());
-        hosts.iter().map(|(n, h)| (n.clone(), current(h))).collect()
-    }
-
-    /// `haproxy-counters` on `lb`: its servers' counters, grown since the last read.
-    fn counters(&self, hosts: &mut BTreeMap<String, Host>, lb: &str) -> BackendCounters {
-        let bad = self.bad_config.lock().unwrap().clone();
-        let fails = |h: &Host| bad.as_ref().is_some_and(|b| h.files.values().any(|f| f.content.contains(b)));
-        let failing: Vec<String> = hosts.iter().filter(|(_, h)| fails(h)).map(|(n, _)| n.clone()).collect();
-        let h = hosts.get_mut(lb).expect("a load balancer");
-        for (server, state) in &h.backends {
-            let c = h.counters.entry(server.clone()).or_default();
-            c.server = server.clone();
-            c.status = status(*state).into();
-            if *state == ServerState::Ready {
-                c.req_tot += 10;
-                c.hrsp_5xx += if failing.contains(server) { 2 } else { 0 };
-            }
-        }
-        BackendCounters {
-            servers: h.counters.values().cloned().collect(),
-        }
     }
 
     /// Every host's live files.

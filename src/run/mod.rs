@@ -24,9 +24,9 @@ pub mod rotation;
 pub mod stage;
 
 #[cfg(test)]
-mod fake;
-#[cfg(test)]
 mod canary_tests;
+#[cfg(test)]
+mod fake;
 #[cfg(test)]
 mod tests;
 
@@ -89,7 +89,11 @@ pub async fn apply(
     database::before_files(&run).await?;
     let work = hosts_with_files(&run);
     // The canary's other web servers: staged with the rest, committed after its verdict.
-    let held_back = |hp: &HostPlan| canary.as_ref().is_some_and(|c| c.held.contains(&hp.host.name));
+    let held_back = |hp: &HostPlan| {
+        canary
+            .as_ref()
+            .is_some_and(|c| c.held.contains(&hp.host.name))
+    };
     let (held, first): (Vec<Work>, Vec<Work>) = work.iter().partition(|(hp, _, _)| held_back(hp));
     // New releases go beside the current ones, not served yet.
     rollout::upload_releases(&run).await?;
@@ -112,9 +116,16 @@ pub async fn apply(
     }
     let mut releases = rollout::Releases::new(&run);
     if let Some(stage) = &canary {
+        let deferred_host = |w: &&Work| deferred.iter().any(|d| d.0.name() == w.0.name());
+        let committed: Vec<Work> = first
+            .iter()
+            .filter(|w| !deferred_host(w))
+            .copied()
+            .collect();
         let before = canary_stage::Before {
-            committed: &first,
+            committed: &committed,
             held: &held,
+            deferred: &deferred,
         };
         let rot = rotation.as_ref();
         canary_stage::watch_then_the_rest(&run, stage, before, &mut releases, rot, &mut reports)

@@ -117,9 +117,15 @@ impl<'a> Releases<'a> {
     pub(super) async fn switch(&mut self, pick: impl Fn(&str) -> bool) -> Result<(), SwitchFailed> {
         let hosts = self.plan.hosts.iter().zip(self.remotes.iter().copied());
         let done = |name: &str| self.switched.iter().any(|(hp, _, _)| hp.name() == name);
-        let todo: Vec<_> = hosts.filter(|(hp, _)| pick(hp.name()) && !done(hp.name())).collect();
+        let todo: Vec<_> = hosts
+            .filter(|(hp, _)| pick(hp.name()) && !done(hp.name()))
+            .collect();
         for (hp, r) in todo {
-            let Some(rc) = self.changes.host(hp.name()).and_then(|hc| hc.release.as_ref()) else {
+            let Some(rc) = self
+                .changes
+                .host(hp.name())
+                .and_then(|hc| hc.release.as_ref())
+            else {
                 continue;
             };
             let t0 = Instant::now();
@@ -129,8 +135,9 @@ impl<'a> Releases<'a> {
                 let to = rc.to.clone();
                 return Err(SwitchFailed { cause, to, never });
             }
-            printer
-                .event(json!({"event": "release", "host": hp.name(), "from": rc.from, "to": rc.to}));
+            printer.event(
+                json!({"event": "release", "host": hp.name(), "from": rc.from, "to": rc.to}),
+            );
             self.switched.push((hp, r, rc.from.clone()));
             (self.done).push((hp.name().to_string(), t0.elapsed().as_secs_f64()));
         }

@@ -58,7 +58,11 @@ fn fleet_and_changed_plan() -> (Arc<Fleet>, Plan, Secrets) {
 }
 
 /// Observe, diff and apply `plan` on the fleet, as `foobar-infra apply` does.
-pub(super) async fn apply(plan: &Plan, fleet: &Arc<Fleet>, secrets: &Secrets) -> Result<Vec<HostReport>> {
+pub(super) async fn apply(
+    plan: &Plan,
+    fleet: &Arc<Fleet>,
+    secrets: &Secrets,
+) -> Result<Vec<HostReport>> {
     let remotes = fleet.remotes(plan);
     let remotes: Vec<&dyn Remote> = remotes.iter().map(|r| r as &dyn Remote).collect();
     let observed = observe_all(plan, &remotes, secrets, 4).await?;

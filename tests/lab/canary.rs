@@ -249,7 +249,9 @@ fn apply_limit_web_01_drains_it_at_the_load_balancer_and_fails_no_request() {
     assert_eq!(refused.status.code(), Some(64), "{}", text(&refused));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        stderr.contains("--canary 1 covers every web server that changes in this run (1 of them: web-01)"),
+        stderr.contains(
+            "--canary 1 covers every web server that changes in this run (1 of them: web-01)"
+        ),
         "{stderr}"
     );
     assert!(stderr.contains("pass --no-canary"), "{stderr}");
@@ -361,7 +363,10 @@ fn a_config_change_failing_one_request_in_five_stops_at_the_canary_and_is_restor
     let requests = verdict["report"]["canary"]["requests"].as_u64().unwrap() as usize;
     assert!(reported * 20 > requests, "more than 5% failed: {verdict:#}");
     let rate = format!("{:.1}%", reported as f64 * 100.0 / requests as f64);
-    assert!(stderr.contains(&format!("error rate {rate}")), "{rate}: {stderr}");
+    assert!(
+        stderr.contains(&format!("error rate {rate}")),
+        "{rate}: {stderr}"
+    );
     assert!(
         !evs.iter()
             .any(|e| e["event"] == "file-changed" && e["host"] == "web-02"),
@@ -370,12 +375,24 @@ fn a_config_change_failing_one_request_in_five_stops_at_the_canary_and_is_restor
     );
     // web-02 never had the config; web-01 has the old one again, and nginx runs it:
     // no response carries the bad config's header, none fails.
-    assert_eq!(remote_sha("web-02", SITE), site2, "web-02's config untouched");
-    assert_eq!(remote_sha("web-01", SITE), site1, "web-01's config restored");
+    assert_eq!(
+        remote_sha("web-02", SITE),
+        site2,
+        "web-02's config untouched"
+    );
+    assert_eq!(
+        remote_sha("web-01", SITE),
+        site1,
+        "web-01's config restored"
+    );
     for _ in 0..20 {
         let r = http_get(web1(), "/").expect("web-01 answers");
         assert_eq!(r.status, 200, "web-01 serves the old config");
-        assert_eq!(r.header("X-Canary-Test"), None, "nginx runs the restored config");
+        assert_eq!(
+            r.header("X-Canary-Test"),
+            None,
+            "nginx runs the restored config"
+        );
     }
     assert_eq!(served_release(web1()), release, "the release never changed");
     assert!(every_request_succeeds(), "every request succeeds again");
@@ -420,14 +437,22 @@ fn a_good_config_change_passes_the_canary_and_fails_no_request() {
     let evs = events(&out);
     let at = |f: &dyn Fn(&serde_json::Value) -> bool| {
         evs.iter()
-            .position(|e| f(e))
+            .position(f)
             .unwrap_or_else(|| panic!("an event: {}", text(&out)))
     };
     let verdict = at(&|e| e["event"] == "canary-verdict");
-    assert_eq!(evs[verdict]["report"]["verdict"], "pass", "{:#}", evs[verdict]);
+    assert_eq!(
+        evs[verdict]["report"]["verdict"], "pass",
+        "{:#}",
+        evs[verdict]
+    );
     let web01 = at(&|e| e["event"] == "file-changed" && e["host"] == "web-01");
     let web02 = at(&|e| e["event"] == "file-changed" && e["host"] == "web-02");
-    assert!(web01 < verdict && verdict < web02, "canary first: {}", text(&out));
+    assert!(
+        web01 < verdict && verdict < web02,
+        "canary first: {}",
+        text(&out)
+    );
     for web in ["web-01", "web-02"] {
         let conf = exec(web, &["cat", SITE]);
         assert!(conf.contains("client_max_body_size 11m;"), "{web}: {conf}");
