@@ -90,6 +90,43 @@ fn snapshots_of_the_mysql8_flavor() {
     snapshot_inventory("examples/large/inventory-mysql8.yaml", "mysql8");
 }
 
+/// `rollout.max_p95_ms` adds the request log's ring to haproxy.cfg (snapshot) and
+/// changes nothing else: every other file, and haproxy.cfg without those lines, are the
+/// base stack's bytes.
+#[test]
+fn a_p95_limit_adds_only_the_request_log_ring_to_haproxy_cfg() {
+    let templates = Templates::load(None).unwrap();
+    let mut inv = Inventory::load(&root().join("inventory/inventory.yaml")).unwrap();
+    let base = render(&inv, &templates).unwrap();
+    inv.rollout = Some(foobar_infra::inventory::rollout::Rollout {
+        max_p95_ms: Some(300),
+        ..Default::default()
+    });
+    let p95 = render(&inv, &templates).unwrap();
+    const CFG: &str = "/etc/haproxy/haproxy.cfg";
+    let cfg = &p95.host("lb-01").unwrap().file(CFG).unwrap().content;
+    insta::assert_snapshot!("p95__lb-01__etc_haproxy_haproxy.cfg", cfg);
+    let base_cfg = &base.host("lb-01").unwrap().file(CFG).unwrap().content;
+    let (ring_at, ring_end) = (
+        cfg.find("\n\n# The canary's p95").unwrap(),
+        cfg.find("\n\nfrontend www").unwrap(),
+    );
+    let log = "\n    # Besides the global log: each request's line (httplog, with %Tr) into the ring.\n    log ring@foobar-response-times local0";
+    let without = format!("{}{}", &cfg[..ring_at], &cfg[ring_end..]).replacen(log, "", 1);
+    assert_eq!(&without, base_cfg, "only the ring and its log line differ");
+    for (a, b) in base.hosts.iter().zip(&p95.hosts) {
+        for (fa, fb) in a.files.iter().zip(&b.files) {
+            assert!(
+                fa.path == CFG || fa.content == fb.content,
+                "{} {}",
+                a.name(),
+                fa.path
+            );
+        }
+        assert_eq!(a.files.len(), b.files.len());
+    }
+}
+
 #[test]
 fn larger_example_has_four_backends_three_server_ids_and_read_only_replicas() {
     let inv = Inventory::load(&root().join("examples/large/inventory.yaml")).unwrap();

@@ -26,7 +26,8 @@ const CASES: &[(&str, &str)] = &[
     ("monitor-missing-secret", "13:18: secrets: secret db_monitor_password is required by the monitor role"),
     ("rollout-canary-all", "13:11: rollout.canary: 1 canary server(s) of 1 web server(s): at least one must stay on the old release"),
     ("rollout-bad-rate", "16:19: rollout.max_error_rate: a percentage from 0% to 100%, e.g. 1% or 0.5%"),
-    ("rollout-p95", "16:15: rollout.max_p95_ms: HAProxy's counters carry no percentile; use max_response_ms"),
+    ("rollout-p95", "16:15: rollout.max_p95_ms: a whole number of milliseconds from 1 to 600000, e.g. 300"),
+    ("rollout-p95-zero", "16:15: rollout.max_p95_ms: a whole number of milliseconds from 1 to 600000, e.g. 300"),
 ];
 
 #[test]

@@ -7,6 +7,7 @@
 //!   watch: 30s             # how long their live traffic is judged (1s .. 10m)
 //!   max_error_rate: 1%     # canary's error rate above the old servers' (points)
 //!   max_response_ms: 800   # optional: canary's average response time (HAProxy rtime)
+//!   max_p95_ms: 300        # optional: canary's 95th percentile response time (HAProxy %Tr)
 //!   on_no_traffic: halt    # halt (default) or proceed when the canary got no request
 //! ```
 //!
@@ -27,7 +28,7 @@ pub(super) struct RawRollout {
     max_error_rate: Option<serde_yaml::Value>,
     max_response_ms: Option<u64>,
     on_no_traffic: Option<NoTraffic>,
-    /// Named in issue 22 but not measurable: refused with the reason.
+    /// Checked by [`parse_p95`] (an integer, not a string such as "300ms").
     max_p95_ms: Option<serde_yaml::Value>,
 }
 
@@ -51,6 +52,9 @@ pub struct Rollout {
     /// A fraction (1% is 0.01).
     pub max_error_rate: f64,
     pub max_response_ms: Option<u64>,
+    /// The canary's 95th percentile response time limit, ms: the load balancers then
+    /// keep a log of every request's response time (haproxy.cfg's ring) to compute it.
+    pub max_p95_ms: Option<u64>,
     pub on_no_traffic: NoTraffic,
 }
 
@@ -61,6 +65,7 @@ impl Default for Rollout {
             watch: Duration::from_secs(30),
             max_error_rate: 0.01,
             max_response_ms: None,
+            max_p95_ms: None,
             on_no_traffic: NoTraffic::Halt,
         }
     }
@@ -100,19 +105,20 @@ pub fn parse_rate(v: &serde_yaml::Value) -> Option<f64> {
     (0.0..=100.0).contains(&pct).then_some(pct / 100.0)
 }
 
+/// The bounds of `max_p95_ms`, ms (up to the longest watch).
+pub const P95_MS: std::ops::RangeInclusive<u64> = 1..=600_000;
+
+/// `max_p95_ms`: a whole number of milliseconds within [`P95_MS`].
+pub fn parse_p95(v: &serde_yaml::Value) -> Option<u64> {
+    v.as_u64().filter(|ms| P95_MS.contains(ms))
+}
+
 impl Validator {
     /// The section, checked against the number of web servers (a canary needs at least
     /// one server left on the old release to be compared with).
     pub(super) fn rollout(&mut self, raw: Option<&RawRollout>, web: usize) -> Option<Rollout> {
         let raw = raw?;
         let mut r = Rollout::default();
-        if raw.max_p95_ms.is_some() {
-            self.err(
-                "rollout.max_p95_ms",
-                "HAProxy's counters carry no percentile; use max_response_ms (the canary's \
-                 average response time over its last 1024 requests, HAProxy's rtime)",
-            );
-        }
         if let Some(n) = raw.canary {
             r.canary = n as usize;
         }
@@ -149,6 +155,16 @@ impl Validator {
             });
             r.max_response_ms = Some(ms);
         }
+        if let Some(v) = &raw.max_p95_ms {
+            r.max_p95_ms = parse_p95(v);
+            self.check(r.max_p95_ms.is_some(), "rollout.max_p95_ms", || {
+                format!(
+                    "a whole number of milliseconds from {} to {}, e.g. 300",
+                    P95_MS.start(),
+                    P95_MS.end()
+                )
+            });
+        }
         r.on_no_traffic = raw.on_no_traffic.unwrap_or_default();
         Some(r)
     }
@@ -178,5 +194,14 @@ mod tests {
             assert_eq!(parse_rate(&s(bad)), None, "{bad:?}");
         }
         assert_eq!(parse_rate(&serde_yaml::Value::from(0.01)), None);
+        let y = |x: &str| serde_yaml::from_str::<serde_yaml::Value>(x).unwrap();
+        assert_eq!(parse_p95(&y("300")), Some(300));
+        assert_eq!(parse_p95(&y("1")), Some(1));
+        assert_eq!(parse_p95(&y("600000")), Some(600_000));
+        for bad in [
+            "0", "-5", "600001", "1.5", "'300'", "300ms", "~", "[300]", "1e3",
+        ] {
+            assert_eq!(parse_p95(&y(bad)), None, "{bad:?}");
+        }
     }
 }

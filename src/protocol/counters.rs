@@ -1,5 +1,7 @@
 //! The canary's operation (src/agent/foobar_agent/counters.py): a load balancer's
-//! per-server counters of one backend, read from HAProxy's `show stat` (issue 22).
+//! per-server counters of one backend, read from HAProxy's `show stat`, and for a p95
+//! each server's response times from the request log haproxy.cfg keeps in a ring
+//! (`show events`) (issue 22).
 
 use super::Operation;
 
@@ -8,6 +10,18 @@ wire! {
     /// backend this balancer does not have).
     pub struct HaproxyCounters {
         pub backend: String,
+        /// With a p95 to judge: also each server's response times since a moment.
+        pub response_times: Option<ResponseTimes>,
+    }
+}
+
+wire! {
+    /// Which ring of haproxy.cfg holds the request log, and from when its lines count.
+    pub struct ResponseTimes {
+        pub ring: String,
+        /// Milliseconds since the epoch on the load balancer's clock (its own `now_ms`
+        /// of an earlier answer, so the two hosts' clocks never meet).
+        pub since_ms: u64,
     }
 }
 
@@ -19,6 +33,12 @@ impl Operation for HaproxyCounters {
 answer! {
     pub struct BackendCounters {
         pub servers: Vec<Counters>,
+        /// The load balancer's clock when it answered (ms since the epoch).
+        pub now_ms: u64,
+        /// Response times were read: asked for, and the ring exists.
+        pub timed: bool,
+        /// Lines of the ring that did not parse (skipped, not counted).
+        pub skipped: u64,
     }
 }
 
@@ -41,5 +61,8 @@ answer! {
         pub eresp: u64,
         /// Average response time of its last 1024 requests, ms (`rtime`).
         pub rtime: u64,
+        /// When asked for: the response times (%Tr) of the requests it answered since
+        /// `since_ms`, as (ms, requests) pairs.
+        pub response_ms: Vec<(u64, u64)>,
     }
 }

@@ -314,6 +314,14 @@ fn release_samples(dir: &str) -> Vec<Sample> {
         sample(History { last: 5 }),
         sample(super::counters::HaproxyCounters {
             backend: "web".into(),
+            response_times: None,
+        }),
+        sample(super::counters::HaproxyCounters {
+            backend: "web".into(),
+            response_times: Some(super::counters::ResponseTimes {
+                ring: "foobar-response-times".into(),
+                since_ms: 1_700_000_000_000,
+            }),
         }),
     ]
 }

@@ -46,6 +46,14 @@ pub(super) struct LbCtx<'a> {
     health_check: HealthCtx<'a>,
     timeouts: TimeoutsCtx<'a>,
     backends: Vec<Backend>,
+    /// The request log kept in a ring for the canary's p95 (only with max_p95_ms).
+    response_times: Option<RingCtx>,
+}
+
+#[derive(Serialize)]
+struct RingCtx {
+    name: &'static str,
+    size: u32,
 }
 
 #[derive(Serialize)]
@@ -121,6 +129,12 @@ pub(super) fn lb_ctx(inv: &Inventory) -> LbCtx<'_> {
             server: &h.timeouts.server,
         },
         backends,
+        response_times: (inv.rollout.as_ref())
+            .is_some_and(|r| r.max_p95_ms.is_some())
+            .then_some(RingCtx {
+                name: super::RESPONSE_TIME_RING,
+                size: super::RESPONSE_TIME_RING_SIZE,
+            }),
     }
 }
 

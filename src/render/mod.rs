@@ -92,6 +92,14 @@ struct Ctx<'a> {
 /// address floats, the bind does not change).
 const HAPROXY_BIND: &str = "*";
 
+/// The ring of haproxy.cfg that keeps the request log in memory when the canary judges
+/// a p95 (`rollout.max_p95_ms`); the agent reads it with `show events`.
+pub const RESPONSE_TIME_RING: &str = "foobar-response-times";
+
+/// The ring's size, bytes: about 20,000 requests of HAProxy's httplog lines; older
+/// lines give way to newer ones.
+pub const RESPONSE_TIME_RING_SIZE: u32 = 4 << 20;
+
 /// Renders every host's files.
 pub fn render(inv: &Inventory, templates: &Templates) -> Result<Plan> {
     let release = match &inv.app.source {

@@ -3,7 +3,6 @@
 //! and compared with the servers still on the old release; the verdict says whether
 //! the rollout goes on. Sampling sums and the judgement are pure; [`watch`] does the I/O.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -11,19 +10,16 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::json;
 
-use super::report::host_failure;
+use super::response_times::{sample, Times};
+pub use super::response_times::{Sample, MIN_P95_REQUESTS};
 use crate::inventory::rollout::{NoTraffic, Rollout};
 use crate::output::Printer;
 use crate::plan::HostPlan;
 pub use crate::protocol::counters::Counters;
-use crate::protocol::{self, counters::HaproxyCounters};
 use crate::remote::Remote;
 
 /// A canary that failed this many requests or more may be judged before the window ends.
 const EARLY_REQUESTS: u64 = 20;
-
-/// Every load balancer's counters at one moment: load balancer name -> servers.
-pub type Sample = BTreeMap<String, Vec<Counters>>;
 
 /// What a group of servers did within the window, summed over the load balancers.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -35,9 +31,33 @@ pub struct Traffic {
     /// The highest average response time among the group's servers that served in the
     /// window (ms; none without requests).
     pub rtime_ms: Option<u64>,
+    /// With a p95 limit: the requests the load balancers' request logs timed in the
+    /// window (none: not measured).
+    pub timed: Option<u64>,
+    /// Their 95th percentile response time, ms (none below [`MIN_P95_REQUESTS`]).
+    pub p95_ms: Option<u64>,
 }
 
 impl Traffic {
+    /// With the response times the group's requests took in the window.
+    pub fn timed(self, times: &Times) -> Traffic {
+        Traffic {
+            timed: Some(times.requests()),
+            p95_ms: times.p95(),
+            ..self
+        }
+    }
+
+    /// "p95 302 ms (40 requests)", "p95 not judged: 12 requests", or nothing when not
+    /// measured.
+    fn p95_text(&self) -> Option<String> {
+        let n = self.timed?;
+        Some(match self.p95_ms {
+            Some(ms) => format!("p95 {ms} ms ({n} requests)"),
+            None => format!("p95 not judged: {n} requests"),
+        })
+    }
+
     pub fn errors(&self) -> u64 {
         self.http_5xx + self.conn_errors + self.resp_errors
     }
@@ -54,7 +74,8 @@ impl Traffic {
     fn json(&self) -> serde_json::Value {
         json!({"requests": self.requests, "errors": self.errors(), "http_5xx": self.http_5xx,
                "conn_errors": self.conn_errors, "resp_errors": self.resp_errors,
-               "error_rate": self.rate(), "rtime_ms": self.rtime_ms})
+               "error_rate": self.rate(), "rtime_ms": self.rtime_ms,
+               "timed": self.timed, "p95_ms": self.p95_ms})
     }
 }
 
@@ -125,6 +146,15 @@ pub fn judge(canary: &Traffic, others: &Traffic, limits: &Rollout) -> Vec<String
             ));
         }
     }
+    if let (Some(max), Some(ms)) = (limits.max_p95_ms, canary.p95_ms) {
+        if ms > max {
+            broken.push(format!(
+                "p95 response time {ms} ms over {} requests (old release: {}); limit {max} ms",
+                canary.timed.unwrap_or(0),
+                others.p95_text().unwrap_or_else(|| "not measured".into())
+            ));
+        }
+    }
     broken
 }
 
@@ -150,19 +180,22 @@ impl Report {
     /// One paragraph: who, what was counted, over which window, and the verdict.
     pub fn summary(&self) -> String {
         let who = self.canaries.join(", ");
+        let p95 = |t: &Traffic| t.p95_text().map_or(String::new(), |s| format!(", {s}"));
         let counts = format!(
             "{who}: {} requests, {} failed ({} 5xx, {} connection, {} response errors), \
-             {}; old release ({}): {} requests, {} failed, {}; over {:.1} s at {}",
+             {}{}; old release ({}): {} requests, {} failed, {}{}; over {:.1} s at {}",
             self.canary.requests,
             self.canary.errors(),
             self.canary.http_5xx,
             self.canary.conn_errors,
             self.canary.resp_errors,
             pct(self.canary.rate()),
+            p95(&self.canary),
             self.others.join(", "),
             self.old.requests,
             self.old.errors(),
             pct(self.old.rate()),
+            p95(&self.old),
             self.window_s,
             self.balancers.join(", ")
         );
@@ -176,19 +209,35 @@ impl Report {
     }
 }
 
-/// Reads every load balancer's counters of the `web` backend.
-async fn sample(lbs: &[(&HostPlan, &dyn Remote)]) -> Result<Sample> {
-    let mut out = Sample::new();
-    for (lb, r) in lbs {
-        let request = HaproxyCounters {
-            backend: "web".into(),
-        };
-        let answer = protocol::call(*r, &request)
-            .await
-            .map_err(|e| host_failure(lb.name(), "reading HAProxy's counters", &e))?;
-        out.insert(lb.name().to_string(), answer.servers);
-    }
-    Ok(out)
+/// One sample's event (`--json`) and its `-v` line.
+fn print_sample(printer: &Printer, seconds: f64, canary: &Traffic, old: &Traffic, skipped: u64) {
+    printer.event(json!({"event": "canary-sample", "seconds": seconds,
+                         "canary": canary.json(), "old": old.json(),
+                         "skipped_log_lines": skipped}));
+    let p95 = |t: &Traffic| t.p95_text().map_or(String::new(), |s| format!(", {s}"));
+    printer.detail(
+        "Canary",
+        format!(
+            "{seconds:.0} s: {} of {} failed ({}){}; old release {} of {}{}",
+            canary.errors(),
+            canary.requests,
+            pct(canary.rate()),
+            p95(canary),
+            old.errors(),
+            old.requests,
+            p95(old)
+        ),
+    );
+}
+
+/// The warning for load balancers asked for response times that keep no request log.
+fn untimed(lbs: &[String]) -> String {
+    format!(
+        "{} keep(s) no request log for the p95 (haproxy.cfg without its ring {} yet): \
+         the p95 counts the requests of the other load balancers only",
+        lbs.join(", "),
+        crate::render::RESPONSE_TIME_RING
+    )
 }
 
 /// Watches `canaries` for `limits.watch` (sampling every few seconds, one event per
@@ -201,7 +250,10 @@ pub async fn watch(
     printer: &Printer,
 ) -> Result<Report> {
     let is_canary = |s: &str| canaries.iter().any(|c| c == s);
-    let start = sample(lbs).await?;
+    let start = sample(lbs, None).await?;
+    // A p95 counts the requests each balancer logged from its own clock's start on.
+    let since = limits.max_p95_ms.map(|_| start.clocks.clone());
+    let start = start.counters;
     let t0 = Instant::now();
     let mut others: Vec<String> = (start.values().flatten())
         .filter(|c| !is_canary(&c.server))
@@ -224,25 +276,23 @@ pub async fn watch(
     let (canary, old) = loop {
         let left = limits.watch.saturating_sub(t0.elapsed());
         tokio::time::sleep(every.min(left)).await;
-        let now = sample(lbs).await?;
+        let now = sample(lbs, since.as_ref()).await?;
+        if samples == 0 && !now.untimed.is_empty() {
+            printer.warn(untimed(&now.untimed));
+        }
         samples += 1;
-        let canary = traffic(&start, &now, is_canary);
-        let old = traffic(&start, &now, |s| !is_canary(s));
-        printer.event(
-            json!({"event": "canary-sample", "seconds": t0.elapsed().as_secs_f64(),
-                             "canary": canary.json(), "old": old.json()}),
-        );
-        printer.detail(
-            "Canary",
-            format!(
-                "{:.0} s: {} of {} failed ({}); old release {} of {}",
-                t0.elapsed().as_secs_f64(),
-                canary.errors(),
-                canary.requests,
-                pct(canary.rate()),
-                old.errors(),
-                old.requests
-            ),
+        let mut canary = traffic(&start, &now.counters, is_canary);
+        let mut old = traffic(&start, &now.counters, |s| !is_canary(s));
+        if since.is_some() {
+            canary = canary.timed(&Times::of(&now.counters, is_canary));
+            old = old.timed(&Times::of(&now.counters, |s| !is_canary(s)));
+        }
+        print_sample(
+            printer,
+            t0.elapsed().as_secs_f64(),
+            &canary,
+            &old,
+            now.skipped,
         );
         let early = canary.errors() >= 1
             && canary.requests >= EARLY_REQUESTS

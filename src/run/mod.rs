@@ -17,6 +17,7 @@ pub mod outside;
 pub mod parallel;
 pub mod preflight;
 pub mod report;
+pub mod response_times;
 pub mod rollback;
 pub mod rolling;
 pub mod rollout;

@@ -44,9 +44,12 @@ def fake_sql(text, columns=False, timeout=120, extra=()):
     return []
 
 
-def fake_haproxy(cmd, sock=None):
+def fake_haproxy(cmd, sock=None, limit=None):
     if cmd == "show stat":
         return "# pxname,svname,status,scur,check_status,bck\nweb,web-01,UP,0,L4OK,0\n"
+    if cmd.startswith("show events "):
+        return ("2026-12-03T21:00:42.530240+00:00 10.0.0.1:50140 [03/Dec/2026:21:00:42.481] "
+                "www web/web-01 0/0/0/48/48 200 500 - - ---- 1/1/0/0/0 0/0 \"GET / HTTP/1.1\"\n")
     return ""
 
 

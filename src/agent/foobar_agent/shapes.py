@@ -21,7 +21,7 @@ REQUEST_SHAPES = {
     "db-wait-replica": {"timeout_s":"int"},
     "firewall-confirm": {"run_id":"str"},
     "firewall-guard": {"run_id":"str"},
-    "haproxy-counters": {"backend":"str"},
+    "haproxy-counters": {"backend":"str","response_times":["opt",{"ring":"str","since_ms":"int"}]},
     "haproxy-server": {"backend":"str","server":"str","state":["enum","drain","ready","maint"],"timeout_s":"int"},
     "history": {"last":"int"},
     "observe": {"certs":["list","str"],"db":["opt",{"database":"str","replication":["opt",{"hash":"str","user":"str"}],"role":"str","schema":["opt","str"],"tables":["list","str"],"users":["list",{"grants":["list","str"],"hash":"str","host":"str","user":"str"}]}],"haproxy":"bool","max_content":"int","packages":["list","str"],"paths":["map","str"],"ports":["list",{"names":["list","str"],"port":"int","service":"str"}],"release":["opt",{"root":"str"}],"services":["list","str"],"users":["list","str"]},
