@@ -19,6 +19,7 @@ lab_tests!(
     no_traffic_with_on_no_traffic_halt_stops_and_changes_nothing,
     a_config_change_failing_one_request_in_five_stops_at_the_canary_and_is_restored,
     a_good_config_change_passes_the_canary_and_fails_no_request,
+    a_release_answering_in_300_ms_stops_at_the_canary_on_its_p95,
 );
 
 static FIRST_APPLY: OnceLock<std::process::Output> = OnceLock::new();
@@ -62,6 +63,19 @@ fn one_in_five_fails(dir: &std::path::Path) {
     );
     assert_ne!(src, bad, "the app's index() was found");
     std::fs::write(app, bad).unwrap();
+}
+
+/// A release whose `/` answers after 300 ms (every request, /health as fast as before).
+fn answers_in_300_ms(dir: &std::path::Path) {
+    let app = dir.join("app/foobar_app.py");
+    let src = std::fs::read_to_string(&app).unwrap();
+    let slow = src.replacen(
+        "def index(cfg, environ):\n",
+        "def index(cfg, environ):\n    time.sleep(0.3)  # canary test: a slow release\n",
+        1,
+    );
+    assert_ne!(src, slow, "the app's index() was found");
+    std::fs::write(app, slow).unwrap();
 }
 
 fn unchanged(_: &std::path::Path) {}
@@ -464,5 +478,65 @@ fn a_good_config_change_passes_the_canary_and_fails_no_request() {
         hits.len(),
         evs[verdict]["report"]["window_s"].as_f64().unwrap_or(0.0)
     );
+    apply_ok(&inv(), &[]);
+}
+
+/// A p95 limit (`max_p95_ms: 150`) and a release whose `/` takes 300 ms, under the loop:
+/// haproxy.cfg gains its request log ring, the run stops after the canary with exit 1
+/// naming the p95 (the canary's and the old servers', also in the `--json` events),
+/// web-02 never ran the release, and no request failed (slow is not failed).
+fn a_release_answering_in_300_ms_stops_at_the_canary_on_its_p95() {
+    setup();
+    apply_ok(&inv(), &[]);
+    let v1 = served_release(web1());
+    let slow = variant(
+        "slow",
+        answers_in_300_ms,
+        "rollout:\n  canary: 1\n  watch: 15s\n  max_error_rate: 1%\n  max_p95_ms: 150\n",
+    );
+    let (out, hits) = under_load(&["apply", "--json", &slow]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("canary failed: p95 response time 3"),
+        "names the p95: {stderr}"
+    );
+    assert!(stderr.contains("limit 150 ms"), "{stderr}");
+    assert!(stderr.contains("web-02 never switched"), "{stderr}");
+    let evs = events(&out);
+    let verdict = evs
+        .iter()
+        .find(|e| e["event"] == "canary-verdict")
+        .unwrap_or_else(|| panic!("a verdict event: {}", text(&out)));
+    let report = &verdict["report"];
+    assert_eq!(report["verdict"], "fail", "{verdict:#}");
+    let canary_p95 = report["canary"]["p95_ms"].as_u64().unwrap();
+    let old_p95 = report["old"]["p95_ms"].as_u64().unwrap();
+    let timed = report["canary"]["timed"].as_u64().unwrap();
+    assert!((300..1000).contains(&canary_p95), "{report:#}");
+    assert!(old_p95 < 150, "{report:#}");
+    assert!(timed >= 20, "{report:#}");
+    // Every sample event carries both p95 fields; the last equals the verdict's.
+    let samples: Vec<&serde_json::Value> = evs
+        .iter()
+        .filter(|e| e["event"] == "canary-sample")
+        .collect();
+    assert!(!samples.is_empty(), "{}", text(&out));
+    assert!(samples.iter().all(|s| s["canary"].get("p95_ms").is_some()
+        && s["old"].get("timed").is_some_and(|t| t.is_u64())));
+    assert_eq!(samples.last().unwrap()["canary"]["p95_ms"], canary_p95);
+    assert_eq!(served_release(web1()), v1, "the canary is restored");
+    assert_eq!(served_release(web2()), v1, "web-02 never ran it");
+    let failed: Vec<&Hit> = hits.iter().filter(|h| h.failed()).collect();
+    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    assert!(every_request_succeeds());
+    eprintln!(
+        "p95: {} requests in the loop, canary p95 {canary_p95} ms over {timed} requests, old p95 {old_p95} ms, {} samples",
+        hits.len(),
+        samples.len()
+    );
+    for line in stderr.lines().filter(|l| l.contains("canary failed") || l.contains("p95 ")) {
+        eprintln!("  {line}");
+    }
     apply_ok(&inv(), &[]);
 }
