@@ -530,6 +530,11 @@ fn a_release_answering_in_300_ms_stops_at_the_canary_on_its_p95() {
     assert!(samples.iter().all(|s| s["canary"].get("p95_ms").is_some()
         && s["old"].get("timed").is_some_and(|t| t.is_u64())));
     assert_eq!(samples.last().unwrap()["canary"]["p95_ms"], canary_p95);
+    let skipped: Vec<u64> = samples
+        .iter()
+        .map(|s| s["skipped_log_lines"].as_u64().unwrap())
+        .collect();
+    eprintln!("  request log lines skipped per sample: {skipped:?}");
     assert_eq!(served_release(web1()), v1, "the canary is restored");
     assert_eq!(served_release(web2()), v1, "web-02 never ran it");
     let failed: Vec<&Hit> = hits.iter().filter(|h| h.failed()).collect();
