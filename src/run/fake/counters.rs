@@ -46,6 +46,7 @@ impl Fleet {
         }
         BackendCounters {
             servers: h.counters.values().cloned().collect(),
+            ..BackendCounters::default()
         }
     }
 }
