@@ -86,19 +86,21 @@ pub fn bundle() -> &'static [u8] {
 
 /// The fixed loader at the start of the bootstrap (`python3 -I -S -c BOOTSTRAP ID
 /// LENGTH [mode]`): reads the agent's modules ([`bundle`], LENGTH bytes) from stdin and
-/// keeps them as the package `/var/lib/foobar-infra/agent/foobar_agent_ID/` (a
-/// root-only directory, and the package's own directory root-only too; each module
-/// rewritten, its compiled copy dropped, whenever its bytes differ) and imports it
-/// from there as `a`, so that Python compiles each module once per version, not on
-/// every call; where that fails (read-only disk, a directory others can write) it
-/// imports the modules from memory (a finder on `sys.meta_path`). The modules import
-/// each other relatively, so the package's name does not matter to them.
-pub const LOADER: &str = "import sys,os
+/// imports them as the package `foobar_agent_ID` (as `a`) through a finder on
+/// `sys.meta_path`: each module's source is the bytes just sent (a file on the host
+/// never runs as the agent), and its compiled code is kept in
+/// `/var/lib/foobar-infra/agent/foobar_agent_ID/__pycache__/` (root-only directories)
+/// so that Python compiles each module once per version, not on every call. A module
+/// costs one file read on a later call (its .pyc), and only the modules a request uses
+/// are loaded. Where the cache is not safe (read-only disk, a directory others can
+/// write) nothing is read from or written to it: the modules compile from memory. The
+/// modules import each other relatively, so the package's name does not matter to them.
+pub const LOADER: &str = "import sys,os,importlib.machinery as u
 h,n=sys.argv[1],int(sys.argv[2]);s=sys.stdin.buffer.read(n)
 i=s.index(b'\\n');o=i+1;m={}
 for e in s[:i].decode().split():
  k,l=e.split(':');l=int(l);m[k]=s[o:o+l];o+=l
-d='/var/lib/foobar-infra/agent';p='foobar_agent_'+h;g=d+'/'+p
+d='/var/lib/foobar-infra/agent';p='foobar_agent_'+h;g=d+'/'+p;c=1
 try:
  for q in(os.path.dirname(d),d,g):
   try:os.mkdir(q,0o700)
@@ -106,29 +108,21 @@ try:
  for q in(d,g):
   t=(os.stat if q==d else os.lstat)(q)
   if t.st_uid!=os.geteuid()or t.st_mode&0o077:raise OSError('unsafe '+q)
- for k,b in m.items():
-  f='%s/%s.py'%(g,k)
-  try:
-   with open(f,'rb')as x:c=x.read()==b
-  except OSError:c=False
-  if not c:
-   t='%s.%d'%(f,os.getpid())
-   with open(t,'wb')as x:x.write(b)
-   os.rename(t,f)
-   try:os.unlink('%s/__pycache__/%s.%s.pyc'%(g,k,sys.implementation.cache_tag))
-   except OSError:pass
- sys.path.insert(0,d);a=__import__(p)
-except(OSError,ImportError):
- import importlib.machinery as u
- for q in[q for q in sys.modules if q.split('.')[0]==p]:del sys.modules[q]
- class F:
-  def find_spec(self,q,w=None,t=None):
-   k='__init__'if q==p else q[len(p)+1:]if q.startswith(p+'.')else None
-   if k in m:return u.ModuleSpec(q,self,is_package=k=='__init__')
-  def create_module(self,c):pass
-  def exec_module(self,o):
-   k=o.__name__[len(p)+1:]or'__init__';exec(compile(m[k],'foobar-agent/%s.py'%k,'exec'),o.__dict__)
- sys.meta_path.insert(0,F());a=__import__(p)
+except OSError:c=0
+class L(u.SourceFileLoader):
+ def path_stats(self,f):return{'mtime':0,'size':len(m[self.k])}
+ def get_data(self,f):
+  if f==self.path:return m[self.k]
+  if c:return super().get_data(f)
+  raise OSError(f)
+ def set_data(self,f,b,_mode=0):
+  if c:super().set_data(f,b,_mode=0o600)
+class F:
+ def find_spec(self,q,w=None,t=None):
+  k='__init__'if q==p else q[len(p)+1:]if q.startswith(p+'.')else None
+  if k in m:
+   x=L(q,'%s/%s.py'%(g,k));x.k=k;z=u.ModuleSpec(q,x,origin=x.path,is_package=k=='__init__');z.has_location=True;return z
+sys.meta_path.insert(0,F());a=__import__(p)
 ";
 
 /// The bootstrap in argv: [`LOADER`], then the agent's entry point with the mode.

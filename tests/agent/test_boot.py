@@ -49,6 +49,16 @@ is-enabled)
         fi
         echo "${s:-not-found}"
     done ;;
+show)  # --property=ActiveState,UnitFileState -- NAMES: a block per name, empty ones left out
+    shift 2
+    for n in "$@"; do
+        s=$(sed -n "s/^$n //p" "$FAKE_ETC/states")
+        a=$(sed -n "s/^$n //p" "$FAKE_ETC/active")
+        echo "ActiveState=${a:-inactive}"
+        [ -n "$s" ] && echo "UnitFileState=$s"
+        echo
+    done ;;
+is-active) shift; grep -q "^$1 active$" "$FAKE_ETC/active" ;;
 enable) sed -i "s/^$1 .*/$1 enabled/" "$FAKE_ETC/states" ;;
 disable) sed -i "s/^$1 .*/$1 disabled/" "$FAKE_ETC/states" ;;
 esac
@@ -182,6 +192,28 @@ class Boot(AgentTest):
         self.assertEqual(boot.boot_enabled(["nginx", "stale", "foobar-app"], "systemd"),
                          {"nginx": True, "stale": None, "foobar-app": False})
         self.assertEqual(len(self.calls()), 4)
+
+    def test_systemd_observe_asks_one_systemctl_show_for_every_unit(self):
+        from foobar_agent import services
+        units = os.path.join(self.etc, "systemd/system")
+        for n in ("nginx", "haproxy", "foobar-app"):
+            open(os.path.join(units, n + ".service"), "w").close()
+        self.script("legacy")  # an init script without a unit file: asked as before
+        with open(os.path.join(self.etc, "states"), "w") as f:
+            f.write("nginx enabled\nhaproxy disabled\nlegacy enabled\n")
+        with open(os.path.join(self.etc, "active"), "w") as f:
+            f.write("nginx active\nhaproxy reloading\nlegacy active\n")
+        got = services.observe_services(["nginx", "haproxy", "foobar-app", "legacy"], "systemd")
+        self.assertEqual({n: (s["running"], s["enabled"]) for n, s in got.items()},
+                         {"nginx": (True, True), "haproxy": (True, False),
+                          "foobar-app": (False, False), "legacy": (True, True)})
+        self.assertEqual(self.calls(), [
+            "systemctl show --property=ActiveState,UnitFileState -- nginx haproxy foobar-app",
+            "systemctl is-enabled legacy", "systemctl is-active --quiet legacy"])
+        # An answer that is not one block per unit: each asked as before.
+        self.put(boot, "capture", lambda argv, **kw: (0, "ActiveState=active\n", "")
+                 if argv[1] == "show" else (0, "enabled\n", ""))
+        self.assertEqual(boot.systemd_show(["nginx", "haproxy"]), {})
 
     def test_observe_reports_each_service_enabled_or_not(self):
         self.link("S01nginx")

@@ -60,6 +60,28 @@ def systemd_enabled(names):
     return {n: None if states.get(n) is None else states[n] in BOOT_STATES for n in names}
 
 
+def systemd_show(names):
+    """name -> (ActiveState, UnitFileState) from one `systemctl show` for all `names`
+    (units with a unit file: an init script's generated unit says nothing true of its
+    links), or {} when the answer is not one block per name: the caller then asks
+    `systemctl is-active` / `is-enabled` as before."""
+    if not names:
+        return {}
+    code, out, _ = capture(["systemctl", "show", "--property=ActiveState,UnitFileState", "--"] + names,
+                           timeout=30)
+    blocks = out.strip("\n").split("\n\n")
+    if code != 0 or len(blocks) != len(names):
+        return {}
+    shown = {}
+    for name, block in zip(names, blocks):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if not props.get("ActiveState"):
+            return {}
+        # An empty property is left out: a unit without a unit file state has none.
+        shown[name] = (props["ActiveState"], props.get("UnitFileState", ""))
+    return shown
+
+
 def check_boot(boot):
     """The "boot" entries of a commit request, [{"service": NAME, "enable": BOOL}],
     checked before anything changes."""

@@ -28,18 +28,32 @@ def live_sha(path):
         return "(dangling symlink)" if os.path.islink(path) else None
 
 
+# Names already looked up for this request: an observe asks for the same few ids for
+# every file (the first lookup reads /etc/passwd or /etc/group).
+_NAMES = {}
+
+
+def forget_names():
+    """Before each request (ops.py): a user renamed between two runs of a kept agent."""
+    _NAMES.clear()
+
+
+def _name(db, id_):
+    key = (db, id_)
+    if key not in _NAMES:
+        try:
+            _NAMES[key] = (pwd.getpwuid(id_).pw_name if db == "user" else grp.getgrgid(id_).gr_name)
+        except KeyError:
+            _NAMES[key] = str(id_)
+    return _NAMES[key]
+
+
 def user_name(uid):
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
+    return _name("user", uid)
 
 
 def group_name(gid):
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
+    return _name("group", gid)
 
 
 def file_info(path, desired=None, max_content=0, want_content=False):

@@ -7,9 +7,7 @@ import sys
 
 from . import session
 from .core import traceback
-from .daemon import listen
 from .ops import answer_of
-from .stage import abandon_staged
 
 
 def main(argv=()):
@@ -19,6 +17,7 @@ def main(argv=()):
     os.umask(0o022)
     out = sys.stdout
     if argv[:1] == ["listen"]:
+        from .daemon import listen
         return listen(argv[1:])
     if "serve" not in argv:
         out.write(json.dumps(answer_of(sys.stdin.buffer.read()), sort_keys=True) + "\n")
@@ -50,3 +49,10 @@ def entry(argv=()):
     except BaseException:
         traceback.print_exc(file=sys.stderr)
         sys.exit(2)
+
+
+def abandon_staged():
+    """stage.py's, loaded only when this agent staged something (an observe does not)."""
+    if session.STAGED_RUNS:
+        from .stage import abandon_staged as abandon
+        abandon()

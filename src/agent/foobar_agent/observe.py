@@ -5,7 +5,6 @@ listening ports). It never writes."""
 import os
 
 from . import paths
-from .boot import boot_enabled
 from .core import AgentError, name_ok, safe_name, safe_path
 from .db import db_observe, replica_status
 from .files import file_info, read_json
@@ -13,7 +12,7 @@ from .haproxy import haproxy_observe
 from .packages import dpkg_installed
 from .ports import listeners_observe
 from .release import cert_not_after, release_observe, user_exists
-from .services import init_system, service_pid, service_running
+from .services import init_system, observe_services, service_running
 from .state import last_history, original_path
 
 
@@ -64,14 +63,12 @@ def op_observe(req):
     users = {u: user_exists(u) for u in req.get("users") or []}  # release.py
     balancer = haproxy_observe() if req.get("haproxy") else None  # release.py
     certs = {safe_path(c, "certs"): cert_not_after(c) for c in req.get("certs") or []}  # release.py
-    boot = boot_enabled(services, init)  # boot.py
     listeners = listeners_observe(req.get("ports") or [], init)  # ports.py
     # Managed paths whose file before the first apply is kept (put back on removal).
     originals = sorted(p for p in files if os.path.lexists(original_path(p)))
     return {
         "ok": True, "init": init, "hostname": os.uname().nodename, "files": files, "db": db, "release": release, "users": users, "haproxy": balancer, "certs": certs,
-        "services": {s: {"running": service_running(s, init), "pid": service_pid(s), "enabled": boot.get(s)}
-                     for s in services},
+        "services": observe_services(services, init),
         "packages": dpkg_installed(packages), "lock": lock, "manifest": manifest,
         "last_history": last_history(), "former_replica": former_replica, "listeners": listeners,
         "originals": originals,

@@ -3,45 +3,52 @@ protocol"), and how one request becomes one answer."""
 
 import json
 
-from . import counters, db, db_restore, firewall, haproxy, release, services
+from . import files, services
 from .check import check_request
-from .commit import op_commit, op_rollback
 from .core import AgentError
-from .observe import op_observe
-from .stage import op_abort, op_stage
-from .state import op_history
+
+
+def _op(module, function):
+    """The op `function` of `module`, imported on its first call: an observe loads the
+    modules it needs, not those of stage, commit, the database or the firewall (each
+    module loaded is a few file reads on the host)."""
+    def op(req):
+        return getattr(__import__(module, globals(), None, [function], 1), function)(req)
+    op.__name__ = function
+    return op
+
 
 OPS = {
     # a run: observe, stage (and validate), then commit or abort; rollback later
-    "observe": op_observe,
-    "stage": op_stage,
-    "abort": op_abort,
-    "commit": op_commit,
-    "rollback": op_rollback,
-    "history": op_history,
+    "observe": _op("observe", "op_observe"),
+    "stage": _op("stage", "op_stage"),
+    "abort": _op("stage", "op_abort"),
+    "commit": _op("commit", "op_commit"),
+    "rollback": _op("commit", "op_rollback"),
+    "history": _op("state", "op_history"),
     # the firewall's anti-lockout guard
-    "firewall-confirm": firewall.op_firewall_confirm,
-    "firewall-guard": firewall.op_firewall_guard,
+    "firewall-confirm": _op("firewall", "op_firewall_confirm"),
+    "firewall-guard": _op("firewall", "op_firewall_guard"),
     # the application's releases and the load balancer's runtime API
-    "release-upload": release.op_release_upload,
-    "release-switch": release.op_release_switch,
-    "haproxy-server": haproxy.op_haproxy_server,
-    "haproxy-counters": counters.op_haproxy_counters,
+    "release-upload": _op("release", "op_release_upload"),
+    "release-switch": _op("release", "op_release_switch"),
+    "haproxy-server": _op("haproxy", "op_haproxy_server"),
+    "haproxy-counters": _op("counters", "op_haproxy_counters"),
     # the database
-    "db-replica-password": db.op_db_replica_password,
-    "db-replica-remove": db.op_db_replica_remove,
-    "db-primary": db.op_db_primary,
-    "db-seed-prepare": db.op_db_seed_prepare,
-    "db-replica-start": db.op_db_replica_start,
-    "db-wait-replica": db.op_db_wait_replica,
-    "db-fence": db.op_db_fence,
-    "db-catch-up": db.op_db_catch_up,
-    "db-promote": db.op_db_promote,
-    "db-replica-repair": db.op_db_replica_repair,
-    "db-restore-check": db_restore.op_db_restore_check,
-    "db-restore-prepare": db_restore.op_db_restore_prepare,
-    "db-restore-swap": db_restore.op_db_restore_swap,
-    "db-restore-abort": db_restore.op_db_restore_abort,
+    "db-replica-password": _op("db", "op_db_replica_password"),
+    "db-replica-remove": _op("db", "op_db_replica_remove"),
+    "db-primary": _op("db", "op_db_primary"),
+    "db-seed-prepare": _op("db", "op_db_seed_prepare"),
+    "db-replica-start": _op("db", "op_db_replica_start"),
+    "db-wait-replica": _op("db", "op_db_wait_replica"),
+    "db-fence": _op("db", "op_db_fence"),
+    "db-catch-up": _op("db", "op_db_catch_up"),
+    "db-promote": _op("db", "op_db_promote"),
+    "db-replica-repair": _op("db", "op_db_replica_repair"),
+    "db-restore-check": _op("db_restore", "op_db_restore_check"),
+    "db-restore-prepare": _op("db_restore", "op_db_restore_prepare"),
+    "db-restore-swap": _op("db_restore", "op_db_restore_swap"),
+    "db-restore-abort": _op("db_restore", "op_db_restore_abort"),
 }
 
 
@@ -56,6 +63,7 @@ def handle(raw):
         raise AgentError("request", "unknown op %r (expected one of %s)"
                          % (req.get("op") if isinstance(req, dict) else None, ", ".join(sorted(OPS))))
     check_request(req)  # the request fits its op's shape (shapes.py), or nothing runs
+    files.forget_names()  # a kept agent serves many runs: user and group names per request
     try:
         return OPS[req["op"]](req)
     except OSError as e:

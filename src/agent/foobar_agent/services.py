@@ -6,7 +6,7 @@ a service's pid file, error log and validator are comes from the tool with each 
 import os
 
 from . import paths
-from .boot import enable_service
+from .boot import BOOT_STATES, boot_enabled, enable_service, systemd_show, unit_kind
 from .core import AgentError
 from .files import remove_quiet
 from .haproxy import HAPROXY_STATE, save_haproxy_state
@@ -64,6 +64,28 @@ def service_running(name, init):
     if service_pid(name):
         return True
     return quiet(["service", name, "status"]) == 0
+
+
+# The ActiveState values for which `systemctl is-active` answers 0.
+ACTIVE_STATES = frozenset(("active", "reloading", "refreshing"))
+
+
+def observe_services(names, init):
+    """What observe reports of each service: running, its pid and whether it starts at
+    boot. Under systemd one `systemctl show` answers for every service with a unit file
+    (instead of an `is-active` per service and an `is-enabled`: ~25 ms each on the lab);
+    the others, and sysv hosts, as service_running and boot_enabled say."""
+    shown = systemd_show([n for n in names if unit_kind(n) == "unit"]) if init == "systemd" else {}
+    boot = boot_enabled([n for n in names if n not in shown], init)
+    states = {}
+    for n in names:
+        if n in shown:
+            active, file_state = shown[n]
+            running, enabled = active in ACTIVE_STATES, file_state in BOOT_STATES
+        else:
+            running, enabled = service_running(n, init), boot.get(n)
+        states[n] = {"running": running, "pid": service_pid(n), "enabled": enabled}
+    return states
 
 
 def service_pid(name):
