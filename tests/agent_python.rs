@@ -212,8 +212,9 @@ fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn compiled(package: &Path) -> Vec<String> {
-    let mut names: Vec<String> = match std::fs::read_dir(package.join("__pycache__")) {
+/// The files in the package's cache directory.
+fn cached(package: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match std::fs::read_dir(package) {
         Ok(dir) => dir
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect(),
@@ -224,64 +225,99 @@ fn compiled(package: &Path) -> Vec<String> {
 }
 
 /// The bootstrap runs the modules from the bytes the tool sends and keeps only their
-/// compiled code, in a root-only cache: compiled once, loaded only as a request needs
-/// them, a file put there as a module never runs, a damaged compiled file is compiled
-/// again; where the cache is not root-only it reads and writes nothing there.
+/// compiled code, as one root-only file: written once per version, a file put there as
+/// a module never runs, a damaged code file is written again; where the cache is not
+/// root-only it reads and writes nothing there.
 #[test]
 fn the_bootstrap_runs_the_sent_modules_and_caches_only_their_compiled_code() {
+    use std::os::unix::fs::PermissionsExt;
     let scratch = Scratch::new("cache");
     let (cache, package) = (scratch.cache(), scratch.package());
     answers_unknown_op(&cache);
-    let first = compiled(&package);
-    let names: Vec<&str> = agent::MODULES.iter().map(|(n, _)| *n).collect();
-    for f in &first {
-        let module = f.split('.').next().unwrap();
-        assert!(
-            names.contains(&module),
-            "{f} is not one of the agent's modules"
-        );
-    }
-    // The request's modules, not every module: stage, commit, the database's ops and
-    // the kept agent's daemon are not loaded to refuse an unknown op.
-    assert!(first.len() >= 6, "{first:?}");
-    for unused in ["commit", "stage", "db_restore", "daemon", "firewall"] {
-        assert!(
-            !first.iter().any(|f| f.starts_with(&format!("{unused}."))),
-            "{unused} loaded: {first:?}"
-        );
-    }
-    let core_pyc = package
-        .join("__pycache__")
-        .join(first.iter().find(|f| f.starts_with("core.")).unwrap());
-    let compiled_core = std::fs::read(&core_pyc).unwrap();
+    let files = cached(&package);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        files[0].starts_with("code.cpython-") && files[0].ends_with(".bin"),
+        "{files:?}"
+    );
+    let code = package.join(&files[0]);
+    let mode = std::fs::metadata(&code).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let written = std::fs::read(&code).unwrap();
 
     // A module file put in the cache never runs: the source is what the tool sent.
     std::fs::write(package.join("core.py"), "raise SystemExit(99)\n").unwrap();
     answers_unknown_op(&cache);
     assert_eq!(
-        std::fs::read(&core_pyc).unwrap(),
-        compiled_core,
-        "compiled once per version"
+        std::fs::read(&code).unwrap(),
+        written,
+        "written once per version"
     );
-    // A damaged compiled file is compiled again from the sent source.
-    std::fs::write(&core_pyc, b"damaged").unwrap();
+    std::fs::remove_file(package.join("core.py")).unwrap();
+    // A damaged code file is written again from the sent source.
+    std::fs::write(&code, b"damaged").unwrap();
     answers_unknown_op(&cache);
-    assert_eq!(std::fs::read(&core_pyc).unwrap(), compiled_core);
+    assert_ne!(std::fs::read(&code).unwrap(), b"damaged");
 
     // A cache others could write: nothing is read from it or written to it.
-    std::fs::remove_dir_all(package.join("__pycache__")).unwrap();
+    std::fs::remove_file(&code).unwrap();
     chmod(&cache, 0o777);
     answers_unknown_op(&cache);
-    assert_eq!(compiled(&package), Vec::<String>::new());
+    assert_eq!(cached(&package), Vec::<String>::new());
     chmod(&cache, 0o700);
     answers_unknown_op(&cache);
-    assert_eq!(compiled(&package), first);
+    assert_eq!(cached(&package), files);
 
     // The same for the package's own directory.
-    std::fs::remove_dir_all(package.join("__pycache__")).unwrap();
+    std::fs::remove_file(&code).unwrap();
     chmod(&package, 0o755);
     answers_unknown_op(&cache);
-    assert_eq!(compiled(&package), Vec::<String>::new());
+    assert_eq!(cached(&package), Vec::<String>::new());
+}
+
+/// An observe loads the modules it needs, not those of stage, commit, the database's
+/// restore, the firewall or the kept agent's daemon (each module loaded costs a host
+/// file reads and time).
+#[test]
+fn an_observe_loads_only_the_modules_it_needs() {
+    let probe = r#"
+import sys
+sys.path.insert(0, "src/agent")
+from foobar_agent import ops
+print(ops.OPS["observe"]({"paths": {"/etc/hostname": None}, "services": ["nginx"]})["ok"])
+print(" ".join(sorted(m.split(".")[1] for m in sys.modules if m.startswith("foobar_agent."))))
+"#;
+    let out = Command::new("python3")
+        .args(["-I", "-S", "-c", probe])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let loaded: Vec<&str> = text.lines().nth(1).unwrap_or("").split(' ').collect();
+    assert_eq!(text.lines().next(), Some("True"), "{text}");
+    assert!(
+        loaded.contains(&"observe") && loaded.contains(&"files"),
+        "{loaded:?}"
+    );
+    for unused in [
+        "commit",
+        "stage",
+        "db_restore",
+        "daemon",
+        "firewall",
+        "actions",
+        "live",
+    ] {
+        assert!(
+            !loaded.contains(&unused),
+            "{unused} loaded by an observe: {loaded:?}"
+        );
+    }
 }
 
 /// The agent knows a service's pid file only from the service table the tool sends

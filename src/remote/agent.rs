@@ -87,20 +87,23 @@ pub fn bundle() -> &'static [u8] {
 /// The fixed loader at the start of the bootstrap (`python3 -I -S -c BOOTSTRAP ID
 /// LENGTH [mode]`): reads the agent's modules ([`bundle`], LENGTH bytes) from stdin and
 /// imports them as the package `foobar_agent_ID` (as `a`) through a finder on
-/// `sys.meta_path`: each module's source is the bytes just sent (a file on the host
-/// never runs as the agent), and its compiled code is kept in
-/// `/var/lib/foobar-infra/agent/foobar_agent_ID/__pycache__/` (root-only directories)
-/// so that Python compiles each module once per version, not on every call. A module
-/// costs one file read on a later call (its .pyc), and only the modules a request uses
-/// are loaded. Where the cache is not safe (read-only disk, a directory others can
-/// write) nothing is read from or written to it: the modules compile from memory. The
-/// modules import each other relatively, so the package's name does not matter to them.
-pub const LOADER: &str = "import sys,os,importlib.machinery as u
+/// `sys.meta_path`, each module when a request first needs it. Their source is the
+/// bytes just sent (a file on the host never runs as the agent); their compiled code
+/// is kept as one file, `/var/lib/foobar-infra/agent/foobar_agent_ID/code.TAG.bin`
+/// (root-only directories, 0600; TAG is Python's, e.g. cpython-311), written the first
+/// time a version runs with every module compiled and read whole on every later start:
+/// one file read instead of one per module (on the lab's overlay filesystem each read
+/// costs ~0.5 ms). A file that is not every module's code (damaged, another version's)
+/// is written again. Where the cache is not safe (read-only disk, a directory others
+/// can write) nothing is read from or written to it: the modules compile from memory.
+/// The modules import each other relatively, so the package's name does not matter.
+pub const LOADER: &str = "import sys,os,marshal,importlib.machinery as u
 h,n=sys.argv[1],int(sys.argv[2]);s=sys.stdin.buffer.read(n)
 i=s.index(b'\\n');o=i+1;m={}
 for e in s[:i].decode().split():
  k,l=e.split(':');l=int(l);m[k]=s[o:o+l];o+=l
-d='/var/lib/foobar-infra/agent';p='foobar_agent_'+h;g=d+'/'+p;c=1
+d='/var/lib/foobar-infra/agent';p='foobar_agent_'+h;g=d+'/'+p;y={}
+def c(k):return compile(m[k],'%s/%s.py'%(g,k),'exec',dont_inherit=True)
 try:
  for q in(os.path.dirname(d),d,g):
   try:os.mkdir(q,0o700)
@@ -108,20 +111,23 @@ try:
  for q in(d,g):
   t=(os.stat if q==d else os.lstat)(q)
   if t.st_uid!=os.geteuid()or t.st_mode&0o077:raise OSError('unsafe '+q)
-except OSError:c=0
-class L(u.SourceFileLoader):
- def path_stats(self,f):return{'mtime':0,'size':len(m[self.k])}
- def get_data(self,f):
-  if f==self.path:return m[self.k]
-  if c:return super().get_data(f)
-  raise OSError(f)
- def set_data(self,f,b,_mode=0):
-  if c:super().set_data(f,b,_mode=0o600)
+ b='%s/code.%s.bin'%(g,sys.implementation.cache_tag)
+ try:
+  with open(b,'rb')as x:y=marshal.loads(x.read())
+ except(OSError,ValueError,EOFError,TypeError):pass
+ if not(isinstance(y,dict)and y.keys()==m.keys()and all(type(v)is type(c.__code__)for v in y.values())):
+  y={k:c(k)for k in m};t='%s.%d'%(b,os.getpid())
+  with open(os.open(t,os.O_WRONLY|os.O_CREAT|os.O_TRUNC,0o600),'wb')as x:x.write(marshal.dumps(y))
+  os.rename(t,b)
+except OSError:y={}
 class F:
  def find_spec(self,q,w=None,t=None):
   k='__init__'if q==p else q[len(p)+1:]if q.startswith(p+'.')else None
-  if k in m:
-   x=L(q,'%s/%s.py'%(g,k));x.k=k;z=u.ModuleSpec(q,x,origin=x.path,is_package=k=='__init__');z.has_location=True;return z
+  if k in m:z=u.ModuleSpec(q,self,origin='%s/%s.py'%(g,k),is_package=k=='__init__');z.has_location=True;return z
+ def create_module(self,z):pass
+ def exec_module(self,o):
+  k=o.__name__[len(p)+1:]or'__init__';exec(y.get(k)or c(k),o.__dict__)
+ def get_source(self,q):return m['__init__'if q==p else q[len(p)+1:]].decode()
 sys.meta_path.insert(0,F());a=__import__(p)
 ";
 

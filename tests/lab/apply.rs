@@ -164,9 +164,10 @@ fn second_apply_is_a_no_op_with_one_connection_and_one_command_per_host() {
     assert_eq!(doc["schema"], 1);
 }
 
-/// The agent runs from a cached copy on the host (compiled once per version): in a
-/// root-only directory, rewritten whenever its bytes differ from the tool's (a tampered
-/// copy never runs), and not used at all from a directory others could write.
+/// The agent runs from the bytes the tool sends; only its compiled code is cached on the
+/// host (one file per version, written once) in a root-only directory: a module file put
+/// there never runs, a damaged code file is written again, and a directory others could
+/// write is neither read nor written.
 fn the_agents_cached_copy_is_root_only_and_never_runs_tampered() {
     setup();
     baseline();
@@ -189,30 +190,61 @@ fn the_agents_cached_copy_is_root_only_and_never_runs_tampered() {
         1,
         "one agent version (a package) on a fresh lab: {listing}"
     );
-    // One module of the package's copy stands for all (each is compared the same way).
-    let copy = format!("{}core.py", copies[0]);
-    let genuine = remote_sha("lb-01", &copy);
-    let tamper = format!("echo 'raise SystemExit(99)' > {copy}");
-
-    exec("web-01", &["sh", "-c", &tamper]);
-    in_sync();
-    assert_eq!(
-        remote_sha("web-01", &copy),
-        genuine,
-        "the copy is rewritten"
+    let files = exec("web-01", &["ls", "-A", copies[0]]);
+    let code: Vec<&str> = files.split_whitespace().collect();
+    assert!(
+        code.len() == 1 && code[0].starts_with("code.cpython-") && code[0].ends_with(".bin"),
+        "only the compiled code is kept: {files}"
     );
+    let code = format!("{}{}", copies[0], code[0]);
+    assert_eq!(
+        exec("web-01", &["stat", "-c", "%a %U", &code]).trim(),
+        "600 root"
+    );
+    let written = remote_sha("web-01", &code);
 
-    // A directory others can write: the script runs from memory; the copy is left as is.
-    exec("web-01", &["chmod", "777", DIR]);
-    exec("web-01", &["sh", "-c", &tamper]);
+    // A module file put beside it never runs; the code file is not written again.
+    let planted = format!("{}core.py", copies[0]);
+    exec(
+        "web-01",
+        &[
+            "sh",
+            "-c",
+            &format!("echo 'raise SystemExit(99)' > {planted}"),
+        ],
+    );
     in_sync();
     assert_eq!(
-        exec("web-01", &["cat", &copy]).trim(),
-        "raise SystemExit(99)"
+        remote_sha("web-01", &code),
+        written,
+        "written once per version"
+    );
+    // A damaged code file is written again from what the tool sent.
+    exec("web-01", &["sh", "-c", &format!("echo damaged > {code}")]);
+    in_sync();
+    // (Not byte for byte: a frozenset constant's order follows the string hash seed.)
+    let size = || {
+        exec("web-01", &["stat", "-c", "%s", &code])
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    assert!(size() > 10_000, "the code file is written again");
+
+    // A directory others can write: the modules compile from memory, nothing is written.
+    exec("web-01", &["rm", &code]);
+    exec("web-01", &["chmod", "777", DIR]);
+    in_sync();
+    assert_eq!(
+        exec_raw("web-01", &["test", "-e", &code]).status.code(),
+        Some(1)
     );
     exec("web-01", &["chmod", "700", DIR]);
     in_sync();
-    assert_eq!(remote_sha("web-01", &copy), genuine);
+    assert!(
+        size() > 10_000,
+        "written again once the directory is root-only"
+    );
 }
 
 fn a_changed_variable_shows_in_diff_and_is_served_after_apply() {

@@ -18,7 +18,15 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "src", "agent"))
 
+import importlib  # noqa: E402
+
 from foobar_agent import ops, paths  # noqa: E402  (the package as the tool sends it)
+
+# Every module loaded now (the agent loads an op's modules on its first call), so that the
+# stand-ins below reach each module that has the name.
+for _file in sorted(os.listdir(os.path.dirname(ops.__file__))):
+    if _file.endswith(".py") and _file != "__main__.py":
+        importlib.import_module("foobar_agent." + _file[:-3])
 
 SLAVE_HEADER = ["Master_Host", "Master_Port", "Master_User", "Slave_IO_Running", "Slave_SQL_Running",
                 "Seconds_Behind_Master", "Last_IO_Error", "Last_SQL_Error", "Last_IO_Errno",

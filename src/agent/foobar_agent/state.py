@@ -87,7 +87,7 @@ def original_path(target):
 
 def prune_agent_cache(keep=3):
     """The bootstrap keeps each agent version it ran in paths.AGENT_CACHE, as the package
-    foobar_agent_ID/ (its compiled code inside): keep this one and the `keep` newest
+    foobar_agent_ID/ (its compiled code, code.TAG.bin): keep this one and the `keep` newest
     others. An older tool's single-file copies (foobar_agent_ID.py, compiled beside it
     in __pycache__) are pruned the same way."""
     me = __name__.rpartition(".")[0]  # this package's name: foobar_agent_ID
