@@ -219,6 +219,7 @@ fn the_agents_cached_copy_is_root_only_and_never_runs_tampered() {
         written,
         "written once per version"
     );
+    exec("web-01", &["rm", &planted]);
     // A damaged code file is written again from what the tool sent.
     exec("web-01", &["sh", "-c", &format!("echo damaged > {code}")]);
     in_sync();
