@@ -20,6 +20,7 @@ lab_tests!(
     a_config_change_failing_one_request_in_five_stops_at_the_canary_and_is_restored,
     a_good_config_change_passes_the_canary_and_fails_no_request,
     a_release_answering_in_300_ms_stops_at_the_canary_on_its_p95,
+    a_failed_canary_gets_back_both_its_release_and_its_config,
 );
 
 static FIRST_APPLY: OnceLock<std::process::Output> = OnceLock::new();
@@ -551,5 +552,74 @@ fn a_release_answering_in_300_ms_stops_at_the_canary_on_its_p95() {
     {
         eprintln!("  {line}");
     }
+    apply_ok(&inv(), &[]);
+}
+
+/// One run changes both the release (one that fails 1 request in 5) and the nginx
+/// config (a good one): the canary gets both before the watch, and on the failure both
+/// go back on it; web-02 never gets either.
+fn a_failed_canary_gets_back_both_its_release_and_its_config() {
+    setup();
+    apply_ok(&inv(), &[]);
+    let (site1, site2) = (remote_sha("web-01", SITE), remote_sha("web-02", SITE));
+    let v1 = served_release(web1());
+    let both = variant(
+        "both",
+        one_in_five_fails,
+        "nginx:\n  client_max_body_size: 11m\nrollout:\n  canary: 1\n  watch: 20s\n",
+    );
+    let (out, hits) = under_load(&["apply", "--json", &both]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("canary failed: error rate"), "{stderr}");
+    assert!(stderr.contains("and files (nginx)"), "{stderr}");
+    assert!(stderr.contains("web-01 is back on release"), "{stderr}");
+    assert!(
+        stderr.contains("Restored the previous files on web-01"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("web-02 never changed"), "{stderr}");
+    assert!(stderr.contains("web-02 never switched"), "{stderr}");
+    let evs = events(&out);
+    let verdict = evs.iter().find(|e| e["event"] == "canary-verdict");
+    let verdict = verdict.unwrap_or_else(|| panic!("a verdict event: {}", text(&out)));
+    let bad_id = verdict["release"].as_str().unwrap().to_string();
+    // The canary ran both when watched: its file changed and it switched before.
+    let web01_file = evs
+        .iter()
+        .position(|e| e["event"] == "file-changed" && e["host"] == "web-01");
+    let web01_release = evs
+        .iter()
+        .position(|e| e["event"] == "release" && e["host"] == "web-01");
+    let at = evs.iter().position(|e| e["event"] == "canary-verdict");
+    assert!(
+        web01_file < at && web01_release < at && web01_file.is_some() && web01_release.is_some()
+    );
+    assert_eq!(
+        remote_sha("web-01", SITE),
+        site1,
+        "web-01's config restored"
+    );
+    assert_eq!(
+        remote_sha("web-02", SITE),
+        site2,
+        "web-02's config untouched"
+    );
+    assert_eq!(served_release(web1()), v1, "web-01 is back on its release");
+    assert_eq!(served_release(web2()), v1, "web-02 never switched");
+    assert!(every_request_succeeds(), "every request succeeds again");
+    let failed: Vec<&Hit> = hits.iter().filter(|h| h.failed()).collect();
+    assert!(!failed.is_empty(), "the canary failed some requests");
+    for h in &failed {
+        assert!(
+            h.status == 500 && h.server == "web-01" && h.release == bad_id,
+            "only the canary's 500s fail: {h:?}"
+        );
+    }
+    eprintln!(
+        "release and config canary: {} requests, {} failed",
+        hits.len(),
+        failed.len()
+    );
     apply_ok(&inv(), &[]);
 }
