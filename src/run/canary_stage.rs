@@ -269,26 +269,32 @@ async fn undo<'a>(
     releases: &mut Releases<'a>,
 ) -> String {
     let (info, parallel, printer) = (run.info, run.parallel, run.printer);
+    let lbs = releases.lbs.clone();
+    // First out of the pool: the canaries serve nothing more of what was judged.
+    for name in &stage.names {
+        let _ = set_backend_state(&lbs, name, ServerState::Drain, true, printer).await;
+    }
     let staged: Vec<Work> = before.held.iter().chain(before.deferred).copied().collect();
     abort(&staged, info, parallel, printer).await;
     let is_canary = |h: &str| stage.names.iter().any(|n| n == h);
-    let mut notes = releases.switch_back(|_| true).await;
-    // The canaries' files are restored drained (an application restart must not fail
-    // requests); the other hosts' (load balancers, reloads) as any failed run's.
+    // The canaries' files (their restore proven live by the agent), then their release,
+    // while drained; the other hosts' files (load balancers, reloads) as any failed run's.
     let (canaries, rest): (Vec<Work>, Vec<Work>) =
         (before.committed.iter().copied()).partition(|(hp, _, _)| is_canary(hp.name()));
-    for &(hp, hc, r) in &canaries {
-        let _ =
-            set_backend_state(&releases.lbs, hp.name(), ServerState::Drain, true, printer).await;
-        notes.push(rollback(&[(hp, hc, r)], info, parallel, printer).await);
-        let back = set_backend_state(&releases.lbs, hp.name(), ServerState::Ready, true, printer);
-        if let Err(e) = back.await {
+    let mut notes = Vec::new();
+    if !canaries.is_empty() {
+        notes.push(rollback(&canaries, info, parallel, printer).await);
+    }
+    notes.extend(releases.switch_back(is_canary, true).await);
+    for name in &stage.names {
+        if let Err(e) = set_backend_state(&lbs, name, ServerState::Ready, true, printer).await {
             notes.push(format!(
-                "{}: could NOT put it back into the pool: {e:#}",
-                hp.name()
+                "{name}: could NOT put it back into the pool: {e:#}"
             ));
         }
     }
+    // Any other host switched in the run (none but canaries before the verdict).
+    notes.extend(releases.switch_back(|_| true, false).await);
     if !rest.is_empty() {
         notes.push(rollback(&rest, info, parallel, printer).await);
     }

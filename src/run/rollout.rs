@@ -155,15 +155,26 @@ impl<'a> Releases<'a> {
     }
 
     /// Switches back the hosts `pick` selects among those switched in this run (the
-    /// last first); one note per host, for the run's error.
-    pub(super) async fn switch_back(&mut self, pick: impl Fn(&str) -> bool) -> Vec<String> {
+    /// last first), each drained meanwhile (`drained`: the caller drained them); one
+    /// note per host, for the run's error.
+    pub(super) async fn switch_back(
+        &mut self,
+        pick: impl Fn(&str) -> bool,
+        drained: bool,
+    ) -> Vec<String> {
         let mut notes = Vec::new();
         let (back, kept): (Vec<_>, Vec<_>) =
             (self.switched.drain(..)).partition(|(hp, _, _)| pick(hp.name()));
         self.switched = kept;
         for (hp, r, prev) in back.into_iter().rev() {
             let Some(prev) = prev else { continue };
-            match rollout_one(hp, r, &prev, &self.lbs, self.printer).await {
+            let back = if drained {
+                (self.printer).status("Switching", format!("{} back to release {prev}", hp.name()));
+                switch_release(hp, r, &prev).await.map(|_| ())
+            } else {
+                rollout_one(hp, r, &prev, &self.lbs, self.printer).await
+            };
+            match back {
                 Ok(()) => notes.push(format!("{} is back on release {prev}", hp.name())),
                 Err(e) => notes.push(format!(
                     "{}: could NOT switch back to {prev}: {e:#}",
@@ -206,7 +217,7 @@ pub(super) async fn rollout_releases(
     let Err(failed) = releases.switch(pick).await else {
         return Ok(());
     };
-    let notes = releases.switch_back(|_| true).await;
+    let notes = releases.switch_back(|_| true, false).await;
     Err(failed.error(notes))
 }
 
