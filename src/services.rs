@@ -284,7 +284,11 @@ pub fn check(svc: Service) -> ServiceCheck {
 }
 
 /// The table as the agent reads it (`service_table` in each request; services.py):
-/// unit -> {pid_file, error_log: [PATH, LINES], validator: {kind, argv}}.
+/// unit -> {pid_file, error_log: [PATH, LINES], validator: {kind, argv}, database,
+/// server_state}: `database`, a database server (observe asks a host that no longer
+/// has the role whether it still replicates); `server_state`, the load balancer whose
+/// servers' state (drains, checks) is saved before a reload or restart and dropped
+/// before a start.
 pub fn agent_table_of(table: &[ServiceSpec]) -> Value {
     let rows: serde_json::Map<String, Value> = table
         .iter()
@@ -293,6 +297,8 @@ pub fn agent_table_of(table: &[ServiceSpec]) -> Value {
                 "pid_file": s.pid_file,
                 "error_log": s.error_log.map(|(path, lines)| json!([path, lines])),
                 "validator": s.validator.map(|(kind, argv)| json!({"kind": kind, "argv": argv})),
+                "database": matches!(s.service, Service::Mariadb | Service::Mysql),
+                "server_state": s.service == Service::Haproxy,
             });
             (s.unit.to_string(), row)
         })
@@ -309,6 +315,20 @@ pub fn agent_table() -> &'static Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agent_learns_the_database_servers_and_the_load_balancer_from_the_table() {
+        let table = agent_table();
+        let flagged = |field: &str| -> Vec<&str> {
+            SERVICES
+                .iter()
+                .map(|s| s.unit)
+                .filter(|u| table[*u][field] == true)
+                .collect()
+        };
+        assert_eq!(flagged("database"), ["mariadb", "mysql"]);
+        assert_eq!(flagged("server_state"), ["haproxy"]);
+    }
 
     #[test]
     fn the_services_whose_config_the_tool_owns_are_proven_live() {

@@ -12,7 +12,7 @@ from .haproxy import haproxy_observe
 from .packages import dpkg_installed
 from .ports import listeners_observe
 from .release import cert_not_after, release_observe, user_exists
-from .services import init_system, observe_services, service_running
+from .services import init_system, observe_services, service_running, units_where
 from .state import last_history, original_path
 
 
@@ -53,8 +53,9 @@ def op_observe(req):
     # A database host no longer planned as one: is it still a replica? (Only where the
     # tool managed a database config, and only while the server runs.)
     former_replica = None
-    if db is None and any(isinstance(e, dict) and e.get("service") in ("mariadb", "mysql") for e in manifest) \
-            and any(service_running(n, init) for n in ("mariadb", "mysql")):
+    servers = units_where("database")  # the service table's database servers
+    if db is None and any(isinstance(e, dict) and e.get("service") in servers for e in manifest) \
+            and any(service_running(n, init) for n in servers):
         try:
             former_replica = replica_status()
         except AgentError:

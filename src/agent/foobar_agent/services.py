@@ -13,7 +13,7 @@ from .haproxy import HAPROXY_STATE, save_haproxy_state
 from .proc import quiet, run
 
 
-TABLE = {}  # unit -> {"pid_file", "error_log", "validator"}: the tool's, from the request
+TABLE = {}  # unit -> {"pid_file", "error_log", "validator", "database", "server_state"}: the tool's
 
 
 def learn(table):
@@ -28,6 +28,11 @@ def learn(table):
 def row(name):
     entry = TABLE.get(name)
     return entry if isinstance(entry, dict) else {}
+
+
+def units_where(field):
+    """The units whose row sets `field` (database, server_state), in the table's order."""
+    return [n for n in TABLE if row(n).get(field) is True]
 
 
 def pid_file(name):
@@ -106,9 +111,10 @@ def service_action(name, action, init):
     A reload of a stopped service would fail: it becomes a start."""
     if action == "reload" and not service_running(name, init):
         action = "start"
-    if name == "haproxy" and action in ("reload", "restart"):
-        save_haproxy_state()  # release.py: the new processes keep drains and checks
-    elif name == "haproxy" and action == "start":
+    keeps_state = row(name).get("server_state") is True  # the table's: HAProxy
+    if keeps_state and action in ("reload", "restart"):
+        save_haproxy_state()  # haproxy.py: the new processes keep drains and checks
+    elif keeps_state and action == "start":
         remove_quiet(HAPROXY_STATE)  # a stopped HAProxy's last state is stale by now
     argv = ["systemctl", action, name] if init == "systemd" else ["service", name, action]
     code, out = run(argv, timeout=300, detach=True)
