@@ -376,7 +376,12 @@ fn a_config_change_failing_one_request_in_five_stops_at_the_canary_and_is_restor
     assert_eq!(verdict["change"], "files (nginx)", "{verdict:#}");
     let reported = verdict["report"]["canary"]["http_5xx"].as_u64().unwrap() as usize;
     let requests = verdict["report"]["canary"]["requests"].as_u64().unwrap() as usize;
-    assert!(reported * 20 > requests, "more than 5% failed: {verdict:#}");
+    // The watch may stop early (a failed request among 20 or more): the rate it judged is
+    // above the 1% limit, not necessarily near the template's 1 in 5.
+    assert!(
+        reported >= 1 && reported * 100 > requests,
+        "above the 1% limit: {verdict:#}"
+    );
     let rate = format!("{:.1}%", reported as f64 * 100.0 / requests as f64);
     assert!(
         stderr.contains(&format!("error rate {rate}")),
