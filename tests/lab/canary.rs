@@ -140,6 +140,31 @@ fn spawn_loop(limit: Duration) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<
     (stop, handle)
 }
 
+/// The run's `canary-verdict` event.
+fn verdict_of<'a>(
+    out: &std::process::Output,
+    evs: &'a [serde_json::Value],
+) -> &'a serde_json::Value {
+    evs.iter()
+        .find(|e| e["event"] == "canary-verdict")
+        .unwrap_or_else(|| panic!("a verdict event: {}", text(out)))
+}
+
+/// After a stopped canary every request succeeds again, and the loop's failed requests
+/// (at least one) are all 500s of web-01 running release `bad_id`: returns them.
+fn only_the_canarys_500s<'a>(hits: &'a [Hit], bad_id: &str) -> Vec<&'a Hit> {
+    assert!(every_request_succeeds(), "every request succeeds again");
+    let failed: Vec<&Hit> = hits.iter().filter(|h| h.failed()).collect();
+    assert!(!failed.is_empty(), "the canary failed some requests");
+    for h in &failed {
+        assert!(
+            h.status == 500 && h.server == "web-01" && h.release == bad_id,
+            "only the canary's 500s fail: {h:?}"
+        );
+    }
+    failed
+}
+
 /// Runs the CLI under the loop (started 2 s before, stopped 2 s after); returns its
 /// output and every request of the loop.
 fn under_load(args: &[&str]) -> (std::process::Output, Vec<Hit>) {
@@ -184,10 +209,7 @@ fn a_release_failing_one_request_in_five_stops_at_the_canary_and_is_restored() {
     assert!(stderr.contains("web-01: "), "names the canary: {stderr}");
     assert!(stderr.contains("web-02 never switched"), "{stderr}");
     let evs = events(&out);
-    let verdict = evs
-        .iter()
-        .find(|e| e["event"] == "canary-verdict")
-        .unwrap_or_else(|| panic!("a verdict event: {}", text(&out)));
+    let verdict = verdict_of(&out, &evs);
     assert_eq!(verdict["report"]["verdict"], "fail", "{verdict:#}");
     let samples = evs.iter().filter(|e| e["event"] == "canary-sample").count();
     assert!(samples >= 1, "one event per sample: {}", text(&out));
@@ -202,15 +224,7 @@ fn a_release_failing_one_request_in_five_stops_at_the_canary_and_is_restored() {
     // web-02 never ran it (the release is uploaded beside, never current); web-01 is back.
     assert_eq!(served_release(web2()), v1);
     assert_eq!(served_release(web1()), v1);
-    assert!(every_request_succeeds(), "every request succeeds again");
-    let failed: Vec<&Hit> = hits.iter().filter(|h| h.failed()).collect();
-    assert!(!failed.is_empty(), "the canary failed some requests");
-    for h in &failed {
-        assert!(
-            h.status == 500 && h.server == "web-01" && h.release == bad_id,
-            "only the canary's 500s fail: {h:?}"
-        );
-    }
+    let failed = only_the_canarys_500s(&hits, &bad_id);
     // Those the load balancer counted in the window, give or take the few it answered
     // between its return to the pool and the first sample, or after the last one.
     assert!(
@@ -368,10 +382,7 @@ fn a_config_change_failing_one_request_in_five_stops_at_the_canary_and_is_restor
     assert!(stderr.contains("deploying files (nginx)"), "{stderr}");
     assert!(stderr.contains("web-02 never changed"), "{stderr}");
     let evs = events(&out);
-    let verdict = evs
-        .iter()
-        .find(|e| e["event"] == "canary-verdict")
-        .unwrap_or_else(|| panic!("a verdict event: {}", text(&out)));
+    let verdict = verdict_of(&out, &evs);
     assert_eq!(verdict["report"]["verdict"], "fail", "{verdict:#}");
     assert_eq!(verdict["change"], "files (nginx)", "{verdict:#}");
     let reported = verdict["report"]["canary"]["http_5xx"].as_u64().unwrap() as usize;
@@ -510,10 +521,7 @@ fn a_release_answering_in_300_ms_stops_at_the_canary_on_its_p95() {
     assert!(stderr.contains("limit 150 ms"), "{stderr}");
     assert!(stderr.contains("web-02 never switched"), "{stderr}");
     let evs = events(&out);
-    let verdict = evs
-        .iter()
-        .find(|e| e["event"] == "canary-verdict")
-        .unwrap_or_else(|| panic!("a verdict event: {}", text(&out)));
+    let verdict = verdict_of(&out, &evs);
     let report = &verdict["report"];
     assert_eq!(report["verdict"], "fail", "{verdict:#}");
     let canary_p95 = report["canary"]["p95_ms"].as_u64().unwrap();
@@ -586,8 +594,7 @@ fn a_failed_canary_gets_back_both_its_release_and_its_config() {
     assert!(stderr.contains("web-02 never changed"), "{stderr}");
     assert!(stderr.contains("web-02 never switched"), "{stderr}");
     let evs = events(&out);
-    let verdict = evs.iter().find(|e| e["event"] == "canary-verdict");
-    let verdict = verdict.unwrap_or_else(|| panic!("a verdict event: {}", text(&out)));
+    let verdict = verdict_of(&out, &evs);
     let bad_id = verdict["release"].as_str().unwrap().to_string();
     // The canary ran both when watched: its file changed and it switched before.
     let web01_file = evs
@@ -612,15 +619,7 @@ fn a_failed_canary_gets_back_both_its_release_and_its_config() {
     );
     assert_eq!(served_release(web1()), v1, "web-01 is back on its release");
     assert_eq!(served_release(web2()), v1, "web-02 never switched");
-    assert!(every_request_succeeds(), "every request succeeds again");
-    let failed: Vec<&Hit> = hits.iter().filter(|h| h.failed()).collect();
-    assert!(!failed.is_empty(), "the canary failed some requests");
-    for h in &failed {
-        assert!(
-            h.status == 500 && h.server == "web-01" && h.release == bad_id,
-            "only the canary's 500s fail: {h:?}"
-        );
-    }
+    let failed = only_the_canarys_500s(&hits, &bad_id);
     eprintln!(
         "release and config canary: {} requests, {} failed",
         hits.len(),
