@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::{bail, Result};
 use openssh::Session;
 use tokio::io::AsyncWriteExt;
 
@@ -199,19 +199,15 @@ impl SshRemote {
         let out = self
             .exec(&argv, agent::one_shot_stdin(b""), "kept agent")
             .await?;
-        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|_| {
-            anyhow!(
+        if serde_json::from_slice::<serde_json::Value>(&out.stdout).is_err() {
+            bail!(
                 "exit {:?}: {}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
-            )
-        })?;
-        match (answer["socket"].as_str(), answer["token"].as_str()) {
-            (Some(socket), Some(token)) if token.len() == 64 && token.is_ascii() => {
-                Ok((socket.to_string(), token.to_string()))
-            }
-            _ => Err(anyhow!("no socket and token in the answer")),
+            );
         }
+        let answer = crate::protocol::kept::Listening::parse(&out.stdout)?;
+        Ok((answer.socket, answer.token))
     }
 
     /// One request to the kept agent; None when there is none (see `kept_reach`).
