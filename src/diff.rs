@@ -473,12 +473,10 @@ pub(crate) fn in_service(plan: &Plan, observed: &BTreeMap<String, HostState>) ->
         .hosts
         .iter()
         .filter_map(|hp| observed.get(hp.name()))
-        .filter_map(|st| st.haproxy.as_ref().and_then(|v| v.as_array()))
-        .flatten()
-        .filter(|s| {
-            s["backend"] == "web" && s["status"].as_str().is_some_and(|x| x.starts_with("UP"))
-        })
-        .filter_map(|s| s["server"].as_str().map(str::to_string))
+        .filter_map(|st| st.haproxy.as_ref())
+        .flat_map(|view| view.servers("web"))
+        .filter(|(_, status, _)| status.starts_with("UP"))
+        .map(|(server, ..)| server.to_string())
         .collect();
     up.sort();
     up.dedup();

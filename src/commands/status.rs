@@ -14,7 +14,7 @@ use crate::database::replica;
 use crate::diff::diff_host;
 use crate::output::Printer;
 use crate::plan::{DbRole, HostPlan};
-use crate::remote::agent::{DbState, HostState};
+use crate::remote::agent::{DbState, HaproxyRow, HaproxyView, HostState};
 use crate::remote::ssh;
 use crate::render::paths;
 use crate::run::observe::observe_one;
@@ -59,11 +59,11 @@ fn config_frontends(cfg: &str) -> Vec<String> {
 /// planned config (`frontends`) is missing or not OPEN. A HAProxy running another
 /// config (the distribution's, after a reload that failed) fails all of these.
 fn balancer_problems(
-    live: Option<&Value>,
+    live: Option<&HaproxyView>,
     servers: &[String],
     frontends: &[String],
 ) -> Vec<String> {
-    let rows = match live {
+    let live = match live {
         None => {
             return vec![
                 "HAProxy's runtime API (/run/haproxy/admin.sock) does not answer: \
@@ -71,47 +71,40 @@ fn balancer_problems(
                     .into(),
             ]
         }
-        Some(Value::Array(rows)) => rows,
-        Some(other) => {
-            let why = other["error"]
-                .as_str()
-                .map_or(other.to_string(), str::to_string);
-            return vec![format!("HAProxy's runtime API: {why}")];
+        Some(HaproxyView::Unreadable { error }) => {
+            return vec![format!("HAProxy's runtime API: {error}")];
         }
+        Some(view) => view,
     };
     let mut problems = Vec::new();
-    let web: Vec<&Value> = rows.iter().filter(|r| r["backend"] == "web").collect();
+    let web: Vec<(&str, &str, bool)> = live.servers("web").collect();
     if web.is_empty() {
         problems.push("backend web is not there: HAProxy does not run the planned config".into());
     } else {
-        let live_names: Vec<&str> = web.iter().filter_map(|r| r["server"].as_str()).collect();
-        for s in servers.iter().filter(|s| !live_names.contains(&s.as_str())) {
+        for s in servers.iter().filter(|s| !web.iter().any(|(n, ..)| n == s)) {
             problems.push(format!(
                 "backend web has no server {s} (an inventory web server)"
             ));
         }
-        for r in &web {
-            let name = r["server"].as_str().unwrap_or("?");
-            let status = r["status"].as_str().unwrap_or("?");
+        for (name, status, backup) in &web {
             if !servers.iter().any(|s| s == name) {
                 problems.push(format!(
                     "backend web has server {name}, which is not a web server of the inventory"
                 ));
             } else if !status.starts_with("UP") {
-                let backup = if r["backup"] == true { " (backup)" } else { "" };
+                let backup = if *backup { " (backup)" } else { "" };
                 problems.push(format!("backend web/{name}{backup} is {status}"));
             }
         }
     }
     for f in frontends {
-        match rows.iter().find(|r| r["frontend"] == f.as_str()) {
+        match live.frontend(f) {
             None => problems.push(format!(
                 "frontend {f} is not there: HAProxy does not run the planned config"
             )),
-            Some(r) if r["status"] != "OPEN" => problems.push(format!(
-                "frontend {f} is {}, not OPEN",
-                r["status"].as_str().unwrap_or("?")
-            )),
+            Some(status) if status != "OPEN" => {
+                problems.push(format!("frontend {f} is {status}, not OPEN"))
+            }
             Some(_) => {}
         }
     }
@@ -150,14 +143,14 @@ fn host_status(
         problems.extend(balancer_problems(st.haproxy.as_ref(), backends, &frontends));
     }
     problems.extend(port_conflicts(hp, st).iter().map(|c| c.describe()));
-    let rows = |key: &str| -> Option<Value> {
-        let rows = st.haproxy.as_ref()?.as_array()?;
-        Some(
-            rows.iter()
-                .filter(|r| r.get(key).is_some())
-                .cloned()
-                .collect(),
-        )
+    let rows = |frontends: bool| -> Option<Value> {
+        let HaproxyView::Rows(rows) = st.haproxy.as_ref()? else {
+            return None;
+        };
+        let rows = rows
+            .iter()
+            .filter(|r| matches!(r, HaproxyRow::Frontend { .. }) == frontends);
+        serde_json::to_value(rows.collect::<Vec<_>>()).ok()
     };
     HostStatus {
         host: hp.name().to_string(),
@@ -168,8 +161,8 @@ fn host_status(
         drift,
         release: st.release.as_ref().and_then(|r| r.current.clone()),
         database,
-        backends: rows("backend"),
-        frontends: rows("frontend"),
+        backends: rows(false),
+        frontends: rows(true),
         last_apply: st.last_history.clone(),
         certificates,
         warnings,
@@ -477,18 +470,23 @@ mod tests {
         vec!["web-01".into(), "web-02".into()]
     }
 
+    /// What observe's answer holds (parsed as the tool parses it).
+    fn view(v: Value) -> HaproxyView {
+        serde_json::from_value(v).expect("a view of HAProxy")
+    }
+
     fn www() -> Vec<String> {
         vec!["www".into(), "stats".into()]
     }
 
     #[test]
     fn a_balancer_serving_the_inventory_with_its_frontends_open_is_healthy() {
-        let live = json!([
+        let live = view(json!([
             {"frontend": "www", "status": "OPEN"},
             {"frontend": "stats", "status": "OPEN"},
             {"backend": "web", "server": "web-01", "status": "UP"},
             {"backend": "web", "server": "web-02", "status": "UP 1/3"},
-        ]);
+        ]));
         assert!(balancer_problems(Some(&live), &web(), &www()).is_empty());
     }
 
@@ -496,7 +494,7 @@ mod tests {
     fn the_distributions_config_has_no_backend_web_and_no_frontend() {
         // What `status` once printed as `lb-01: backend web:` and exit 0.
         assert_eq!(
-            balancer_problems(Some(&json!([])), &web(), &www()),
+            balancer_problems(Some(&view(json!([]))), &web(), &www()),
             [
                 "backend web is not there: HAProxy does not run the planned config",
                 "frontend www is not there: HAProxy does not run the planned config",
@@ -507,14 +505,14 @@ mod tests {
 
     #[test]
     fn missing_extra_and_unhealthy_servers_and_a_closed_frontend_are_each_named() {
-        let live = json!([
+        let live = view(json!([
             {"frontend": "www", "status": "STOP"},
             {"frontend": "stats", "status": "OPEN"},
             {"backend": "web", "server": "web-01", "status": "DOWN"},
             {"backend": "web", "server": "web-03", "status": "UP"},
             {"backend": "web", "server": "web-04", "status": "MAINT", "backup": true},
             {"backend": "other", "server": "web-02", "status": "UP"},
-        ]);
+        ]));
         let mut servers = web();
         servers.push("web-04".into());
         assert_eq!(
@@ -532,7 +530,7 @@ mod tests {
     #[test]
     fn a_silent_runtime_api_is_a_problem() {
         assert_eq!(balancer_problems(None, &web(), &www()).len(), 1);
-        let err = json!({"error": "connection refused"});
+        let err = view(json!({"error": "connection refused"}));
         assert_eq!(
             balancer_problems(Some(&err), &web(), &www()),
             ["HAProxy's runtime API: connection refused"]

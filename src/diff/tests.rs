@@ -68,16 +68,17 @@ fn a_replica_whose_server_was_down_is_part_of_the_topology() {
 fn only_servers_up_at_a_balancer_count_as_in_service() {
     let plan = crate::render::lab_plan();
     let mut lb = balancer_serving(&["web-01", "web-02"]);
-    lb.haproxy = Some(serde_json::json!([
+    lb.haproxy = serde_json::from_value(serde_json::json!([
         {"backend": "web", "server": "web-01", "status": "UP"},
         {"backend": "web", "server": "web-02", "status": "DOWN"},
         {"backend": "stats", "server": "web-03", "status": "UP"},
-    ]));
+    ]))
+    .unwrap();
     let observed = BTreeMap::from([("lb-01".to_string(), lb)]);
     assert_eq!(in_service(&plan, &observed), ["web-01"]);
     // A fresh balancer (the distribution's HAProxy, no `web` backend): nobody.
     let mut fresh = balancer_serving(&[]);
-    fresh.haproxy = Some(serde_json::json!([]));
+    fresh.haproxy = serde_json::from_value(serde_json::json!([])).unwrap();
     let observed = BTreeMap::from([("lb-01".to_string(), fresh)]);
     assert!(in_service(&plan, &observed).is_empty());
 }

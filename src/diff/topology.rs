@@ -110,14 +110,10 @@ pub(super) fn topology(
         if !hp.host.has(Role::Lb) {
             continue;
         }
-        let Some(servers) = st.haproxy.as_ref().and_then(|v| v.as_array()) else {
+        let Some(view) = st.haproxy.as_ref() else {
             continue;
         };
-        let serving: Vec<&str> = servers
-            .iter()
-            .filter(|s| s["backend"] == "web")
-            .filter_map(|s| s["server"].as_str())
-            .collect();
+        let serving: Vec<&str> = view.servers("web").map(|(server, ..)| server).collect();
         if serving.is_empty() {
             continue; // not configured by the tool yet
         }

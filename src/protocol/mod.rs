@@ -14,6 +14,7 @@
 pub mod shape;
 pub mod counters;
 pub mod database;
+pub mod haproxy;
 pub mod kept;
 pub mod release;
 pub mod run;

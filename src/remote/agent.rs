@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Check, Checked, ExecOutput, Remote};
+pub use crate::protocol::haproxy::{HaproxyRow, HaproxyView};
 
 /// The agent's modules, embedded in the binary: (module name, source) of each file of
 /// the `foobar_agent` package (src/agent/foobar_agent/; a test checks that every file
@@ -482,9 +483,9 @@ pub struct HostState {
     pub release: Option<ReleaseState>,
     #[serde(default)]
     pub users: BTreeMap<String, bool>,
-    /// On load balancers: every backend server as HAProxy sees it.
+    /// On load balancers: every backend server and frontend as HAProxy sees it.
     #[serde(default)]
-    pub haproxy: Option<Value>,
+    pub haproxy: Option<HaproxyView>,
     /// Certificates on the host: path -> expiry (Unix seconds), None when unreadable.
     #[serde(default)]
     pub certs: BTreeMap<String, Option<f64>>,

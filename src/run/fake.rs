@@ -414,7 +414,7 @@ fn observe(host: &str, h: &Host, r: &Observe) -> HostState {
         let servers = h.backends.iter();
         let rows =
             servers.map(|(w, s)| json!({"backend": "web", "server": w, "status": status(*s)}));
-        Value::Array(rows.collect())
+        serde_json::from_value(Value::Array(rows.collect())).expect("HAProxy's rows")
     });
     st.manifest = h.manifest.clone();
     st.last_history = Some(json!({"result": "applied"}));
