@@ -374,6 +374,7 @@ fn the_agents_socket_sql_reads_what_the_mariadb_client_prints() {
         "{}{}",
         foobar_infra::remote::agent::LOADER,
         r#"
+__import__(a.__name__ + ".db")  # loaded as an op loads it (ops.py: on first use)
 q = ["SELECT 'vars' AS tag, @@server_id, @@read_only, @@gtid_current_pos, @@datadir;",
      "SELECT 'user' AS tag, User, Host, authentication_string FROM mysql.user ORDER BY User, Host;",
      "SHOW GRANTS FOR 'nobody'@'nowhere';",
