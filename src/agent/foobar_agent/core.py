@@ -84,6 +84,16 @@ def now():
     return time.time()
 
 
+def pauses(first=0.01, most=0.2):
+    """Waits between two polls of something that changes soon: 10, 20, 40, 80, 160 ms,
+    then 200 ms each. A reload shows within milliseconds; a flat 200 ms wait added
+    up to 200 ms to every proven reload (see BENCHMARKS.md, session 10)."""
+    wait = first
+    while True:
+        yield wait
+        wait = min(most, wait * 2)
+
+
 def iso(ts):
     try:
         return datetime.datetime.fromtimestamp(float(ts), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -5,7 +5,7 @@ the servers' state saved across a reload."""
 import os
 import time
 
-from .core import AgentError, now, safe_name
+from .core import AgentError, now, pauses, safe_name
 
 
 HAPROXY_SOCKET = "/run/haproxy/admin.sock"
@@ -93,8 +93,7 @@ def op_haproxy_server(req):
         raise AgentError("service", "HAProxy refused: %s" % out, service="haproxy")
     # Persist runtime state so a reload keeps it (load-server-state-from-file).
     save_haproxy_state()
-    deadline = now() + float(req.get("timeout_s", 30))
-    status, scur = haproxy_server_stat(backend, server)
+    deadline, wait = now() + float(req.get("timeout_s", 30)), pauses()
     while True:
         status, scur = haproxy_server_stat(backend, server)
         if state == "drain" and scur == 0:
@@ -103,7 +102,7 @@ def op_haproxy_server(req):
             break
         if state == "maint" or now() >= deadline:
             break
-        time.sleep(0.2)
+        time.sleep(next(wait))
     return {"ok": True, "status": status, "sessions": scur}
 
 

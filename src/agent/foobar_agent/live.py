@@ -14,7 +14,7 @@ settings its .cnf asks for. The request's check says which proof applies:
 import os
 import time
 
-from .core import AgentError, SEVERE, headline, now, tail
+from .core import AgentError, SEVERE, headline, now, pauses, tail
 from .db import run_sql
 from .haproxy import HAPROXY_SOCKET, haproxy_cmd, haproxy_stat_rows
 from .proc import capture, run
@@ -202,12 +202,12 @@ def severe_line(text):
 def live_confirm(name, check, before, action, since, init, out=""):
     """Poll until the service shows the new config (None), or the deadline: the problem
     with the service's own message (its journal or log, or what the action printed)."""
-    deadline = now() + float(check.get("timeout_s", 15))
+    deadline, wait = now() + float(check.get("timeout_s", 15)), pauses()
     while True:
         problem = live_problem(name, check, before, action)
         if not problem or now() >= deadline:
             break
-        time.sleep(0.2)
+        time.sleep(next(wait))
     if not problem:
         return None
     said = service_message(name, since, init)
@@ -223,7 +223,7 @@ def run_check(name, check, init, before=None, action=None, since=0.0, out=""):
     if "live" in check:
         return live_confirm(name, check, before or {}, action, since, init, out)
     if "tcp" in check:
-        deadline = now() + float(check.get("timeout_s", 10))
+        deadline, wait = now() + float(check.get("timeout_s", 10)), pauses()
         host, _, port = str(check["tcp"]).rpartition(":")
         host = host.strip("[]") or "127.0.0.1"
         last = ""
@@ -235,22 +235,22 @@ def run_check(name, check, init, before=None, action=None, since=0.0, out=""):
                 last = str(e)
             if now() >= deadline:
                 return "no TCP connection to %s within %ss: %s" % (check["tcp"], check.get("timeout_s", 10), last)
-            time.sleep(0.2)
+            time.sleep(next(wait))
     if "command" in check:
         argv = check["command"]
-        deadline = now() + float(check.get("timeout_s", 30))
+        deadline, wait = now() + float(check.get("timeout_s", 30)), pauses()
         while True:
             code, out = run(argv, timeout=max(1.0, min(10.0, deadline - now())))
             if code == 0:
                 return None
             if now() >= deadline:
                 return "check %s exited %s within %ss:\n%s" % (" ".join(argv), code, check.get("timeout_s", 30), tail(out, 2000))
-            time.sleep(0.2)
-    deadline = now() + float(check.get("timeout_s", 10))  # {"running": true}
+            time.sleep(next(wait))
+    deadline, wait = now() + float(check.get("timeout_s", 10)), pauses()  # {"running": true}
     while not service_running(name, init):
         if now() >= deadline:
             return "%s is not running after %ss" % (name, check.get("timeout_s", 10))
-        time.sleep(0.2)
+        time.sleep(next(wait))
     return None
 
 
