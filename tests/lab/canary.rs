@@ -178,6 +178,31 @@ fn under_load(args: &[&str]) -> (std::process::Output, Vec<Hit>) {
     (out, hits)
 }
 
+/// No request of the loop failed; else the failures, the run's output and the last
+/// lines of the error log of nginx on each web server that answered one (which says
+/// whether its application refused, reset or timed out, i.e. in which phase).
+fn assert_none_failed(hits: &[Hit], out: &std::process::Output) {
+    let failed: Vec<&Hit> = hits.iter().filter(|h| h.failed()).collect();
+    if failed.is_empty() {
+        return;
+    }
+    let mut servers: Vec<&str> = failed.iter().map(|h| h.server.as_str()).collect();
+    servers.sort_unstable();
+    servers.dedup();
+    let logs: Vec<String> = (servers.iter().filter(|s| !s.is_empty()))
+        .map(|s| {
+            let log = exec_raw(s, &["tail", "-n", "8", NGINX_ERROR_LOG]);
+            format!("{s}: {NGINX_ERROR_LOG}:\n{}", text(&log))
+        })
+        .collect();
+    panic!(
+        "{} failed (the run started 2 s into the loop): {failed:?}\n{}\nthe run:\n{}",
+        failed.len(),
+        logs.join("\n"),
+        text(out)
+    );
+}
+
 fn events(out: &std::process::Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -257,8 +282,7 @@ fn a_good_release_passes_the_canary_and_fails_no_request() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("canary passed: web-01: "), "{stderr}");
     assert!(stderr.contains("the watch added 1"), "{stderr}");
-    let failed: Vec<&Hit> = hits.iter().filter(|h| h.failed()).collect();
-    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    assert_none_failed(&hits, &out);
     let v2 = served_release(web1());
     assert_eq!(served_release(web2()), v2, "the rollout completed");
     assert!(hits.iter().any(|h| h.release == v2 && h.server == "web-02"));
@@ -294,8 +318,7 @@ fn apply_limit_web_01_drains_it_at_the_load_balancer_and_fails_no_request() {
         "one line says why: {stderr}"
     );
     assert!(stderr.contains("lb-01: web-01 -> drain"), "{stderr}");
-    let failed: Vec<&Hit> = hits.iter().filter(|h| h.failed()).collect();
-    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    assert_none_failed(&hits, &out);
     assert_ne!(served_release(web1()), v1, "web-01 switched");
     assert_eq!(served_release(web2()), v1, "web-02 untouched");
     apply_ok(&inv(), &[]);
@@ -331,6 +354,8 @@ fn no_traffic_with_on_no_traffic_halt_stops_and_changes_nothing() {
 
 /// The nginx site config of the lab's web servers.
 const SITE: &str = "/etc/nginx/sites-foobar/www.foobar.com.conf";
+/// Where nginx on the web servers logs what went wrong with a request (the site's log).
+const NGINX_ERROR_LOG: &str = "/var/log/nginx/www.foobar.com.error.log";
 
 /// A `--templates` directory whose nginx site template answers `/` with a 500 for 1
 /// request in 5 (nginx's own random split) while /health stays 200, and marks every
@@ -488,8 +513,7 @@ fn a_good_config_change_passes_the_canary_and_fails_no_request() {
         let conf = exec(web, &["cat", SITE]);
         assert!(conf.contains("client_max_body_size 11m;"), "{web}: {conf}");
     }
-    let failed: Vec<&Hit> = hits.iter().filter(|h| h.failed()).collect();
-    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    assert_none_failed(&hits, &out);
     eprintln!(
         "config canary, good: {} requests, none failed; the watch: {:.1} s",
         hits.len(),
@@ -551,8 +575,7 @@ fn a_release_answering_in_300_ms_stops_at_the_canary_on_its_p95() {
     eprintln!("  request log lines skipped per sample: {skipped:?}");
     assert_eq!(served_release(web1()), v1, "the canary is restored");
     assert_eq!(served_release(web2()), v1, "web-02 never ran it");
-    let failed: Vec<&Hit> = hits.iter().filter(|h| h.failed()).collect();
-    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    assert_none_failed(&hits, &out);
     assert!(every_request_succeeds());
     eprintln!(
         "p95: {} requests in the loop, canary p95 {canary_p95} ms over {timed} requests, old p95 {old_p95} ms, {} samples",
