@@ -124,6 +124,9 @@ answer! {
         pub status: Option<String>,
         /// Its current sessions.
         pub sessions: u64,
+        /// After a drain: HAProxy processes of an earlier config still running (they
+        /// may still send it requests they accepted before a reload); 0 once drained.
+        pub old_processes: u64,
     }
 }
 

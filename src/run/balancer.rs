@@ -76,6 +76,15 @@ pub(crate) async fn set_backend_state(
                 lb.name()
             ));
         }
+        if wait && state == ServerState::Drain && (answer.sessions + answer.old_processes) > 0 {
+            printer.warn(format!(
+                "{}: {server} still has {} session(s), and {} HAProxy process(es) of an \
+                 earlier config still run, after 30 s of draining",
+                lb.name(),
+                answer.sessions,
+                answer.old_processes
+            ));
+        }
     }
     Ok(())
 }

@@ -360,6 +360,7 @@ fn set_backend(h: &mut Host, r: &HaproxyServer) -> ServerStatus {
             absent: Some(true),
             status: None,
             sessions: 0,
+            old_processes: 0,
         };
     };
     *state = r.state;
@@ -367,6 +368,7 @@ fn set_backend(h: &mut Host, r: &HaproxyServer) -> ServerStatus {
         absent: None,
         status: Some(status(*state).into()),
         sessions: 0,
+        old_processes: 0,
     }
 }
 

@@ -1,6 +1,7 @@
 """HAProxy's runtime API: `show stat` for observe and the live check, a server drained
 before its application restarts and put back once it answers (haproxy-server), and
-the servers' state saved across a reload."""
+the servers' state saved across a reload. A drain also waits for the processes of an
+earlier config to finish: they route by their own view of the servers."""
 
 import os
 import time
@@ -61,6 +62,63 @@ def haproxy_server_stat(backend, server):
     return row.get("status"), int(row.get("scur") or 0)
 
 
+def haproxy_pid():
+    """The pid of the process answering the runtime API (`show info`), None if silent."""
+    try:
+        out = haproxy_cmd("show info", limit=1 << 16)
+    except AgentError:
+        return None
+    for line in out.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Pid" and value.strip().isdigit():
+            return int(value.strip())
+    return None
+
+
+def proc_entry(pid, proc="/proc"):
+    """(name, parent pid, argv) of a process, None once it is gone."""
+    try:
+        with open("%s/%s/stat" % (proc, pid), "rb") as f:
+            stat = f.read()
+        with open("%s/%s/cmdline" % (proc, pid), "rb") as f:
+            argv = [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return None
+    name = stat[stat.find(b"(") + 1:stat.rfind(b")")].decode("utf-8", "replace")
+    rest = stat[stat.rfind(b")") + 2:].split()  # the name may hold spaces and parentheses
+    ppid = int(rest[1]) if len(rest) > 1 and rest[1].isdigit() else 0
+    return name, ppid, argv
+
+
+def config_arg(argv):
+    """The value of `-f` in an haproxy command line."""
+    for i, a in enumerate(argv[:-1]):
+        if a == "-f":
+            return argv[i + 1]
+    return None
+
+
+def old_haproxy_processes(current, proc="/proc"):
+    """The HAProxy processes of an earlier config (same `-f`) still finishing what they
+    accepted before a reload (`-sf`, or an old worker of the master): they send those
+    requests by their own view of the servers, which a drain over the runtime API (the
+    current process's) does not reach. Every such process but `current` and its master."""
+    if current is None:
+        return []
+    procs = {}
+    for d in os.listdir(proc):
+        if d.isdigit():
+            entry = proc_entry(d, proc)
+            if entry and entry[0] == "haproxy":
+                procs[int(d)] = entry
+    mine = procs.get(current)
+    if mine is None:
+        return []
+    config, master = config_arg(mine[2]), mine[1]
+    return sorted(pid for pid, (_, _, argv) in procs.items()
+                  if pid not in (current, master) and config_arg(argv) == config)
+
+
 def save_haproxy_state():
     """Dump the servers' runtime state where the next HAProxy process loads it from
     (server-state-file): a drained server stays drained across a reload, and a server
@@ -94,16 +152,21 @@ def op_haproxy_server(req):
     # Persist runtime state so a reload keeps it (load-server-state-from-file).
     save_haproxy_state()
     deadline, wait = now() + float(req.get("timeout_s", 30)), pauses()
+    old = []
     while True:
         status, scur = haproxy_server_stat(backend, server)
-        if state == "drain" and scur == 0:
-            break
+        if state == "drain":
+            # Its sessions ended here, and no process of an earlier config is left that
+            # could still send it a request accepted before the reload.
+            old = old_haproxy_processes(haproxy_pid())
+            if scur == 0 and not old:
+                break
         if state == "ready" and status and status.startswith("UP"):
             break
         if state == "maint" or now() >= deadline:
             break
         time.sleep(next(wait))
-    return {"ok": True, "status": status, "sessions": scur}
+    return {"ok": True, "status": status, "sessions": scur, "old_processes": len(old)}
 
 
 def haproxy_observe():
