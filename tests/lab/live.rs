@@ -1,9 +1,12 @@
 //! End-to-end tests of issue 18 against the lab, on either host kind (`LAB_OS`):
-//! a reload counts only when the service shows the new config running, and what a
-//! real host brings (a port held by another process, services disabled at boot, a
-//! reboot) is seen and handled before or without an apply.
+//! a reload counts only when the service shows the new config running, a server
+//! drained right after a HAProxy reload waits for the old process's last request, and
+//! what a real host brings (a port held by another process, services disabled at boot,
+//! a reboot) is seen and handled before or without an apply.
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::common::*;
 use crate::overrides;
@@ -14,6 +17,7 @@ lab_tests!(
     every_host_restarted_after_a_converged_apply_serves_with_no_apply_between,
     a_port_held_by_another_process_is_named_and_stops_apply_before_anything_changes,
     a_host_paused_during_its_commit_fails_the_run_in_bounded_time_and_never_commits_late,
+    a_release_switched_after_a_reload_waits_for_the_old_haproxys_last_request,
 );
 
 fn inv() -> String {
@@ -355,4 +359,111 @@ fn a_host_paused_during_its_commit_fails_the_run_in_bounded_time_and_never_commi
     // The next apply converges (no lock left behind), and the baseline comes back.
     apply_ok(variant.to_str().unwrap(), &[]);
     apply_ok(&inv(), &[]);
+}
+
+/// After a reload the old HAProxy process still serves what it accepted before, by its
+/// own view of the servers (web-01 in the pool, whatever the new process was told): a run
+/// that reloads HAProxy and then switches web-01's release must wait for that process
+/// before restarting web-01's application (CI saw a 502 from a canary restarted 50 ms
+/// after a reload). A request held half-sent on a connection the old process accepted,
+/// finished 1 s after the reload, is answered 200, and web-01's application restarts
+/// after it.
+fn a_release_switched_after_a_reload_waits_for_the_old_haproxys_last_request() {
+    lab();
+    converged();
+    let tag = "old-haproxy";
+    example_app_copy(tag);
+    let variant = lab_variant("inventory-old-haproxy", |t| {
+        format!(
+            "{}haproxy:\n  maxconn: 4000\n",
+            t.replace("source: ../examples/app", &format!("source: app-{tag}"))
+        )
+    });
+    let before = haproxy_pids();
+    let mut held = TcpStream::connect((lb(), 80)).expect("a connection to the load balancer");
+    held.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    held.write_all(b"GET / HTTP/1.1\r\nHost: www.foobar.com\r\nConnection: close\r\n")
+        .unwrap();
+    let run = {
+        let variant = variant.display().to_string();
+        std::thread::spawn(move || cli(&["apply", "-v", &variant]))
+    };
+    // The reload: a HAProxy process that was not there before (bounded wait).
+    assert!(
+        wait_until(Duration::from_secs(60), || haproxy_pids()
+            .iter()
+            .any(|p| !before.contains(p))),
+        "HAProxy was not reloaded within 60 s (processes {before:?})"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let sent = unix_now();
+    held.write_all(b"\r\n").unwrap();
+    let t0 = Instant::now();
+    let (mut answer, mut first) = (Vec::new(), None);
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = held.read(&mut buf) {
+        first.get_or_insert(t0.elapsed());
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let closed = t0.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    let served_by = (answer.lines())
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("x-served-by")
+                .then(|| value.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    let out = run.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the held request, answered after {first:?}: {answer}\nthe run: {}",
+        text(&out)
+    );
+    let restarted = app_started_at("web-01");
+    assert!(
+        restarted > sent,
+        "web-01's application restarted {:.3} s before the old HAProxy process's last \
+         request was sent\nthe run: {}",
+        sent - restarted,
+        text(&out)
+    );
+    eprintln!(
+        "old HAProxy's last request: answered by {served_by} {first:?} after it was sent, \
+         closed after {closed:?}; web-01's application restarted {:.3} s after it was sent",
+        restarted - sent
+    );
+    apply_ok(&inv(), &[]);
+}
+
+/// The pids of every haproxy process on lb-01.
+fn haproxy_pids() -> Vec<u32> {
+    let out = exec_raw("lb-01", &["pidof", "haproxy"]);
+    (String::from_utf8_lossy(&out.stdout).split_whitespace())
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// When the oldest gunicorn process (the master) on `host` started, in Unix seconds to
+/// the clock tick: its start since boot, placed on the clock by /proc/uptime (the lab
+/// shares this machine's kernel and clock).
+fn app_started_at(host: &str) -> f64 {
+    let pid = exec(host, &["pgrep", "-o", "-f", "gunicorn"]);
+    let script = "import os, sys, time\n\
+        st = open('/proc/%s/stat' % sys.argv[1]).read().rsplit(')', 1)[1].split()\n\
+        up = float(open('/proc/uptime').read().split()[0])\n\
+        print(time.time() - up + int(st[19]) / os.sysconf('SC_CLK_TCK'))\n";
+    let at = exec(host, &["python3", "-c", script, pid.trim()]);
+    at.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{host}: gunicorn's start {at:?}: {e}"))
 }
