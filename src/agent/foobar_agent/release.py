@@ -61,6 +61,9 @@ def release_observe(spec):
     if os.path.isdir(rel):
         entries = [e for e in os.listdir(rel) if release_id_ok(e)
                    and os.path.exists(os.path.join(rel, e, ".foobar-release"))]
+        # In the order they were last served (or uploaded, if never served): a switch
+        # touches the release it serves, so `rollback` goes back to the release served
+        # before the current one, not to the one uploaded before it.
         releases = sorted(entries, key=lambda e: os.path.getmtime(os.path.join(rel, e)))
     return {"current": current, "releases": releases}
 
@@ -158,8 +161,10 @@ def op_release_switch(req):
             service_action(service, "restart", init)
         raise AgentError("service", "release %s failed on this host (switched back to %s): %s"
                          % (rid, previous or "nothing", problem), service=service)
-    # Keep the newest `keep` releases, and always the current and previous ones.
+    # Served last: the newest in release_observe's order (what `rollback` goes back from).
     rel = os.path.join(root, "releases")
+    os.utime(os.path.join(rel, rid))
+    # Keep the newest `keep` releases, and always the current and previous ones.
     all_rel = release_observe({"root": root})["releases"]
     protected = {rid, previous}
     pruned = []
