@@ -7,6 +7,7 @@ Run: python3 -m unittest discover -s tests/agent (cargo test --test agent_python
 
 import os
 import sys
+import types
 import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -21,6 +22,18 @@ class AgentTest(unittest.TestCase):
         old = getattr(module, name)
         setattr(module, name, value)
         self.addCleanup(setattr, module, name, old)
+
+    def fake_clock(self, module, start=1000.0):
+        """module's time.sleep and now() on a clock that only sleeping moves: sets
+        self.clock ([seconds]) and self.slept (every sleep asked for)."""
+        self.clock, self.slept = [start], []
+
+        def sleep(seconds):
+            self.slept.append(seconds)
+            self.clock[0] += seconds
+
+        self.put(module, "time", types.SimpleNamespace(sleep=sleep))
+        self.put(module, "now", lambda: self.clock[0])
 
 
 __all__ = ["ROOT", "foobar_agent", "AgentTest"]

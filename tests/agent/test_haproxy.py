@@ -10,7 +10,6 @@ Run: python3 -m unittest discover -s tests/agent (cargo test --test agent_python
 
 import os
 import tempfile
-import types
 
 from agent_support import AgentTest
 from foobar_agent import haproxy
@@ -74,15 +73,8 @@ class Drain(AgentTest):
     """op_haproxy_server over a stand-in runtime API and process table."""
 
     def setUp(self):
-        self.clock, self.slept = [1000.0], []
-
-        def sleep(seconds):
-            self.slept.append(seconds)
-            self.clock[0] += seconds
-
+        self.fake_clock(haproxy)
         self.sent = []
-        self.put(haproxy, "time", types.SimpleNamespace(sleep=sleep))
-        self.put(haproxy, "now", lambda: self.clock[0])
         self.put(haproxy, "haproxy_cmd", lambda cmd, **kw: self.sent.append(cmd) or "")
         self.put(haproxy, "save_haproxy_state", lambda: None)
         self.put(haproxy, "haproxy_pid", lambda: 208)

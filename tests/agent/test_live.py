@@ -7,7 +7,6 @@ Run: python3 -m unittest discover -s tests/agent (cargo test --test agent_python
 """
 
 import itertools
-import types
 import unittest
 
 from agent_support import AgentTest
@@ -16,14 +15,7 @@ from foobar_agent import core, live
 
 class Waits(AgentTest):
     def setUp(self):
-        self.clock, self.slept = [1000.0], []
-
-        def sleep(seconds):
-            self.slept.append(seconds)
-            self.clock[0] += seconds
-
-        self.put(live, "time", types.SimpleNamespace(sleep=sleep))
-        self.put(live, "now", lambda: self.clock[0])
+        self.fake_clock(live)
         self.put(live, "service_message", lambda name, since, init: "")
 
     def problems(self, answers):
@@ -69,6 +61,13 @@ class Waits(AgentTest):
         got = live.run_check("app", {"tcp": "127.0.0.1:8000", "timeout_s": 1}, "sysv")
         self.assertIn("no TCP connection to 127.0.0.1:8000 within 1s: connection refused", got)
 
+
+
+class ProcessTable(AgentTest):
+    def test_a_process_is_among_its_parents_children(self):
+        import os
+        self.assertIn(os.getpid(), live.proc_children(os.getppid()))
+        self.assertNotIn(os.getpid(), live.proc_children(os.getpid()))
 
 if __name__ == "__main__":
     unittest.main()

@@ -7,6 +7,7 @@ import os
 import time
 
 from .core import AgentError, now, pauses, safe_name
+from .proc import proc_argv, processes
 
 
 HAPROXY_SOCKET = "/run/haproxy/admin.sock"
@@ -62,32 +63,26 @@ def haproxy_server_stat(backend, server):
     return row.get("status"), int(row.get("scur") or 0)
 
 
-def haproxy_pid():
-    """The pid of the process answering the runtime API (`show info`), None if silent."""
+def haproxy_info():
+    """`show info` of the running HAProxy as a dict, None when its runtime API is silent."""
+    if not os.path.exists(HAPROXY_SOCKET):
+        return None
     try:
-        out = haproxy_cmd("show info", limit=1 << 16)
+        out = haproxy_cmd("show info")
     except AgentError:
         return None
+    info = {}
     for line in out.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "Pid" and value.strip().isdigit():
-            return int(value.strip())
-    return None
+        k, sep, v = line.partition(":")
+        if sep:
+            info[k.strip()] = v.strip()
+    return info or None
 
 
-def proc_entry(pid, proc="/proc"):
-    """(name, parent pid, argv) of a process, None once it is gone."""
-    try:
-        with open("%s/%s/stat" % (proc, pid), "rb") as f:
-            stat = f.read()
-        with open("%s/%s/cmdline" % (proc, pid), "rb") as f:
-            argv = [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return None
-    name = stat[stat.find(b"(") + 1:stat.rfind(b")")].decode("utf-8", "replace")
-    rest = stat[stat.rfind(b")") + 2:].split()  # the name may hold spaces and parentheses
-    ppid = int(rest[1]) if len(rest) > 1 and rest[1].isdigit() else 0
-    return name, ppid, argv
+def haproxy_pid():
+    """The pid of the process answering the runtime API, None if silent."""
+    pid = (haproxy_info() or {}).get("Pid", "")
+    return int(pid) if pid.isdigit() else None
 
 
 def config_arg(argv):
@@ -103,20 +98,13 @@ def old_haproxy_processes(current, proc="/proc"):
     accepted before a reload (`-sf`, or an old worker of the master): they send those
     requests by their own view of the servers, which a drain over the runtime API (the
     current process's) does not reach. Every such process but `current` and its master."""
-    if current is None:
+    table = processes(proc) if current is not None else {}
+    if table.get(current, ("",))[0] != "haproxy":
         return []
-    procs = {}
-    for d in os.listdir(proc):
-        if d.isdigit():
-            entry = proc_entry(d, proc)
-            if entry and entry[0] == "haproxy":
-                procs[int(d)] = entry
-    mine = procs.get(current)
-    if mine is None:
-        return []
-    config, master = config_arg(mine[2]), mine[1]
-    return sorted(pid for pid, (_, _, argv) in procs.items()
-                  if pid not in (current, master) and config_arg(argv) == config)
+    config, master = config_arg(proc_argv(current, proc)), table[current][1]
+    return sorted(pid for pid, (name, _) in table.items()
+                  if name == "haproxy" and pid not in (current, master)
+                  and config_arg(proc_argv(pid, proc)) == config)
 
 
 def save_haproxy_state():
@@ -152,14 +140,14 @@ def op_haproxy_server(req):
     # Persist runtime state so a reload keeps it (load-server-state-from-file).
     save_haproxy_state()
     deadline, wait = now() + float(req.get("timeout_s", 30)), pauses()
-    old = []
+    current, old = haproxy_pid() if state == "drain" else None, []
     while True:
         status, scur = haproxy_server_stat(backend, server)
-        if state == "drain":
-            # Its sessions ended here, and no process of an earlier config is left that
-            # could still send it a request accepted before the reload.
-            old = old_haproxy_processes(haproxy_pid())
-            if scur == 0 and not old:
+        if state == "drain" and scur == 0:
+            # Its sessions ended here; drained once no process of an earlier config is
+            # left that could still send it a request accepted before the reload.
+            old = old_haproxy_processes(current)
+            if not old:
                 break
         if state == "ready" and status and status.startswith("UP"):
             break

@@ -11,13 +11,12 @@ settings its .cnf asks for. The request's check says which proof applies:
   {"live": "mariadb", "config": PATH, "timeout_s": N}
 (sent by the tool, src/services.rs)."""
 
-import os
 import time
 
 from .core import AgentError, SEVERE, headline, now, pauses, tail
 from .db import run_sql
-from .haproxy import HAPROXY_SOCKET, haproxy_cmd, haproxy_stat_rows
-from .proc import capture, run
+from .haproxy import HAPROXY_SOCKET, haproxy_info, haproxy_stat_rows
+from .proc import capture, processes, run
 from .services import log_tail, pid_file, service_pid, service_running
 
 
@@ -25,36 +24,8 @@ LIVE_KINDS = ("haproxy", "nginx", "mariadb")
 
 
 def proc_children(ppid):
-    """Pids whose parent is ppid (from /proc/PID/stat)."""
-    kids = set()
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d, "rb") as f:
-                st = f.read()
-        except OSError:
-            continue
-        rest = st[st.rfind(b")") + 2:].split()  # the name may hold spaces and parentheses
-        if len(rest) > 1 and rest[1].isdigit() and int(rest[1]) == ppid:
-            kids.add(int(d))
-    return kids
-
-
-def haproxy_info():
-    """`show info` of the running HAProxy as a dict, None when its runtime API is silent."""
-    if not os.path.exists(HAPROXY_SOCKET):
-        return None
-    try:
-        out = haproxy_cmd("show info")
-    except AgentError:
-        return None
-    info = {}
-    for line in out.splitlines():
-        k, sep, v = line.partition(":")
-        if sep:
-            info[k.strip()] = v.strip()
-    return info or None
+    """Pids whose parent is ppid."""
+    return {pid for pid, (_, parent) in processes().items() if parent == ppid}
 
 
 def haproxy_config_proxies(path):
